@@ -1,0 +1,1 @@
+"""Local tooling: the AWS emulator wiring, the demo model, the main job and the benchmark."""

@@ -1,0 +1,135 @@
+"""The demo model: a small CNN trained here, deterministically, on the generated shapes.
+
+No weights can be downloaded on the machines this project runs on, so the demo model is made
+from data the project generates. It is published to the model bucket exactly as a user's model
+would be (``models/shapes/v1/model.keras`` + ``card.json``), and loaded by the same store.
+
+Run ``python -m devtools.demo_model`` to build it (cached under .cache/demo-model/).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from devtools import shapes
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("DEMO_CACHE_DIR", REPO / ".cache" / "demo-model"))
+NAME, VERSION = "shapes", "v1"
+INPUT_SIZE = 64
+TRAIN_COUNT, TEST_COUNT, EPOCHS, SEED = 2000, 300, 10, 1
+
+
+def fingerprint() -> str:
+    digest = hashlib.sha256()
+    for source in (Path(shapes.__file__), Path(__file__)):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def card() -> dict:
+    return {
+        "name": NAME,
+        "version": VERSION,
+        "description": "Demo CNN: which shape (circle, square, triangle) is on a textured background.",
+        "input_height": INPUT_SIZE,
+        "input_width": INPUT_SIZE,
+        "preprocessing": {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "output": "logits",
+        "class_names": list(shapes.CLASSES),
+        "cam_layer": "last_conv",
+        "target": {"mode": "predicted", "k": 1},
+        "default_methods": {
+            "gradient": ["Saliency", "IntegratedGradients", "SmoothGrad", "GradCAM"],
+            "perturbation": ["Occlusion", "Rise", "SobolAttributionMethod"],
+        },
+        "top_k": 3,
+    }
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """The same resize and preprocessing the functions apply (explain_core)."""
+    from explain_core.attribution import preprocess
+    from explain_core.images import resize
+    from explain_core.model_card import ModelCard
+
+    resized = np.stack([resize(image, INPUT_SIZE, INPUT_SIZE) for image in images])
+    return preprocess(resized, ModelCard.model_validate(card()))
+
+
+def build_model():
+    import keras
+
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
+    # A strided first layer keeps training under a minute on 2 CPU cores.
+    x = keras.layers.Conv2D(16, 5, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(len(shapes.CLASSES), name="logits")(x)
+    return keras.Model(inputs, outputs, name="shapes_cnn")
+
+
+def train(directory: Path) -> dict:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
+    images, labels, _ = shapes.dataset(TRAIN_COUNT, seed=SEED)
+    test_images, test_labels, _ = shapes.dataset(TEST_COUNT, seed=SEED + 1)
+    x, x_test = to_model_input(images), to_model_input(test_images)
+    model = build_model()
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, labels, batch_size=32, epochs=EPOCHS, shuffle=True, verbose=0)
+    accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == test_labels))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / "model.keras")
+    (directory / "card.json").write_text(json.dumps(card(), indent=2))
+    report = {"test_accuracy": accuracy, "train_seconds": round(time.perf_counter() - started, 1),
+              "train_images": TRAIN_COUNT, "test_images": TEST_COUNT, "epochs": EPOCHS}
+    (directory / "training.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def ensure_demo_model() -> Path:
+    """Directory holding model.keras, card.json and training.json; trains on first use."""
+    directory = CACHE / fingerprint()
+    if not (directory / "training.json").exists():
+        report = train(directory)
+        print(f"trained demo model: {report}", flush=True)
+    return directory
+
+
+def sample_images(count: int = 6, seed: int = 777):
+    """Held-out images (never trained on) with their labels and masks, for the demo and tests."""
+    return shapes.dataset(count, seed=seed)
+
+
+def publish(s3_client, bucket: str, directory: Path, name: str = NAME, version: str = VERSION) -> None:
+    """Upload a model and its card to the model bucket, as a user would."""
+    for filename in ("model.keras", "card.json"):
+        s3_client.upload_file(str(directory / filename), bucket, f"models/{name}/{version}/{filename}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args()
+    directory = ensure_demo_model()
+    print(directory)
+    print((directory / "training.json").read_text())
+
+
+if __name__ == "__main__":
+    main()

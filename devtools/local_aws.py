@@ -1,0 +1,256 @@
+"""The AWS side on loopback: a moto server wired as template.yaml describes.
+
+Buckets, queues (with their dead-letter redrive), the input bucket's S3 -> SQS notifications and
+each function's SQS event source (batch size, batching window, environment) are read from
+template.yaml, so the local wiring cannot drift from what is deployed. Local names are derived
+from logical ids: ``InputBucket`` -> ``explain-input-bucket-local``.
+"""
+
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "template.yaml"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that keeps CloudFormation short-form tags as {"Fn": value} dicts."""
+
+
+def _tag(name):
+    def construct(loader, node):
+        if isinstance(node, yaml.ScalarNode):
+            value = loader.construct_scalar(node)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        if name == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+        return {"Ref" if name == "Ref" else f"Fn::{name}": value}
+
+    return construct
+
+
+for _name in ("Ref", "Sub", "GetAtt", "Join", "If", "Select", "Split", "Equals", "Not", "And", "Or",
+              "FindInMap", "ImportValue", "Base64", "Condition", "GetAZs"):
+    _CfnLoader.add_constructor(f"!{_name}", _tag(_name))
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    return yaml.load(path.read_text(), Loader=_CfnLoader)
+
+
+def local_name(logical_id: str) -> str:
+    return "explain-" + re.sub(r"(?<!^)(?=[A-Z])", "-", logical_id).lower() + "-local"
+
+
+@dataclass
+class FunctionWiring:
+    logical_id: str
+    module: str  # the handler module, e.g. functions.gradient.app
+    queue: str  # logical id of its SQS source
+    batch_size: int
+    batching_window: int
+    timeout: int
+    memory: int
+    environment: dict = field(default_factory=dict)
+
+
+@dataclass
+class Deployment:
+    endpoint: str
+    buckets: dict  # logical id -> bucket name
+    queue_urls: dict  # logical id -> queue URL
+    queue_arns: dict
+    functions: dict  # logical id -> FunctionWiring
+
+    def client(self, service: str):
+        return client(service, self.endpoint)
+
+    def bucket(self, logical_id: str) -> str:
+        return self.buckets[logical_id]
+
+    def function_for_family(self, family: str) -> FunctionWiring:
+        return next(f for f in self.functions.values() if f.module == f"functions.{family}.app")
+
+    def to_json(self) -> str:
+        return json.dumps(self, default=lambda o: o.__dict__, indent=2)
+
+
+def aws_environment(endpoint: str) -> dict:
+    """What any process needs to talk to the emulator through the standard boto3 settings."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
+
+
+def client(service: str, endpoint: str):
+    env = aws_environment(endpoint)
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_emulator(host: str = "127.0.0.1", port: int | None = None):
+    """Start a moto server thread on loopback; returns (server, endpoint URL)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = port or free_port()
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    return server, f"http://{host}:{port}"
+
+
+def _resolve(value, names: dict, arns: dict, parameters: dict):
+    """Resolve !Ref / !GetAtt X.Arn / !Sub against local names; other values pass through."""
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, arg), = value.items()
+        if kind == "Ref":
+            return names.get(arg, parameters.get(arg, arg))
+        if kind == "Fn::GetAtt" and arg[1] == "Arn":
+            return arns[arg[0]]
+        if kind == "Fn::Sub" and isinstance(arg, str):
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(names.get(m.group(1), parameters.get(m.group(1), ""))), arg)
+    return value
+
+
+def deploy(endpoint: str, template: dict | None = None) -> Deployment:
+    """Create the template's buckets, queues, notifications on the emulator; describe the functions."""
+    template = template or load_template()
+    resources = template["Resources"]
+    parameters = {name: spec.get("Default") for name, spec in template.get("Parameters", {}).items()}
+    s3, sqs = client("s3", endpoint), client("sqs", endpoint)
+    names, arns, queue_urls = {}, {}, {}
+
+    for logical_id, resource in resources.items():
+        if resource["Type"] == "AWS::S3::Bucket":
+            names[logical_id] = local_name(logical_id)
+            arns[logical_id] = f"arn:aws:s3:::{names[logical_id]}"
+    # Dead-letter queues first: the main queues' redrive policies point at them.
+    queues = [lid for lid, r in resources.items() if r["Type"] == "AWS::SQS::Queue"]
+    queues.sort(key=lambda lid: "RedrivePolicy" in resources[lid].get("Properties", {}))
+    for logical_id in queues:
+        props = resources[logical_id].get("Properties", {})
+        name = local_name(logical_id)
+        attributes = {}
+        for key in ("VisibilityTimeout", "MessageRetentionPeriod"):
+            if key in props:
+                attributes[key] = str(props[key])
+        if "RedrivePolicy" in props:
+            redrive = props["RedrivePolicy"]
+            attributes["RedrivePolicy"] = json.dumps({
+                "deadLetterTargetArn": _resolve(redrive["deadLetterTargetArn"], names, arns, parameters),
+                "maxReceiveCount": str(redrive["maxReceiveCount"]),
+            })
+        queue_urls[logical_id] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        names[logical_id] = queue_urls[logical_id]
+        arns[logical_id] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::S3::Bucket":
+            continue
+        props, bucket = resource.get("Properties", {}), names[logical_id]
+        s3.create_bucket(Bucket=bucket)
+        if "PublicAccessBlockConfiguration" in props:
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+        if "BucketEncryption" in props:
+            # CloudFormation and the S3 API spell the default-encryption rule differently.
+            rules = [
+                {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            ]
+            s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": rules})
+        queue_configs = props.get("NotificationConfiguration", {}).get("QueueConfigurations", [])
+        if queue_configs:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket,
+                NotificationConfiguration={"QueueConfigurations": [
+                    {
+                        "QueueArn": _resolve(config["Queue"], names, arns, parameters),
+                        "Events": [config["Event"]],
+                        "Filter": {"Key": {"FilterRules": config["Filter"]["S3Key"]["Rules"]}},
+                    }
+                    for config in queue_configs
+                ]},
+            )
+
+    globals_fn = template.get("Globals", {}).get("Function", {})
+    functions = {}
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        props = resource["Properties"]
+        environment = {
+            **globals_fn.get("Environment", {}).get("Variables", {}),
+            **props.get("Environment", {}).get("Variables", {}),
+        }
+        environment = {k: str(_resolve(v, names, arns, parameters)) for k, v in environment.items()}
+        source = next(e["Properties"] for e in props["Events"].values() if e["Type"] == "SQS")
+        queue_logical_id = source["Queue"]["Fn::GetAtt"][0]
+        module = str(Path(resource["Metadata"]["Dockerfile"]).parent / "app").replace("/", ".")
+        functions[logical_id] = FunctionWiring(
+            logical_id=logical_id,
+            module=module,
+            queue=queue_logical_id,
+            batch_size=int(source.get("BatchSize", 10)),
+            batching_window=int(source.get("MaximumBatchingWindowInSeconds", 0)),
+            timeout=int(props.get("Timeout", globals_fn.get("Timeout", 3))),
+            memory=int(props.get("MemorySize", globals_fn.get("MemorySize", 128))),
+            environment=environment,
+        )
+    return Deployment(
+        endpoint=endpoint,
+        buckets={lid: names[lid] for lid, r in resources.items() if r["Type"] == "AWS::S3::Bucket"},
+        queue_urls=queue_urls,
+        queue_arns={lid: arns[lid] for lid in queue_urls},
+        functions=functions,
+    )
+
+
+def main():
+    """Run the emulator in the foreground, wired from the template (for manual use)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_AWS_PORT", 5055)))
+    args = parser.parse_args()
+    server, endpoint = start_emulator(port=args.port)
+    deployment = deploy(endpoint)
+    print(deployment.to_json(), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Typed errors.
+
+:class:`ExplainError` subclasses describe problems with the user's input (image, model
+choice, method, parameters). They are final: the pipeline writes an error record and does
+not retry. Any other exception is treated as transient and the message is retried, then
+sent to the dead-letter queue.
+"""
+
+
+class ExplainError(Exception):
+    """A problem with the request that retrying cannot fix."""
+
+    code = "invalid_request"
+    #: HTTP status for the API family of functions.
+    status = 400
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidKeyError(ExplainError):
+    code = "invalid_key"
+
+
+class InvalidImageError(ExplainError):
+    code = "invalid_image"
+
+
+class UnsupportedFormatError(InvalidImageError):
+    code = "unsupported_format"
+    status = 415
+
+
+class ImageTooLargeError(InvalidImageError):
+    code = "image_too_large"
+    status = 413
+
+
+class UnknownModelError(ExplainError):
+    code = "unknown_model"
+    status = 404
+
+
+class InvalidModelError(ExplainError):
+    code = "invalid_model"
+    status = 422
+
+
+class ModelCardError(InvalidModelError):
+    code = "invalid_model_card"
+
+
+class UnknownMethodError(ExplainError):
+    code = "unknown_method"
+    status = 422
+
+
+class InvalidParameterError(ExplainError):
+    code = "invalid_parameter"
+    status = 422
+
+
+class InvalidTargetError(ExplainError):
+    code = "invalid_target"
+    status = 422

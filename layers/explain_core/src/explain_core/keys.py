@@ -1,0 +1,96 @@
+"""S3 key layout.
+
+Inputs:  ``s3://INPUT_BUCKET/incoming/<family>/<model>/<version>/<path/to/image.png>``
+Results: ``s3://RESULTS_BUCKET/results/<family>/<model>/<version>/<path/to/image.png>/``
+         ``manifest.json`` and ``<method>/<class>.png`` + ``<method>/<class>.npy``
+Errors:  ``s3://RESULTS_BUCKET/errors/<family>/<model>/<version>/<path/to/image.png>.json``
+
+Results live in a different bucket from inputs (and under other prefixes), so an output can
+never match the input notification and retrigger a function.
+"""
+
+import re
+from dataclasses import dataclass
+
+from explain_core.errors import InvalidKeyError
+from explain_core.settings import Settings
+
+#: Model names and versions become S3 key segments and cache directory names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_KEY_LENGTH = 1024
+
+
+def check_name(value: str, what: str) -> str:
+    if not NAME_PATTERN.match(value) or ".." in value:
+        raise InvalidKeyError(
+            f"{what} {value!r} is not valid: use letters, digits, '.', '_' or '-' (at most 128 characters)",
+            field=what,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One uploaded object and what its key path selects."""
+
+    bucket: str
+    key: str
+    family: str
+    model: str
+    version: str
+    name: str
+
+    @property
+    def relative(self) -> str:
+        """The key below the input prefix: ``<family>/<model>/<version>/<name>``."""
+        return f"{self.family}/{self.model}/{self.version}/{self.name}"
+
+
+class KeyLayout:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def family_prefix(self, family: str) -> str:
+        return f"{self.settings.input_prefix}{family}/"
+
+    def is_input(self, bucket: str, key: str, family: str) -> bool:
+        """True for objects this family's function must process (the retrigger guard)."""
+        return bucket == self.settings.input_bucket and key.startswith(self.family_prefix(family))
+
+    def parse_input(self, bucket: str, key: str, family: str) -> InputRef:
+        if len(key.encode()) > MAX_KEY_LENGTH:
+            raise InvalidKeyError("object key is longer than 1024 bytes")
+        rest = key[len(self.family_prefix(family)) :]
+        parts = rest.split("/", 2)
+        if len(parts) < 3 or not parts[2] or parts[2].endswith("/"):
+            raise InvalidKeyError(
+                f"key {key!r} does not name a model: upload to "
+                f"{self.family_prefix(family)}<model>/<version>/<file>",
+            )
+        model, version, name = parts
+        return InputRef(bucket, key, family, check_name(model, "model"), check_name(version, "version"), name)
+
+    def results_base(self, ref: InputRef) -> str:
+        return f"{self.settings.results_prefix}{ref.relative}/"
+
+    def manifest_key(self, ref: InputRef) -> str:
+        return self.results_base(ref) + "manifest.json"
+
+    def output_key(self, ref: InputRef, method: str, class_label: str, ext: str) -> str:
+        return f"{self.results_base(ref)}{method}/{class_label}.{ext}"
+
+    def error_key(self, key: str) -> str:
+        """Error record for an input key, even one that does not parse."""
+        relative = key[len(self.settings.input_prefix) :] if key.startswith(self.settings.input_prefix) else key
+        return f"{self.settings.errors_prefix}{relative}.json"
+
+    def model_key(self, model: str, version: str, filename: str) -> str:
+        return f"{self.settings.models_prefix}{check_name(model, 'model')}/{check_name(version, 'version')}/{filename}"
+
+
+def class_label(index: int, names: list[str] | None) -> str:
+    """A file-name-safe label for a class: ``3-tabby_cat``."""
+    if names and 0 <= index < len(names):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", names[index]).strip("_")[:64]
+        return f"{index}-{safe}" if safe else str(index)
+    return str(index)

@@ -1,0 +1,383 @@
+"""From an SQS batch of S3 upload notifications to explanations in S3.
+
+One invocation explains the whole batch: uploads are grouped by model, predicted in one
+batch tensor, and each method runs once per group of uploads with the same parameters.
+
+Failure policy (nothing is silently lost, the function never crashes on user data):
+
+- a problem with the upload itself (:class:`ExplainError`: bad image, unknown model, method or
+  parameter) writes an error record to ``s3://RESULTS_BUCKET/errors/...`` and the message is
+  done: retrying cannot fix it;
+- anything else (S3 unavailable, out of memory, ...) also writes an error record, marked
+  ``retrying``, and reports the message as a batch item failure: SQS redelivers it and, after
+  the queue's maximum receives, moves it to the dead-letter queue;
+- a message whose body is not an S3 notification is reported as failed, so it ends in the DLQ.
+"""
+
+import json
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata as importlib_metadata
+from urllib.parse import unquote_plus
+
+import numpy as np
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
+
+from explain_core import __version__
+from explain_core.attribution import ExplainerCache, class_scores, preprocess, run_method
+from explain_core.errors import ExplainError, ImageTooLargeError
+from explain_core.images import DecodedImage, decode_image, resize
+from explain_core.keys import InputRef, KeyLayout, class_label
+from explain_core.model_store import LoadedModel, ModelStore
+from explain_core.registry import MethodSpec
+from explain_core.rendering import npy_bytes, overlay_png
+from explain_core.request_options import RequestOptions, parse_options
+from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, ResultWriter, now_iso
+from explain_core.settings import Settings
+
+logger = Logger(child=True)
+tracer = Tracer()
+metrics = Metrics()
+
+
+class PoisonMessageError(Exception):
+    """An SQS message that is not an S3 event notification."""
+
+
+@dataclass
+class Upload:
+    """One uploaded object from one SQS message, as it moves through the pipeline."""
+
+    message_id: str
+    bucket: str
+    key: str
+    etag: str | None
+    ref: InputRef | None = None
+    image: DecodedImage | None = None
+    options: RequestOptions | None = None
+    pixels: np.ndarray | None = None  # resized to the model input
+    timings: dict = field(default_factory=dict)
+    duplicate: bool = False
+
+
+@cache
+def library_versions() -> dict:
+    versions = {"python": platform.python_version(), "explain_core": __version__}
+    for package in ("tensorflow-cpu", "keras", "xplique", "numpy", "aws-lambda-powertools"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+class ExplanationPipeline:
+    def __init__(self, family: str, settings: Settings, s3_client, batch_size: int = 64):
+        self.family = family
+        self.settings = settings
+        self.s3 = s3_client
+        self.keys = KeyLayout(settings)
+        self.store = ModelStore(s3_client, settings)
+        self.writer = ResultWriter(s3_client, settings)
+        self.explainers = ExplainerCache()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_environment(cls, family: str) -> "ExplanationPipeline":
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        return cls(family, Settings.from_env(), s3)
+
+    # ----------------------------------------------------------------- event handling
+    @tracer.capture_method
+    def handle_sqs_event(self, event: dict, context) -> dict:
+        """Process an SQS event; returns Lambda's partial batch response."""
+        request_id = getattr(context, "aws_request_id", None)
+        retry: dict[str, Exception] = {}
+        uploads: list[Upload] = []
+        for record in SQSEvent(event).records:
+            try:
+                uploads.extend(self._uploads_in(record))
+            except PoisonMessageError as exc:
+                logger.error("message is not an S3 event notification", extra={"message_id": record.message_id})
+                retry[record.message_id] = exc
+
+        groups: dict[tuple[str, str], list[Upload]] = defaultdict(list)
+        for upload in uploads:
+            try:
+                upload.ref = self.keys.parse_input(upload.bucket, upload.key, self.family)
+                groups[(upload.ref.model, upload.ref.version)].append(upload)
+            except ExplainError as exc:
+                self._fail(upload, exc, retry, request_id)
+        for (model, version), group in groups.items():
+            self._explain_group(model, version, group, retry, request_id)
+
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+        def report(record: SQSRecord):
+            if record.message_id in retry:
+                raise retry[record.message_id]
+
+        return process_partial_response(event=event, record_handler=report, processor=processor, context=context)
+
+    def _uploads_in(self, record: SQSRecord) -> list[Upload]:
+        try:
+            body = json.loads(record.body)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise PoisonMessageError("message body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise PoisonMessageError("message body is not a JSON object")
+        if body.get("Event") == "s3:TestEvent":
+            logger.info("skipping s3:TestEvent", extra={"bucket": body.get("Bucket")})
+            return []
+        uploads = []
+        try:
+            # Powertools' data class rather than its strict parser model: emulators (and some
+            # S3-compatible stores) omit fields such as userIdentity that the handler never reads.
+            for s3_record in S3Event(body).records:
+                if not s3_record.event_name.startswith("ObjectCreated:"):
+                    continue
+                bucket = s3_record.s3.bucket.name
+                key = unquote_plus(s3_record.s3.get_object.key)  # S3 URL-encodes keys in notifications
+                etag = s3_record.s3.get_object.get("eTag")
+                if not self.keys.is_input(bucket, key, self.family):
+                    # Retrigger guard: never process anything but this family's input prefix.
+                    logger.warning("ignoring object outside the input prefix", extra={"bucket": bucket, "key": key})
+                    metrics.add_metric(name="IgnoredObjects", unit=MetricUnit.Count, value=1)
+                    continue
+                uploads.append(Upload(record.message_id, bucket, key, etag))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PoisonMessageError(f"message body is not an S3 event notification: {exc!r}") from exc
+        return uploads
+
+    def _fail(self, upload: Upload, exc: Exception, retry: dict, request_id: str | None) -> None:
+        user_error = isinstance(exc, ExplainError)
+        if user_error:
+            logger.warning("input refused", extra={"key": upload.key, "error": exc.to_dict()})
+            error = exc.to_dict()
+            metrics.add_metric(name="InputErrors", unit=MetricUnit.Count, value=1)
+        else:
+            logger.exception("explaining failed; the message will be retried", extra={"key": upload.key})
+            error = {"type": type(exc).__name__, "code": "internal_error", "message": str(exc)[:2000], "details": {}}
+            retry[upload.message_id] = exc
+            metrics.add_metric(name="TransientErrors", unit=MetricUnit.Count, value=1)
+        try:
+            self.writer.put_error(
+                bucket=upload.bucket, key=upload.key, etag=upload.etag, family=self.family,
+                error=error, retrying=not user_error, request_id=request_id,
+            )
+        except Exception as write_error:  # the record must not be lost: let SQS retry it
+            logger.exception("could not write the error record", extra={"key": upload.key})
+            retry[upload.message_id] = write_error
+
+    # ----------------------------------------------------------------- explaining
+    @tracer.capture_method
+    def _explain_group(self, model: str, version: str, group: list[Upload], retry: dict, request_id) -> None:
+        try:
+            started = time.perf_counter()
+            loaded = self.store.get(model, version)
+            model_seconds = time.perf_counter() - started
+        except Exception as exc:
+            for upload in group:
+                self._fail(upload, exc, retry, request_id)
+            return
+        ready = []
+        for upload in group:
+            try:
+                upload.timings["model_s"] = model_seconds
+                self._prepare(upload, loaded)
+                if upload.duplicate:
+                    logger.info("duplicate event: results already exist", extra={"key": upload.key})
+                    metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=1)
+                else:
+                    ready.append(upload)
+            except Exception as exc:
+                self._fail(upload, exc, retry, request_id)
+        if not ready:
+            return
+        try:
+            outputs = self._explain(ready, loaded)
+        except Exception as exc:
+            for upload in ready:
+                self._fail(upload, exc, retry, request_id)
+            return
+        for upload, (objects, manifest) in zip(ready, outputs):
+            try:
+                self._write(upload, loaded, objects, manifest, request_id)
+            except Exception as exc:
+                self._fail(upload, exc, retry, request_id)
+
+    def _prepare(self, upload: Upload, loaded: LoadedModel) -> None:
+        started = time.perf_counter()
+        response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key)
+        size = response["ContentLength"]
+        if size > self.settings.max_image_bytes:
+            response["Body"].close()
+            raise ImageTooLargeError(
+                f"the object is {size} bytes; the limit is {self.settings.max_image_bytes}", size=size
+            )
+        data = response["Body"].read()
+        upload.etag = response["ETag"].strip('"')
+        upload.timings["download_s"] = time.perf_counter() - started
+
+        upload.options = parse_options(response.get("Metadata", {}), loaded.card, self.family)
+        existing = self.writer.manifest_metadata(self.keys.manifest_key(upload.ref))
+        if existing and existing.get(SOURCE_ETAG) == upload.etag and existing.get(
+            REQUEST_FINGERPRINT
+        ) == self._fingerprint(upload, loaded):
+            upload.duplicate = True
+            return
+
+        started = time.perf_counter()
+        upload.image = decode_image(
+            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
+        upload.pixels = resize(upload.image.pixels, loaded.card.input_height, loaded.card.input_width)
+        upload.timings["decode_s"] = time.perf_counter() - started
+
+    @staticmethod
+    def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:
+        return f"{upload.options.fingerprint}-{loaded.model_etag[:16]}"
+
+    @tracer.capture_method
+    def _explain(self, uploads: list[Upload], loaded: LoadedModel) -> list[tuple[list, dict]]:
+        """Predict and run every requested method; returns (objects to write, manifest) per upload."""
+        card = loaded.card
+        inputs = preprocess(np.stack([u.pixels for u in uploads]), card)
+        started = time.perf_counter()
+        scores = class_scores(loaded.model, inputs, card, self.batch_size)
+        predict_seconds = time.perf_counter() - started
+
+        targets = [u.options.classes_to_explain(scores[i]) for i, u in enumerate(uploads)]
+        # Rows are (upload index, class): a method runs once over all rows sharing its parameters.
+        jobs: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+        for i, upload in enumerate(uploads):
+            for spec, params in upload.options.methods:
+                for cls in targets[i]:
+                    jobs[(spec.name, json.dumps(params, sort_keys=True))].append((i, cls))
+        specs = {spec.name: spec for u in uploads for spec, _ in u.options.methods}
+
+        method_results: dict[tuple, dict] = {}
+        for (name, params_json), rows in jobs.items():
+            spec, params = specs[name], json.loads(params_json)
+            batch_inputs = inputs[[i for i, _ in rows]]
+            one_hot = np.eye(len(card.class_names), dtype=np.float32)[[cls for _, cls in rows]]
+            try:
+                explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size)
+                result = run_method(explainer, batch_inputs, one_hot)
+                metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
+                for row, (i, cls) in enumerate(rows):
+                    method_results[(i, name, params_json, cls)] = {
+                        "attributions": result.attributions[row],
+                        "heatmap": result.heatmaps[row],
+                        "seconds": result.seconds,
+                        "rows": len(rows),
+                    }
+            except Exception as exc:  # a method failing on this model must not sink the others
+                logger.exception("method failed", extra={"method": name, "model": card.name})
+                error = exc.to_dict() if isinstance(exc, ExplainError) else {
+                    "type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]
+                }
+                for i, cls in rows:
+                    method_results[(i, name, params_json, cls)] = {"error": error}
+
+        return [
+            self._outputs_for(i, upload, loaded, scores[i], targets[i], method_results, predict_seconds, len(uploads))
+            for i, upload in enumerate(uploads)
+        ]
+
+    def _outputs_for(self, i, upload, loaded, scores, classes, method_results, predict_seconds, batch_rows):
+        card, ref = loaded.card, upload.ref
+        ranked = np.argsort(-scores, kind="stable")[: card.top_k]
+
+        def described(cls: int) -> dict:
+            return {"class_index": int(cls), "class_name": card.class_name(int(cls)), "score": float(scores[cls])}
+
+        objects, methods = [], []
+        for spec, params in upload.options.methods:
+            entry = self._method_entry(spec, params, card)
+            for cls in classes:
+                found = method_results[(i, spec.name, json.dumps(params, sort_keys=True), cls)]
+                if "error" in found:
+                    entry["status"] = "failed"
+                    entry["error"] = found["error"]
+                    continue
+                label = class_label(cls, card.class_names)
+                heatmap_key = self.keys.output_key(ref, spec.name, label, "png")
+                array_key = self.keys.output_key(ref, spec.name, label, "npy")
+                objects.append((heatmap_key, overlay_png(
+                    upload.image.pixels, found["heatmap"], max_side=self.settings.max_overlay_side
+                ), "image/png"))
+                objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
+                entry["seconds"] = round(found["seconds"], 4)
+                entry["batch_rows"] = found["rows"]
+                entry["outputs"].append({
+                    **described(cls),
+                    "heatmap": heatmap_key,
+                    "attributions": array_key,
+                    "attributions_shape": list(found["attributions"].shape),
+                })
+            methods.append(entry)
+
+        failed = sum(m["status"] == "failed" for m in methods)
+        manifest = {
+            "status": "succeeded" if not failed else ("failed" if failed == len(methods) else "partial"),
+            "family": self.family,
+            "input": {
+                "bucket": upload.bucket, "key": upload.key, "etag": upload.etag,
+                "format": upload.image.format, "width": upload.image.width, "height": upload.image.height,
+            },
+            "model": {
+                "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
+                "card_etag": loaded.card_etag, "input_size": [card.input_height, card.input_width],
+                "loaded_from": loaded.source,
+            },
+            "predictions": [described(c) for c in ranked],
+            "explained_classes": [described(c) for c in classes],
+            "methods": methods,
+            "timings": {
+                **{k: round(v, 4) for k, v in upload.timings.items()},
+                "predict_s": round(predict_seconds, 4),
+                "batch_images": batch_rows,
+            },
+            "versions": library_versions(),
+            "results_prefix": self.keys.results_base(ref),
+        }
+        return objects, manifest
+
+    @staticmethod
+    def _method_entry(spec: MethodSpec, params: dict, card) -> dict:
+        return {
+            "name": spec.name,
+            "params": params,
+            "passes_per_image": spec.passes(params, (card.input_height, card.input_width)),
+            "reference": spec.reference,
+            "status": "succeeded",
+            "outputs": [],
+        }
+
+    def _write(self, upload: Upload, loaded: LoadedModel, objects: list, manifest: dict, request_id) -> None:
+        started = time.perf_counter()
+        self.writer.put_many(objects)
+        manifest["request_id"] = request_id
+        manifest["created_at"] = now_iso()
+        manifest["timings"]["write_s"] = round(time.perf_counter() - started, 4)
+        manifest["output_keys"] = [key for key, _, _ in objects]
+        # The manifest goes last: its presence means every output it lists is in place.
+        self.writer.put_json(
+            self.keys.manifest_key(upload.ref),
+            manifest,
+            metadata={SOURCE_ETAG: upload.etag, REQUEST_FINGERPRINT: self._fingerprint(upload, loaded)},
+        )
+        self.writer.delete_error(upload.key)
+        metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
+        logger.info("explained", extra={"key": upload.key, "status": manifest["status"], "outputs": len(objects)})

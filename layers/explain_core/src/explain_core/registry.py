@@ -1,0 +1,324 @@
+"""The registry of explanation methods: one entry per method, and the only place to add one.
+
+An entry gives the method's name, family, the Xplique class that computes it, its
+user-settable parameters with defaults and bounds, its cost in model passes per image, and
+the paper it implements. Parameter validation and cost limits are derived from the entry, so
+an upload cannot ask for ``steps=10**9`` and tie a function up for 15 minutes.
+"""
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from explain_core.errors import InvalidParameterError, UnknownMethodError
+
+GRADIENT = "gradient"
+PERTURBATION = "perturbation"
+FAMILIES = (GRADIENT, PERTURBATION)
+
+#: Upper bound on model evaluations one method may spend on one image.
+MAX_PASSES_PER_IMAGE = 50_000
+
+
+@dataclass(frozen=True)
+class Param:
+    """A user-settable parameter: its type, default and inclusive bounds (or allowed choices)."""
+
+    name: str
+    kind: type
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+    power_of_two: bool = False
+    doc: str = ""
+
+    def validate(self, method: str, value: Any) -> Any:
+        def fail(reason: str):
+            raise InvalidParameterError(
+                f"{method}.{self.name}={value!r}: {reason}", method=method, parameter=self.name, bounds=self.describe()
+            )
+
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                fail("expected true or false")
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                fail("expected a string")
+        elif self.kind is int:
+            # Accept 32.0 from JSON but never 32.5, True or "32".
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+                fail("expected an integer")
+            value = int(value)
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail("expected a finite number")
+            value = float(value)
+        if self.choices is not None and value not in self.choices:
+            fail(f"expected one of {list(self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            fail(f"must be >= {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            fail(f"must be <= {self.maximum}")
+        if self.power_of_two and (value & (value - 1)) != 0:
+            fail("must be a power of two")
+        return value
+
+    def describe(self) -> dict:
+        spec = {"type": self.kind.__name__, "default": self.default}
+        for key in ("minimum", "maximum", "choices"):
+            if getattr(self, key) is not None:
+                spec[key] = list(self.choices) if key == "choices" else getattr(self, key)
+        if self.power_of_two:
+            spec["power_of_two"] = True
+        if self.doc:
+            spec["doc"] = self.doc
+        return spec
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    #: Dotted path of the Xplique class; imported on first use so the registry stays light.
+    explainer: str
+    reference: str
+    params: tuple[Param, ...] = ()
+    #: Model passes per image for given parameters and input size (height, width).
+    passes: Callable[[Mapping[str, Any], tuple[int, int]], int] = lambda params, size: 1
+    #: Extra constructor arguments derived from the model card or the parameters.
+    uses_cam_layer: bool = False
+    #: Parameters that the method takes as a segmentation grid, not as constructor arguments.
+    grid_segments: bool = False
+    description: str = ""
+    param_names: frozenset = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
+
+    @property
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def explainer_class(self):
+        module, _, cls = self.explainer.rpartition(".")
+        return getattr(importlib.import_module(module), cls)
+
+    def resolve(self, overrides: Mapping[str, Any] | None, input_size: tuple[int, int]) -> dict:
+        """Defaults updated with ``overrides``, each checked; the cost is checked too."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - self.param_names)
+        if unknown:
+            raise InvalidParameterError(
+                f"{self.name} has no parameter {', '.join(unknown)}; it takes {sorted(self.param_names) or 'none'}",
+                method=self.name,
+                parameters=unknown,
+            )
+        by_name = {p.name: p for p in self.params}
+        resolved = {name: by_name[name].validate(self.name, value) for name, value in overrides.items()}
+        params = {**self.defaults, **resolved}
+        cost = self.passes(params, input_size)
+        if cost > MAX_PASSES_PER_IMAGE:
+            raise InvalidParameterError(
+                f"{self.name} with {params} needs {cost} model passes per image; the limit is {MAX_PASSES_PER_IMAGE}",
+                method=self.name,
+                passes=cost,
+            )
+        return params
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "reference": self.reference,
+            "description": self.description,
+            "parameters": {p.name: p.describe() for p in self.params},
+        }
+
+
+def _occlusion_passes(params, size):
+    height, width = size
+    patch, stride = params["patch_size"], params["patch_stride"]
+    if patch > min(height, width):
+        raise InvalidParameterError(
+            f"Occlusion.patch_size={patch} is larger than the model input ({height}x{width})",
+            method="Occlusion",
+            parameter="patch_size",
+        )
+    return (math.ceil((height - patch) / stride) + 1) * (math.ceil((width - patch) / stride) + 1)
+
+
+_STEPS = Param("steps", int, 50, 2, 512, doc="points on the path from the baseline to the input")
+_BASELINE = Param("baseline_value", float, 0.0, -10.0, 10.0, doc="value of the baseline image (model input space)")
+_NB_SAMPLES_GRAD = Param("nb_samples", int, 50, 2, 512, doc="noisy copies of the input")
+_NOISE = Param("noise", float, 0.2, 0.0, 2.0, doc="standard deviation of the Gaussian noise")
+_GRID = Param("grid_size", int, 8, 2, 32, doc="the image is split into grid_size x grid_size cells")
+_GSA_GRID = Param("grid_size", int, 8, 2, 16, doc="the image is split into grid_size x grid_size cells")
+_PERTURBATION = Param(
+    "perturbation_function", str, "inpainting", choices=("inpainting", "blurring", "amplitude"), doc="how cells are masked"
+)
+
+
+def _per_sample(params, size):
+    return params["nb_samples"]
+
+
+_GRADIENT_STATS = (_NB_SAMPLES_GRAD, _NOISE)
+
+METHODS: tuple[MethodSpec, ...] = (
+    # --- white-box: gradients of the explained class score with respect to the input ---
+    MethodSpec(
+        "Saliency", GRADIENT, "xplique.attributions.Saliency",
+        "Simonyan et al., Deep Inside Convolutional Networks: Visualising Image Classification Models and "
+        "Saliency Maps (2013), https://arxiv.org/abs/1312.6034",
+        description="absolute gradient of the class score, maximum over channels",
+    ),
+    MethodSpec(
+        "GradientInput", GRADIENT, "xplique.attributions.GradientInput",
+        "Shrikumar et al., Not Just a Black Box: Learning Important Features Through Propagating Activation "
+        "Differences (2016), https://arxiv.org/abs/1605.01713",
+        description="gradient times input",
+    ),
+    MethodSpec(
+        "IntegratedGradients", GRADIENT, "xplique.attributions.IntegratedGradients",
+        "Sundararajan et al., Axiomatic Attribution for Deep Networks (2017), https://arxiv.org/abs/1703.01365",
+        params=(_STEPS, _BASELINE), passes=lambda p, s: p["steps"],
+        description="gradients integrated along a straight path from a baseline",
+    ),
+    MethodSpec(
+        "SmoothGrad", GRADIENT, "xplique.attributions.SmoothGrad",
+        "Smilkov et al., SmoothGrad: removing noise by adding noise (2017), https://arxiv.org/abs/1706.03825",
+        params=_GRADIENT_STATS, passes=_per_sample, description="mean gradient over noisy copies",
+    ),
+    MethodSpec(
+        "VarGrad", GRADIENT, "xplique.attributions.VarGrad",
+        "Adebayo et al., Local Explanation Methods for Deep Neural Networks Lack Sensitivity to Parameter "
+        "Values (2018), https://arxiv.org/abs/1810.03307",
+        params=_GRADIENT_STATS, passes=_per_sample, description="variance of gradients over noisy copies",
+    ),
+    MethodSpec(
+        "SquareGrad", GRADIENT, "xplique.attributions.SquareGrad",
+        "Hooker et al., A Benchmark for Interpretability Methods in Deep Neural Networks (2019), "
+        "https://arxiv.org/abs/1806.10758",
+        params=_GRADIENT_STATS, passes=_per_sample, description="mean squared gradient over noisy copies",
+    ),
+    MethodSpec(
+        "GuidedBackprop", GRADIENT, "xplique.attributions.GuidedBackprop",
+        "Springenberg et al., Striving for Simplicity: The All Convolutional Net (2014), "
+        "https://arxiv.org/abs/1412.6806",
+        description="gradient with ReLUs passing only positive gradients of positive activations",
+    ),
+    MethodSpec(
+        "DeconvNet", GRADIENT, "xplique.attributions.DeconvNet",
+        "Zeiler and Fergus, Visualizing and Understanding Convolutional Networks (2013), "
+        "https://arxiv.org/abs/1311.2901",
+        description="gradient with ReLUs applied to the backward signal",
+    ),
+    MethodSpec(
+        "GradCAM", GRADIENT, "xplique.attributions.GradCAM",
+        "Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization "
+        "(2016), https://arxiv.org/abs/1610.02391",
+        uses_cam_layer=True, description="class activation map weighted by pooled gradients",
+    ),
+    MethodSpec(
+        "GradCAMPP", GRADIENT, "xplique.attributions.GradCAMPP",
+        "Chattopadhyay et al., Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks "
+        "(2017), https://arxiv.org/abs/1710.11063",
+        uses_cam_layer=True, description="Grad-CAM with higher-order gradient weights",
+    ),
+    MethodSpec(
+        "FEM", GRADIENT, "xplique.attributions.FEM",
+        "Fuad et al., Features Understanding in 3D CNNs for Actions Recognition in Video (2020), "
+        "https://doi.org/10.1109/IPTA50016.2020.9286629",
+        params=(Param("k", float, 2.0, 0.1, 10.0, doc="standard deviations above the mean that count as salient"),),
+        uses_cam_layer=True, description="feature explanation method: salient feature maps, no gradients",
+    ),
+    # --- black-box: the model is only evaluated on perturbed copies of the input ---
+    MethodSpec(
+        "Occlusion", PERTURBATION, "xplique.attributions.Occlusion",
+        "Zeiler and Fergus, Visualizing and Understanding Convolutional Networks (2013), "
+        "https://arxiv.org/abs/1311.2901",
+        params=(
+            Param("patch_size", int, 16, 1, 256, doc="side of the square patch hidden each pass (pixels)"),
+            Param("patch_stride", int, 8, 1, 256, doc="step between patches (pixels)"),
+            Param("occlusion_value", float, 0.0, -10.0, 10.0, doc="value painted in the patch (model input space)"),
+        ),
+        passes=_occlusion_passes, description="score drop when a patch is hidden",
+    ),
+    MethodSpec(
+        "Rise", PERTURBATION, "xplique.attributions.Rise",
+        "Petsiuk et al., RISE: Randomized Input Sampling for Explanation of Black-box Models (2018), "
+        "https://arxiv.org/abs/1806.07421",
+        params=(
+            Param("nb_samples", int, 2000, 16, 20000, doc="random masks"),
+            Param("grid_size", int, 7, 2, 32, doc="resolution of the random masks"),
+            Param("preservation_probability", float, 0.5, 0.05, 0.95, doc="share of cells kept in a mask"),
+            Param("mask_value", float, 0.0, -10.0, 10.0, doc="value of hidden cells (model input space)"),
+        ),
+        passes=_per_sample, description="score-weighted average of random masks",
+    ),
+    MethodSpec(
+        "Lime", PERTURBATION, "xplique.attributions.Lime",
+        "Ribeiro et al., \"Why Should I Trust You?\": Explaining the Predictions of Any Classifier (2016), "
+        "https://arxiv.org/abs/1602.04938",
+        params=(
+            Param("nb_samples", int, 300, 16, 5000, doc="perturbed samples"),
+            _GRID,
+            Param("kernel_width", float, 45.0, 0.1, 1000.0, doc="width of the similarity kernel"),
+            Param("prob", float, 0.5, 0.05, 0.95, doc="probability that a segment is kept"),
+        ),
+        passes=_per_sample, grid_segments=True, description="local linear surrogate over image cells",
+    ),
+    MethodSpec(
+        "KernelShap", PERTURBATION, "xplique.attributions.KernelShap",
+        "Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017), "
+        "https://arxiv.org/abs/1705.07874",
+        params=(Param("nb_samples", int, 300, 16, 5000, doc="coalitions evaluated"), _GRID),
+        passes=_per_sample, grid_segments=True, description="Shapley values of image cells (Kernel SHAP)",
+    ),
+    MethodSpec(
+        "SobolAttributionMethod", PERTURBATION, "xplique.attributions.SobolAttributionMethod",
+        "Fel et al., Look at the Variance! Efficient Black-box Explanations with Sobol-based Sensitivity "
+        "Analysis (2021), https://arxiv.org/abs/2111.04138",
+        params=(
+            _GSA_GRID,
+            Param("nb_design", int, 32, 8, 1024, power_of_two=True, doc="designs of the quasi-Monte Carlo sampler"),
+            _PERTURBATION,
+        ),
+        passes=lambda p, s: p["nb_design"] * (p["grid_size"] ** 2 + 2),
+        description="total Sobol indices of image cells",
+    ),
+    MethodSpec(
+        "HsicAttributionMethod", PERTURBATION, "xplique.attributions.HsicAttributionMethod",
+        "Novello et al., Making Sense of Dependence: Efficient Black-box Explanations Using Dependence Measure "
+        "(2022), https://arxiv.org/abs/2206.06219",
+        params=(
+            _GSA_GRID,
+            Param("nb_design", int, 500, 16, 4000, doc="perturbed samples"),
+            _PERTURBATION,
+        ),
+        passes=lambda p, s: p["nb_design"],
+        description="Hilbert-Schmidt independence between cells and the score",
+    ),
+)
+
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in METHODS}
+
+
+def methods_of(family: str) -> list[MethodSpec]:
+    return [spec for spec in METHODS if spec.family == family]
+
+
+def get_method(name: str, family: str) -> MethodSpec:
+    """The entry named ``name`` (case-insensitive), which must belong to ``family``."""
+    spec = REGISTRY.get(name) or next((s for s in METHODS if s.name.lower() == str(name).lower()), None)
+    if spec is None or spec.family != family:
+        available = ", ".join(s.name for s in methods_of(family))
+        where = f" (it belongs to the {spec.family} family)" if spec else ""
+        raise UnknownMethodError(
+            f"unknown {family} method {name!r}{where}; available: {available}", method=name, family=family
+        )
+    return spec

@@ -1,0 +1,110 @@
+"""What an upload asks for: methods, their parameters and the classes to explain.
+
+Read from the object's user metadata (set at upload, e.g. ``aws s3 cp --metadata``):
+
+- ``methods``: comma-separated method names of the function's family, or ``all``;
+  default: the model card's ``default_methods`` for the family, else every method.
+- ``params``: JSON object ``{"<Method>": {"<param>": value}}``; checked against the registry.
+- ``target``: a class name or index to explain; default: the card's target policy.
+- ``top-k``: explain the k most probable classes instead (1-10).
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from explain_core.errors import InvalidParameterError, InvalidTargetError, UnknownMethodError
+from explain_core.model_card import ModelCard
+from explain_core.registry import MethodSpec, get_method, methods_of
+
+MAX_TOP_K = 10
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    methods: tuple[tuple[MethodSpec, dict], ...]  # (method, resolved parameters)
+    target: int | None
+    top_k: int
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the request, used to recognise a duplicate event."""
+        described = {
+            "methods": [[spec.name, params] for spec, params in self.methods],
+            "target": self.target,
+            "top_k": self.top_k,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
+
+    def classes_to_explain(self, scores: np.ndarray) -> list[int]:
+        if self.target is not None:
+            return [self.target]
+        return [int(i) for i in np.argsort(-scores, kind="stable")[: self.top_k]]
+
+
+def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOptions:
+    metadata = {k.lower(): v for k, v in (metadata or {}).items()}
+    input_size = (card.input_height, card.input_width)
+
+    raw_methods = metadata.get("methods", "").strip()
+    if raw_methods.lower() == "all":
+        specs = methods_of(family)
+    elif raw_methods:
+        names = [name.strip() for name in raw_methods.split(",") if name.strip()]
+        specs = list(dict.fromkeys(get_method(name, family) for name in names))
+    else:
+        defaults = card.default_methods.get(family)
+        specs = [get_method(name, family) for name in defaults] if defaults else methods_of(family)
+    if not specs:
+        raise UnknownMethodError("no methods requested", family=family)
+
+    params = _json_metadata(metadata, "params")
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise InvalidParameterError('params must be a JSON object like {"IntegratedGradients": {"steps": 32}}')
+    by_name = {spec.name.lower(): spec for spec in specs}
+    stray = [name for name in params if name.lower() not in by_name]
+    if stray:
+        raise InvalidParameterError(
+            f"params name methods that were not requested: {', '.join(stray)}", methods=[s.name for s in specs]
+        )
+    lowered = {name.lower(): value for name, value in params.items()}
+    methods = tuple((spec, spec.resolve(lowered.get(spec.name.lower()), input_size)) for spec in specs)
+
+    target = _parse_target(metadata.get("target"), card)
+    top_k = card.target.k if card.target.mode == "top_k" else 1
+    if metadata.get("top-k") not in (None, ""):
+        try:
+            top_k = int(metadata["top-k"])
+        except ValueError as exc:
+            raise InvalidTargetError(f"top-k must be an integer, got {metadata['top-k']!r}") from exc
+        if not 1 <= top_k <= min(MAX_TOP_K, len(card.class_names)):
+            raise InvalidTargetError(f"top-k must be between 1 and {min(MAX_TOP_K, len(card.class_names))}")
+    return RequestOptions(methods, target, top_k)
+
+
+def _json_metadata(metadata: dict, name: str):
+    raw = metadata.get(name)
+    if raw in (None, ""):
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameterError(f"{name} metadata is not valid JSON: {exc}") from exc
+
+
+def _parse_target(raw: str | None, card: ModelCard) -> int | None:
+    if raw in (None, ""):
+        return None
+    raw = raw.strip()
+    if raw in card.class_names:
+        return card.class_names.index(raw)
+    if raw.lstrip("-").isdigit():
+        index = int(raw)
+        if 0 <= index < len(card.class_names):
+            return index
+    raise InvalidTargetError(
+        f"target {raw!r} is neither a class name nor an index below {len(card.class_names)}",
+        classes=card.class_names[:50],
+    )

@@ -1,0 +1,45 @@
+"""Settings read from the function's environment (set in template.yaml)."""
+
+import os
+from dataclasses import dataclass
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    input_bucket: str
+    results_bucket: str
+    model_bucket: str
+    input_prefix: str = "incoming/"
+    results_prefix: str = "results/"
+    errors_prefix: str = "errors/"
+    models_prefix: str = "models/"
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_overlay_side: int = 1024
+    model_cache_dir: str = "/tmp/explain-models"
+    max_cached_models: int = 2
+    max_model_bytes: int = 2 * 1024**3
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        return cls(
+            input_bucket=env["INPUT_BUCKET"],
+            results_bucket=env["RESULTS_BUCKET"],
+            model_bucket=env["MODEL_BUCKET"],
+            input_prefix=env.get("INPUT_PREFIX", cls.input_prefix),
+            results_prefix=env.get("RESULTS_PREFIX", cls.results_prefix),
+            errors_prefix=env.get("ERRORS_PREFIX", cls.errors_prefix),
+            models_prefix=env.get("MODELS_PREFIX", cls.models_prefix),
+            max_image_bytes=_int_env("MAX_IMAGE_BYTES", cls.max_image_bytes),
+            max_image_pixels=_int_env("MAX_IMAGE_PIXELS", cls.max_image_pixels),
+            max_overlay_side=_int_env("MAX_OVERLAY_SIDE", cls.max_overlay_side),
+            model_cache_dir=env.get("MODEL_CACHE_DIR", cls.model_cache_dir),
+            max_cached_models=_int_env("MAX_CACHED_MODELS", cls.max_cached_models),
+            max_model_bytes=_int_env("MAX_MODEL_BYTES", cls.max_model_bytes),
+        )
