@@ -1,0 +1,135 @@
+"""Shared fixtures: the local AWS emulator wired from template.yaml, the demo model, handlers."""
+
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsTests")
+
+from devtools import demo_model, local_aws, local_lambda  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS = REPO / "events"
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """A moto server on a free loopback port; yields its endpoint URL."""
+    server, endpoint = local_aws.start_emulator()
+    saved = {k: os.environ.get(k) for k in local_aws.aws_environment(endpoint)}
+    os.environ.update(local_aws.aws_environment(endpoint))
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def deployment(emulator):
+    """Buckets, queues and notifications created as template.yaml describes them."""
+    return local_aws.deploy(emulator)
+
+
+@pytest.fixture(scope="session")
+def s3(deployment):
+    return deployment.client("s3")
+
+
+@pytest.fixture(scope="session")
+def sqs(deployment):
+    return deployment.client("sqs")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir():
+    return demo_model.ensure_demo_model()
+
+
+@pytest.fixture(scope="session")
+def published_model(deployment, s3, demo_model_dir):
+    demo_model.publish(s3, deployment.bucket("ModelBucket"), demo_model_dir)
+    return demo_model.NAME, demo_model.VERSION
+
+
+@pytest.fixture(scope="session")
+def samples():
+    """Held-out demo images: (images uint8 N x 128 x 128 x 3, labels, masks)."""
+    return demo_model.sample_images(6)
+
+
+@pytest.fixture(scope="session")
+def handlers(deployment, published_model):
+    """The real handlers of every function, imported under their template environment."""
+    return {
+        family: local_lambda.load_handler(deployment, deployment.function_for_family(family))
+        for family in ("gradient", "perturbation")
+    }
+
+
+@pytest.fixture
+def lambda_context():
+    return local_lambda.LocalLambdaContext("test-function", 3008, 300)
+
+
+@pytest.fixture
+def invoke(deployment, handlers):
+    """Invoke a family's handler with an event, under the function's environment."""
+
+    def _invoke(family: str, event: dict):
+        wiring = deployment.function_for_family(family)
+        context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
+        with local_lambda.function_environment(deployment, wiring):
+            return handlers[family](event, context)
+
+    return _invoke
+
+
+@pytest.fixture
+def unique_prefix():
+    """A fresh key segment so tests sharing the emulator never see each other's objects."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def png_bytes(pixels) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def read_json(s3, bucket: str, key: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def event_keys(event: dict) -> list[str]:
+    """The decoded object keys an SQS event of S3 notifications names."""
+    from urllib.parse import unquote_plus
+
+    keys = []
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        if isinstance(body, dict):
+            keys += [unquote_plus(r["s3"]["object"]["key"]) for r in body.get("Records", [])]
+    return keys
+
+
+def clear_outputs(s3, deployment, family: str) -> None:
+    """Delete a family's results and error records from the results bucket."""
+    bucket = deployment.bucket("ResultsBucket")
+    for prefix in (f"results/{family}/", f"errors/{family}/"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
