@@ -179,7 +179,9 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
         props, bucket = resource.get("Properties", {}), names[logical_id]
         s3.create_bucket(Bucket=bucket)
         if "PublicAccessBlockConfiguration" in props:
-            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+            s3.put_public_access_block(
+                Bucket=bucket, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
+            )
         if "BucketEncryption" in props:
             # CloudFormation and the S3 API spell the default-encryption rule differently.
             rules = [

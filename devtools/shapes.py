@@ -53,5 +53,5 @@ def dataset(count: int, seed: int, size: int = IMAGE_SIZE):
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % len(CLASSES)
     rng.shuffle(labels)
-    images, masks = zip(*(render(int(label), rng, size) for label in labels))
+    images, masks = zip(*(render(int(label), rng, size) for label in labels), strict=False)
     return np.stack(images), labels, np.stack(masks)

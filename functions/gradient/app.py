@@ -6,7 +6,6 @@ and a manifest per image to the results bucket. The work is done by explain_core
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from explain_core.pipeline import ExplanationPipeline
 
 FAMILY = "gradient"

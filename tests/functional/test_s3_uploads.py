@@ -84,7 +84,8 @@ def test_url_encoded_keys_in_one_batch(invoke, stage, s3, deployment, samples):
 
     assert response == {"batchItemFailures": []}
     for i, key in enumerate(keys):
-        manifest = read_json(s3, deployment.bucket("ResultsBucket"), f"results/{key.removeprefix('incoming/')}/manifest.json")
+        manifest = read_json(s3, deployment.bucket("ResultsBucket"),
+                             f"results/{key.removeprefix('incoming/')}/manifest.json")
         assert manifest["input"]["key"] == key
         assert [m["name"] for m in manifest["methods"]] == ["GradCAM"]
         # Explained together: one batch tensor for the three uploads.
@@ -104,7 +105,8 @@ def test_metadata_selects_methods_parameters_and_top_k(invoke, stage, s3, deploy
 
     assert invoke("gradient", event) == {"batchItemFailures": []}
 
-    manifest = read_json(s3, deployment.bucket("ResultsBucket"), f"results/{key.removeprefix('incoming/')}/manifest.json")
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"),
+                         f"results/{key.removeprefix('incoming/')}/manifest.json")
     methods = {m["name"]: m for m in manifest["methods"]}
     assert set(methods) == {"IntegratedGradients", "GradCAMPP"}
     assert methods["IntegratedGradients"]["params"] == {"steps": 8, "baseline_value": 0.0}
@@ -128,7 +130,8 @@ def test_objects_outside_the_family_prefix_are_ignored(invoke, s3, deployment):
     clear_outputs(s3, deployment, "gradient")
     assert invoke("gradient", load_event("gradient-outside-prefix.json")) == {"batchItemFailures": []}
     listed = s3.list_objects_v2(Bucket=deployment.bucket("ResultsBucket"))
-    assert not [o["Key"] for o in listed.get("Contents", []) if o["Key"].startswith(("results/gradient/", "errors/gradient/"))]
+    written = [o["Key"] for o in listed.get("Contents", [])]
+    assert not [key for key in written if key.startswith(("results/gradient/", "errors/gradient/"))]
 
 
 def test_duplicate_event_is_not_explained_twice(invoke, stage, s3, deployment, samples):

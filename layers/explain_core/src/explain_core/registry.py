@@ -158,7 +158,8 @@ _NOISE = Param("noise", float, 0.2, 0.0, 2.0, doc="standard deviation of the Gau
 _GRID = Param("grid_size", int, 8, 2, 32, doc="the image is split into grid_size x grid_size cells")
 _GSA_GRID = Param("grid_size", int, 8, 2, 16, doc="the image is split into grid_size x grid_size cells")
 _PERTURBATION = Param(
-    "perturbation_function", str, "inpainting", choices=("inpainting", "blurring", "amplitude"), doc="how cells are masked"
+    "perturbation_function", str, "inpainting", choices=("inpainting", "blurring", "amplitude"),
+    doc="how cells are masked",
 )
 
 

@@ -16,22 +16,26 @@ def normalize(heatmap: np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
 
 
 def overlay_png(
-    image: np.ndarray, heatmap: np.ndarray, *, max_side: int = 1024, alpha: float = 0.5, colormap: str = "jet"
+    image: np.ndarray, heatmap: np.ndarray, *, max_side: int = 1024, alpha: float = 0.7, colormap: str = "jet"
 ) -> bytes:
     """Blend the colour-mapped heatmap (any size) over ``image`` (uint8 RGB) and encode as PNG.
 
-    The output keeps the image's aspect ratio, scaled down so that its longer side is at most
-    ``max_side``.
+    The image is shown in grey so the colours belong to the heatmap alone, and each pixel's
+    opacity grows with its attribution so weak regions leave the image visible. The output keeps
+    the image's aspect ratio, scaled down so that its longer side is at most ``max_side``.
     """
     from matplotlib import colormaps
 
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    base = Image.fromarray(image).resize(size, Image.BILINEAR) if scale < 1.0 else Image.fromarray(image)
-    heat = Image.fromarray(normalize(heatmap)).resize(size, Image.BILINEAR)
-    colours = colormaps[colormap](np.asarray(heat, dtype=np.float32))[..., :3]
-    blended = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255.0 + alpha * colours
+    base = Image.fromarray(image).convert("L")
+    base = base.resize(size, Image.BILINEAR) if scale < 1.0 else base
+    heat = np.asarray(Image.fromarray(normalize(heatmap)).resize(size, Image.BILINEAR), dtype=np.float32)
+    colours = colormaps[colormap](heat)[..., :3]
+    opacity = (0.2 + alpha * heat)[..., None]
+    grey = np.asarray(base, dtype=np.float32)[..., None] / 255.0
+    blended = (1 - opacity) * grey + opacity * colours
     buffer = io.BytesIO()
     Image.fromarray(np.clip(blended * 255.0, 0, 255).astype(np.uint8)).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()

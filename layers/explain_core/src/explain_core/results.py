@@ -14,7 +14,7 @@ REQUEST_FINGERPRINT = "request-fingerprint"
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class ResultWriter:

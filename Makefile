@@ -1,0 +1,49 @@
+# Everything runs from the project's own files: `make demo` and `make test` set up .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/explain_core/src
+export SAM_CLI_TELEMETRY := 0
+DEMO_ARGS ?=
+
+.PHONY: setup demo test test-unit test-functional test-quality lint bench localisation clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layers/requirements-nodeps.txt requirements-dev.txt layers/explain_core/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r layers/requirements-ml.txt -r layers/requirements-aws.txt
+	@# xplique declares tensorflow[and-cuda]: installed without its declared dependencies.
+	$(PY) -m pip install --quiet --no-deps -r layers/requirements-nodeps.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e layers/explain_core
+	touch $@
+
+demo: setup  ## the main job on the local emulator (add DEMO_ARGS=--once to stop after the samples)
+	$(PY) -m devtools.demo $(DEMO_ARGS)
+
+test: setup lint  ## every test tier that runs without Docker
+	$(PY) -m pytest -ra
+
+test-unit: setup
+	$(PY) -m pytest -ra tests/unit
+
+test-functional: setup
+	$(PY) -m pytest -ra tests/functional
+
+test-quality: setup
+	$(PY) -m pytest -ra tests/quality
+
+lint: setup
+	$(VENV)/bin/ruff check layers functions devtools tests
+	AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint
+
+bench: setup  ## the benchmark table (not a test)
+	$(PY) -m devtools.benchmark $(BENCH_ARGS)
+
+localisation: setup  ## how much of each method's heatmap falls on the object
+	$(PY) -m devtools.localisation
+
+clean:
+	rm -rf .cache local-results benchmark-results .pytest_cache

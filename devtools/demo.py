@@ -1,0 +1,214 @@
+"""The main job, locally: upload -> queue -> function -> results, on a local S3/SQS emulator.
+
+``python -m devtools.demo`` starts the emulator on loopback, wires it as template.yaml
+describes, publishes the demo model, uploads sample images, lets the real handlers process the
+real SQS events, prints a summary table, copies the results to ./local-results/, then keeps
+watching the bucket for your own uploads until Ctrl-C (``--once`` stops after the samples).
+
+``python -m devtools.demo upload IMAGE --family gradient`` uploads an image of yours to a
+running demo.
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from devtools import demo_model, local_aws
+from devtools.local_lambda import SqsEventSource
+
+FAMILIES = ("gradient", "perturbation")
+DEFAULT_PORT = int(os.environ.get("LOCAL_AWS_PORT", "5055"))
+OUTPUT_DIR = Path(os.environ.get("DEMO_OUTPUT_DIR", "local-results"))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def encode(pixels, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def upload_samples(deployment) -> list[str]:
+    """One held-out image per class and family, as PNG and JPEG."""
+    s3 = deployment.client("s3")
+    images, labels, _ = demo_model.sample_images(6)
+    keys = []
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=False)):
+        family = FAMILIES[i % 2]
+        image_format = "PNG" if i < 3 else "JPEG"
+        name = f"{demo_model.shapes.CLASSES[label]}-{i}.{'png' if image_format == 'PNG' else 'jpg'}"
+        key = f"incoming/{family}/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}"
+        s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=encode(pixels, image_format))
+        keys.append(key)
+        log(f"uploaded s3://{deployment.bucket('InputBucket')}/{key}")
+    return keys
+
+
+def outcome(s3, results_bucket: str, key: str) -> dict | None:
+    """The manifest or error record of an input key, once it exists."""
+    relative = key.removeprefix("incoming/")
+    for kind, result_key in (("manifest", f"results/{relative}/manifest.json"), ("error", f"errors/{relative}.json")):
+        try:
+            document = json.loads(s3.get_object(Bucket=results_bucket, Key=result_key)["Body"].read())
+            return {"kind": kind, "key": result_key, **document}
+        except s3.exceptions.NoSuchKey:
+            continue
+    return None
+
+
+def process(sources: dict, s3, results_bucket: str, pending: set[str], timeout: float) -> dict:
+    """Poll the family queues until every pending key has a manifest or an error record."""
+    done, deadline = {}, time.monotonic() + timeout
+    while pending - set(done) and time.monotonic() < deadline:
+        for family, source in sources.items():
+            started = time.perf_counter()
+            count, response = source.poll_once()
+            if count:
+                failures = len(response.get("batchItemFailures", []))
+                log(f"{family:>12}: invoked with {count} message(s) in {time.perf_counter() - started:.1f} s"
+                    + (f", {failures} to retry" if failures else ""))
+        for key in pending - set(done):
+            found = outcome(s3, results_bucket, key)
+            if found:
+                done[key] = found
+    return done
+
+
+def summary_table(outcomes: dict) -> str:
+    rows = [("image", "family", "model", "class (score)", "methods", "outputs", "~s/image")]
+    for key, found in outcomes.items():
+        name = key.split("/", 4)[-1]
+        family = key.split("/")[1]
+        if found["kind"] == "error":
+            error = found["error"]
+            rows.append((name, family, "-", f"ERROR {error['code']}", error["message"][:40], "-", "-"))
+            continue
+        top = found["predictions"][0]
+        timings = found["timings"]
+        seconds = sum(v for k, v in timings.items() if k.endswith("_s")) + sum(
+            m.get("seconds", 0) for m in found["methods"]) / max(1, timings.get("batch_images", 1))
+        rows.append((
+            name, family, f"{found['model']['name']}/{found['model']['version']}",
+            f"{top['class_name']} ({top['score']:.2f})",
+            ",".join(m["name"] for m in found["methods"]),
+            str(len(found["output_keys"])) + f" in {found['results_prefix']}",
+            f"{seconds:.1f}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def copy_results(s3, results_bucket: str, destination: Path) -> int:
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=results_bucket):
+        for obj in page.get("Contents", []):
+            target = destination / obj["Key"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(results_bucket, obj["Key"], str(target))
+            count += 1
+    return count
+
+
+def run(args) -> int:
+    log(f"starting the local S3/SQS emulator on 127.0.0.1:{args.port}")
+    try:
+        server, endpoint = local_aws.start_emulator(port=args.port)
+    except OSError as exc:
+        log(f"cannot listen on 127.0.0.1:{args.port} ({exc}); set LOCAL_AWS_PORT to a free port")
+        return 2
+    deployment = local_aws.deploy(endpoint)
+    log(f"wired from template.yaml: buckets {', '.join(deployment.buckets.values())}; "
+        f"queues {', '.join(Path(u).name for u in deployment.queue_urls.values())}")
+    log("preparing the demo model (trained on first run, about a minute on 2 cores)")
+    model_dir = demo_model.ensure_demo_model()
+    training = json.loads((model_dir / "training.json").read_text())
+    s3 = deployment.client("s3")
+    demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
+    log(f"published models/{demo_model.NAME}/{demo_model.VERSION}/ (held-out accuracy {training['test_accuracy']:.1%})")
+
+    log("loading the functions (TensorFlow and Xplique import: a few seconds)")
+    sources = {family: SqsEventSource(deployment, deployment.function_for_family(family)) for family in FAMILIES}
+    keys = upload_samples(deployment)
+    results_bucket = deployment.bucket("ResultsBucket")
+    outcomes = process(sources, s3, results_bucket, set(keys), timeout=args.timeout)
+    missing = set(keys) - set(outcomes)
+    print()
+    print(summary_table({k: outcomes[k] for k in keys if k in outcomes}))
+    print()
+    copied = copy_results(s3, results_bucket, args.output)
+    log(f"copied {copied} result objects to {args.output}/")
+    if missing:
+        log(f"ERROR: no result for {sorted(missing)} within {args.timeout:.0f} s")
+        server.stop()
+        return 1
+    if args.once:
+        server.stop()
+        return 0
+
+    input_bucket = deployment.bucket("InputBucket")
+    print(f"""
+The emulator keeps running at {endpoint}. Explain your own image from another terminal:
+  python -m devtools.demo upload my-image.jpg --family gradient
+or with any S3 client, e.g. the AWS CLI (any credentials work locally):
+  aws --endpoint-url {endpoint} s3 cp my-image.jpg s3://{input_bucket}/incoming/gradient/shapes/v1/my-image.jpg
+Results appear under s3://{results_bucket}/results/ and in {args.output}/. Ctrl-C stops.
+""", flush=True)
+    try:
+        while True:
+            for family, source in sources.items():
+                count, response = source.poll_once()
+                if count:
+                    log(f"{family:>12}: invoked with {count} message(s); results copied: "
+                        f"{copy_results(s3, results_bucket, args.output)} objects in {args.output}/")
+    except KeyboardInterrupt:
+        log("stopping")
+    finally:
+        server.stop()
+    return 0
+
+
+def upload(args) -> int:
+    """Upload an image of the user's to the running demo."""
+    endpoint = f"http://127.0.0.1:{args.port}"
+    s3 = local_aws.client("s3", endpoint)
+    key = f"incoming/{args.family}/{args.model}/{args.version}/{Path(args.image).name}"
+    metadata = {name: value for name, value in (("methods", args.methods), ("params", args.params),
+                                                ("target", args.target)) if value}
+    s3.upload_file(args.image, local_aws.local_name("InputBucket"), key, ExtraArgs={"Metadata": metadata})
+    print(f"uploaded s3://{local_aws.local_name('InputBucket')}/{key}; results will be under "
+          f"s3://{local_aws.local_name('ResultsBucket')}/results/{key.removeprefix('incoming/')}/")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="emulator port on 127.0.0.1")
+    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--once", action="store_true", help="stop after the sample images")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the samples")
+    parser.add_argument("--output", type=Path, default=OUTPUT_DIR, help="local copy of the results")
+    up = sub.add_parser("upload", help="upload an image to a running demo")
+    up.add_argument("image")
+    up.add_argument("--family", choices=FAMILIES, default="gradient")
+    up.add_argument("--model", default=demo_model.NAME)
+    up.add_argument("--version", default=demo_model.VERSION)
+    up.add_argument("--methods", help="comma-separated methods (default: the model card's)")
+    up.add_argument("--params", help='JSON, e.g. {"IntegratedGradients": {"steps": 32}}')
+    up.add_argument("--target", help="class name or index to explain")
+    args = parser.parse_args(argv)
+    return upload(args) if args.command == "upload" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

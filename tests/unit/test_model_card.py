@@ -1,0 +1,188 @@
+"""Unit tests for explain_core.model_card.ModelCard.from_json."""
+
+import json
+
+import pytest
+
+from explain_core.errors import InvalidModelError, ModelCardError
+from explain_core.model_card import ModelCard, Preprocessing, TargetPolicy
+
+MINIMAL = {"name": "shapes", "version": "v1", "input_height": 64, "input_width": 48, "class_names": ["circle", "square"]}
+
+FULL = {
+    "name": "resnet50",
+    "version": "2024.01",
+    "description": "ImageNet classifier",
+    "input_height": 224,
+    "input_width": 224,
+    "input_channels": 3,
+    "preprocessing": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "output": "probabilities",
+    "class_names": ["tench", "goldfish", "great white shark"],
+    "cam_layer": "conv5_block3_out",
+    "target": {"mode": "top_k", "k": 2},
+    "default_methods": {"gradient": ["Saliency", "GradCAM"], "perturbation": ["Occlusion"]},
+    "top_k": 5,
+}
+
+
+def load(card: dict, model: str | None = None, version: str | None = None) -> ModelCard:
+    return ModelCard.from_json(
+        json.dumps(card), model=model or card.get("name", "shapes"), version=version or card.get("version", "v1")
+    )
+
+
+def refused(card, model="shapes", version="v1") -> ModelCardError:
+    raw = card if isinstance(card, (str, bytes)) else json.dumps(card)
+    with pytest.raises(ModelCardError) as info:
+        ModelCard.from_json(raw, model=model, version=version)
+    return info.value
+
+
+def test_full_card():
+    card = load(FULL)
+    assert card.name == "resnet50" and card.version == "2024.01"
+    assert (card.input_height, card.input_width, card.input_channels) == (224, 224, 3)
+    assert card.preprocessing.mean == [0.485, 0.456, 0.406]
+    assert card.preprocessing.std == [0.229, 0.224, 0.225]
+    assert card.preprocessing.scale == pytest.approx(1 / 255)
+    assert card.output == "probabilities"
+    assert card.cam_layer == "conv5_block3_out"
+    assert card.target == TargetPolicy(mode="top_k", k=2)
+    assert card.default_methods == {"gradient": ["Saliency", "GradCAM"], "perturbation": ["Occlusion"]}
+    assert card.top_k == 5
+
+
+def test_minimal_card_gets_defaults():
+    card = load(MINIMAL)
+    assert (card.input_height, card.input_width) == (64, 48)
+    assert card.description == ""
+    assert card.input_channels == 3
+    assert card.preprocessing == Preprocessing(scale=1 / 255, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    assert card.output == "logits"
+    assert card.cam_layer is None
+    assert card.target.mode == "predicted" and card.target.k == 1
+    assert card.default_methods == {}
+    assert card.top_k == 3
+
+
+def test_bytes_are_accepted():
+    assert ModelCard.from_json(json.dumps(MINIMAL).encode(), model="shapes", version="v1").name == "shapes"
+
+
+def test_class_name():
+    card = load(MINIMAL)
+    assert card.class_name(0) == "circle"
+    assert card.class_name(1) == "square"
+    assert card.class_name(2) == "2"
+    assert card.class_name(-1) == "-1"
+
+
+@pytest.mark.parametrize("field", ["name", "version", "input_height", "input_width", "class_names"])
+def test_missing_required_field(field):
+    card = {k: v for k, v in MINIMAL.items() if k != field}
+    error = refused(card)
+    assert error.message == f"model card of shapes/v1 is invalid: {field}: Field required"
+    assert error.details == {"model": "shapes"}
+
+
+def test_several_problems_are_all_listed():
+    error = refused({"name": "shapes", "version": "v1", "class_names": ["a"], "colour": "blue"})
+    for part in ("input_height: Field required", "input_width: Field required", "class_names: List should have at "
+                 "least 2 items", "colour: Extra inputs are not permitted"):
+        assert part in error.message
+    assert error.message.count(";") == 3
+
+
+@pytest.mark.parametrize(
+    ("card", "where"),
+    [
+        ({**MINIMAL, "colour": "blue"}, "colour"),
+        ({**MINIMAL, "preprocessing": {"scale": 1.0, "offset": 3}}, "preprocessing.offset"),
+        ({**MINIMAL, "target": {"mode": "predicted", "threshold": 0.5}}, "target.threshold"),
+    ],
+)
+def test_extra_fields_are_refused_with_their_path(card, where):
+    assert f"{where}: Extra inputs are not permitted" in refused(card).message
+
+
+def test_name_mismatch():
+    error = refused({**MINIMAL, "name": "other"})
+    assert error.message == "model card says other/v1 but is stored as shapes/v1"
+    assert error.details == {"model": "shapes"}
+
+
+def test_version_mismatch():
+    assert refused({**MINIMAL, "version": "v2"}).message == "model card says shapes/v2 but is stored as shapes/v1"
+
+
+def test_name_match_is_case_sensitive():
+    assert "but is stored as Shapes/v1" in refused(MINIMAL, model="Shapes").message
+
+
+@pytest.mark.parametrize("std", [[1.0, 0.0, 1.0], [1.0, 1.0, -0.5], [0, 0, 0]])
+def test_std_must_be_positive(std):
+    error = refused({**MINIMAL, "preprocessing": {"std": std}})
+    assert "preprocessing" in error.message
+    assert "std values must be > 0" in error.message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: JSON NaN/Infinity are accepted in preprocessing; 'NaN <= 0' is False so std=NaN passes "
+    "the std > 0 check, and every model input becomes NaN",
+)
+@pytest.mark.parametrize(
+    "preprocessing",
+    ['{"std": [1, NaN, 1]}', '{"std": [1, Infinity, 1]}', '{"mean": [NaN, 0, 0]}', '{"scale": Infinity}'],
+    ids=["std-nan", "std-inf", "mean-nan", "scale-inf"],
+)
+def test_non_finite_preprocessing_is_refused(preprocessing):
+    raw = json.dumps(MINIMAL)[:-1] + f', "preprocessing": {preprocessing}}}'
+    refused(raw)
+
+
+@pytest.mark.parametrize("classes", [[], ["only"]])
+def test_fewer_than_two_classes(classes):
+    error = refused({**MINIMAL, "class_names": classes})
+    assert f"class_names: List should have at least 2 items after validation, not {len(classes)}" in error.message
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"input_height": 4}, "input_height: Input should be greater than or equal to 8"),
+        ({"input_width": 2048}, "input_width: Input should be less than or equal to 1024"),
+        ({"input_height": "tall"}, "input_height: Input should be a valid integer"),
+        ({"input_channels": 1}, "input_channels: Input should be 3"),
+        ({"output": "softmax"}, "output: Input should be 'logits' or 'probabilities'"),
+        ({"preprocessing": {"mean": [0, 0]}}, "preprocessing.mean: List should have at least 3 items"),
+        ({"preprocessing": {"std": [1, 1, 1, 1]}}, "preprocessing.std: List should have at most 3 items"),
+        ({"target": {"mode": "all"}}, "target.mode: Input should be 'predicted' or 'top_k'"),
+        ({"target": {"mode": "top_k", "k": 11}}, "target.k: Input should be less than or equal to 10"),
+        ({"target": {"mode": "top_k", "k": 0}}, "target.k: Input should be greater than or equal to 1"),
+        ({"top_k": 21}, "top_k: Input should be less than or equal to 20"),
+        ({"class_names": "circle,square"}, "class_names: Input should be a valid array"),
+        ({"default_methods": ["Saliency"]}, "default_methods: Input should be an object"),
+    ],
+)
+def test_field_constraints(change, fragment):
+    error = refused({**MINIMAL, **change})
+    assert error.message.startswith("model card of shapes/v1 is invalid: ")
+    assert fragment in error.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [("not json", "<card>: Invalid JSON"), ("", "<card>: Invalid JSON"), ("[]", "<card>: Input should be an object"),
+     ("null", "<card>: Input should be an object")],
+)
+def test_not_a_json_object(raw, fragment):
+    assert fragment in refused(raw).message
+
+
+def test_error_type():
+    error = refused({**MINIMAL, "name": "x"})
+    assert isinstance(error, InvalidModelError)
+    assert (error.code, error.status) == ("invalid_model_card", 422)
+    assert isinstance(refused("nope").__cause__, Exception)
