@@ -9,6 +9,7 @@ Run ``python -m devtools.demo_model`` to build it (cached under .cache/demo-mode
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -26,9 +27,11 @@ TRAIN_COUNT, TEST_COUNT, EPOCHS, SEED = 2000, 300, 10, 1
 
 
 def fingerprint() -> str:
-    digest = hashlib.sha256()
-    for source in (Path(shapes.__file__), Path(__file__)):
-        digest.update(source.read_bytes())
+    """Changes when anything that shapes the trained model changes (data, network, training, card)."""
+    digest = hashlib.sha256(Path(shapes.__file__).read_bytes())
+    for part in (inspect.getsource(build_model), inspect.getsource(train), inspect.getsource(to_model_input),
+                 json.dumps(card(), sort_keys=True), repr((INPUT_SIZE, TRAIN_COUNT, TEST_COUNT, EPOCHS, SEED))):
+        digest.update(part.encode())
     return digest.hexdigest()[:16]
 
 
