@@ -28,6 +28,7 @@ Run from the repository root::
 import argparse
 import contextlib
 import dataclasses
+import functools
 import gc
 import io
 import json
@@ -43,14 +44,14 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsBen
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-
-from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
 from explain_core.attribution import build_explainer, class_scores, preprocess, run_method  # noqa: E402
 from explain_core.images import resize  # noqa: E402
 from explain_core.keys import KeyLayout  # noqa: E402
 from explain_core.model_card import ModelCard  # noqa: E402
-from explain_core.registry import GRADIENT, METHODS, REGISTRY, MethodSpec  # noqa: E402
+from explain_core.registry import FAMILIES, GRADIENT, METHODS, REGISTRY, MethodSpec  # noqa: E402
 from explain_core.settings import Settings  # noqa: E402
+
+from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "benchmark"
@@ -85,9 +86,9 @@ class Subject:
     directory: Path  # holds model.keras and card.json
     image_size: int  # side of the generated source images (the handler resizes them)
     auto_profile: str
-    _model: object = None
+    _model: object = dataclasses.field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def card(self) -> ModelCard:
         return ModelCard.model_validate_json((self.directory / "card.json").read_text())
 
@@ -174,6 +175,11 @@ def profile_overrides(spec: MethodSpec, profile: str, input_size: tuple[int, int
     return overrides
 
 
+def profile_of(subject: Subject, args) -> str:
+    """The parameter profile used for this model: ``--quick``/``--full``, else the model's ``auto`` choice."""
+    return subject.auto_profile if args.profile == "auto" else args.profile
+
+
 def format_params(params: dict) -> str:
     return " ".join(f"{name}={value}" for name, value in params.items()) or "-"
 
@@ -244,6 +250,10 @@ class Harness:
 
         self.handler(family)
         return importlib.import_module(self.deployment.function_for_family(family).module).pipeline.batch_size
+
+    def batch_sizes(self) -> dict:
+        """The template's SQS BatchSize per family."""
+        return {family: self.deployment.function_for_family(family).batch_size for family in FAMILIES}
 
     def source(self, family: str, batch_size: int | None = None) -> local_lambda.SqsEventSource:
         """The family's SQS event source; ``batch_size`` overrides the template's (no batching window then)."""
@@ -374,35 +384,44 @@ def measure_forward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repea
     return {"batch": batch, "graph_s": graph_s, "predict_s": predict_s, "s_per_image": min(graph_s, predict_s)}
 
 
-def measure_raw(spec: MethodSpec, subject: Subject, params: dict, inputs, targets, batch_size: int) -> float:
-    """Seconds of one warm ``explainer.explain()`` on the batch (explainer built as the pipeline does)."""
+def measure_raw(spec: MethodSpec, subject: Subject, params: dict, inputs, targets, batch_size: int,
+                repeats: int = 1) -> float:
+    """Seconds of a warm ``explainer.explain()`` on the batch, best of ``repeats``.
+
+    The explainer is built as the pipeline builds it and run once first, so tracing is excluded.
+    """
     explainer = build_explainer(spec, subject.model(), subject.card, params, batch_size)
     run_method(explainer, inputs, targets)  # warm-up: traces the TF functions for this batch shape
-    seconds = run_method(explainer, inputs, targets).seconds
+    seconds = min(run_method(explainer, inputs, targets).seconds for _ in range(repeats))
     del explainer
     gc.collect()
     return seconds
 
 
-def measure_handler(harness: Harness, subject: Subject, spec: MethodSpec, overrides: dict, images) -> dict:
+def measure_handler(harness: Harness, subject: Subject, spec: MethodSpec, overrides: dict, images,
+                    repeats: int = 1) -> dict:
     """Warm handler time for one SQS event holding one message per image, all asking for ``spec``.
 
-    A first upload of the same images (other keys) warms the handler: model load, explainer
-    build, tracing for this batch shape. The second upload is timed: the handler call alone,
-    without the uploads or the deletion of the messages.
+    A first upload of the images warms the handler: model load, explainer build, tracing for
+    this batch shape. Then ``repeats`` more uploads (other keys, so none is a duplicate) are
+    timed, the best kept: the handler call alone, without the uploads or the message deletion.
     """
     source = harness.source(spec.family)
     metadata = upload_metadata(spec, overrides)
-    durations, outcomes = [], []
-    for phase in ("warm", "timed"):
+    runs = []  # (handler seconds, explain seconds from the manifest, first failure, manifest timings)
+    for phase in ["warm"] + [f"timed{i}" for i in range(repeats)]:
         keys = harness.upload(spec.family, subject, f"{phase}-{spec.name}", images, metadata)
         source.invoke(harness.receive(spec.family, keys))
-        durations.append(source.handler.durations[-1])
         outcomes = [harness.outcome(spec.family, key) for key in keys]
-    problem = next((reason for reason in map(failure, outcomes) if reason), None)
-    explain_s = outcomes[0]["methods"][0].get("seconds") if not problem else None
-    return {"warmup_s": durations[0], "handler_s": durations[1], "in_handler_explain_s": explain_s,
-            "error": problem, "timings": outcomes[0].get("timings", {})}
+        problem = next((reason for reason in map(failure, outcomes) if reason), None)
+        explain_s = None if problem else outcomes[0]["methods"][0].get("seconds")
+        runs.append((source.handler.durations[-1], explain_s, problem, outcomes[0].get("timings", {})))
+    best = min(runs[1:], key=lambda run: run[0])
+    explain = [run[1] for run in runs[1:] if run[1] is not None]
+    return {
+        "warmup_s": runs[0][0], "handler_s": best[0], "in_handler_explain_s": min(explain) if explain else None,
+        "error": next((run[2] for run in runs if run[2]), None), "timings": best[3],
+    }
 
 
 def ratio(numerator, denominator):
@@ -415,12 +434,12 @@ def benchmark_methods(harness: Harness, subject: Subject, specs: list[MethodSpec
     card, model = subject.card, subject.model()
     images = subject.images(args.images)
     inputs = model_inputs(subject, images)
-    batch_size = harness.pipeline_batch_size(GRADIENT)
     # The handler explains the predicted class (the cards' target policy), so the raw call does too.
-    predicted = class_scores(model, inputs, card, batch_size).argmax(axis=1)
-    targets = np.eye(len(card.class_names), dtype=np.float32)[predicted]
+    predicted = class_scores(model, inputs, card, harness.pipeline_batch_size(GRADIENT)).argmax(axis=1)
+    targets = np.zeros((len(predicted), len(card.class_names)), np.float32)
+    targets[np.arange(len(predicted)), predicted] = 1.0
     forward = measure_forward(model, inputs)
-    profile = subject.auto_profile if args.profile == "auto" else args.profile
+    profile = profile_of(subject, args)
     print(f"[{subject.key}] forward pass: {forward['s_per_image'] * 1e3:.2f} ms/image "
           f"(batch {forward['batch']}); parameter profile {profile}", flush=True)
 
@@ -434,10 +453,12 @@ def benchmark_methods(harness: Harness, subject: Subject, specs: list[MethodSpec
                "forward_s_per_image": forward["s_per_image"], "floor_s": passes * forward["s_per_image"]}
         started = time.perf_counter()
         try:
-            row["raw_s"] = measure_raw(spec, subject, params, inputs, targets, batch_size) / len(images)
+            batch_size = harness.pipeline_batch_size(spec.family)
+            raw_s = measure_raw(spec, subject, params, inputs, targets, batch_size, args.repeats)
+            row["raw_s"] = raw_s / len(images)
         except Exception as exc:  # report and go on: one method failing must not end the benchmark
             row["raw_s"], row["error"] = None, f"raw call: {type(exc).__name__}: {exc}"[:300]
-        handler = measure_handler(harness, subject, spec, overrides, images)
+        handler = measure_handler(harness, subject, spec, overrides, images, args.repeats)
         row["handler_s"] = handler["handler_s"] / len(images)
         row["in_handler_explain_s"] = ratio(handler["in_handler_explain_s"], len(images))
         row["handler_warmup_s"] = handler["warmup_s"]
@@ -496,7 +517,7 @@ def benchmark_burst(harness: Harness, subject: Subject, specs: list[MethodSpec],
     """Burst throughput of the gradient function: one message per invocation vs the template's BatchSize."""
     harness.publish(subject)
     template_batch = harness.deployment.function_for_family(GRADIENT).batch_size
-    profile = subject.auto_profile if args.profile == "auto" else args.profile
+    profile = profile_of(subject, args)
     rows = []
     for spec in specs:
         overrides = profile_overrides(spec, profile, subject.input_size, args.params)
@@ -532,8 +553,9 @@ def format_table(title: str, columns: list[Column], rows: list[dict], notes: lis
     widths = [max([len(c.header)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
 
     def line(values):
-        parts = [v.ljust(w) if i in (0, len(columns) - 1) else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
-        return "  ".join(parts).rstrip()
+        last = len(columns) - 1
+        aligned = zip(values, widths, strict=True)
+        return "  ".join(v.ljust(w) if i in (0, last) else v.rjust(w) for i, (v, w) in enumerate(aligned)).rstrip()
 
     body = [line([c.header for c in columns]), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join([title, "=" * len(title), *body, *[f"  {note}" for note in notes], ""])
@@ -570,7 +592,7 @@ BURST_COLUMNS = [
 ]
 
 
-def method_notes(forwards: dict) -> list[str]:
+def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
     measured = "; ".join(
         f"{key}: {f['s_per_image'] * 1e3:.2f} ms/image (graph call {f['graph_s'] * 1e3:.2f}, "
         f"predict {f['predict_s'] * 1e3:.2f})" for key, f in forwards.items()
@@ -582,12 +604,15 @@ def method_notes(forwards: dict) -> list[str]:
         "handler s: the real handler on one SQS event with N records (uploads with metadata methods=<method>, params=",
         "  <overrides>), warm (second upload after a warm-up invocation); includes S3 I/O on the in-process moto",
         "  emulator: model HEADs, image GET, decode, predict, explain, overlay PNGs and .npy, PUTs, manifest.",
+        "  The template's BatchSize (" + ", ".join(f"{family} {size}" for family, size in batch_sizes.items())
+        + ") caps what Lambda delivers in one invocation; N above it is a larger event than Lambda would send.",
         "explain-in-handler s: the explain time the handler itself measured (manifest methods[].seconds / N).",
         f"floor s: passes per image (MethodSpec.passes) x forward time per image (batch of {FORWARD_BATCH}, best of",
         f"  graph call and model.predict) -- {measured}.",
         "  For gradient methods a pass is a forward AND a backward pass, yet the floor counts forward time only,",
         "  so raw/floor of about 2-3 is expected there; FEM needs only a forward pass.",
-        "One timed run per cell on a shared machine: treat differences under ~20% as noise.",
+        f"Best of {repeats} timed run(s) per raw and handler cell; on a shared machine differences under ~20%"
+        " are noise.",
     ]
 
 
@@ -629,7 +654,11 @@ def json_object(value: str) -> dict:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
     if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
         raise argparse.ArgumentTypeError('expected {"<Method>": {"<param>": value}}')
-    return {REGISTRY[n].name if n in REGISTRY else n: v for n, v in parsed.items()}
+    by_lower = {name.lower(): name for name in REGISTRY}
+    unknown = [name for name in parsed if name.lower() not in by_lower]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    return {by_lower[name.lower()]: value for name, value in parsed.items()}
 
 
 def parse_args(argv=None):
@@ -641,6 +670,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", type=selected_methods, default=list(METHODS),
                         help="comma-separated registry methods of either family, or 'all' (default)")
     parser.add_argument("--images", type=int, default=2, help="images per batch in the methods section (default: 2)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs per raw and handler measurement, the best kept (default: 1)")
     profile = parser.add_mutually_exclusive_group()
     profile.add_argument("--quick", dest="profile", action="store_const", const="quick",
                          help="reduced parameters (nb_samples, nb_design, steps, occlusion grid) on every model")
@@ -652,14 +683,14 @@ def parse_args(argv=None):
     parser.add_argument("--sections", type=comma_list(("methods", "burst")), default=["methods", "burst"],
                         help="what to run (default: methods,burst)")
     parser.add_argument("--burst-images", type=int, default=32, help="images in the burst section (default: 32)")
-    parser.add_argument("--burst-methods", type=selected_methods, default=selected_methods("GradCAM,IntegratedGradients"),
+    parser.add_argument("--burst-methods", type=selected_methods, default="GradCAM,IntegratedGradients",
                         help="gradient methods for the burst section (default: GradCAM,IntegratedGradients)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default: {DEFAULT_OUTPUT})")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="the template's LogLevel for the functions (default: WARNING)")
     args = parser.parse_args(argv)
-    if args.images < 1 or args.burst_images < 1:
-        parser.error("--images and --burst-images must be at least 1")
+    if min(args.images, args.burst_images, args.repeats) < 1:
+        parser.error("--images, --burst-images and --repeats must be at least 1")
     if any(spec.family != GRADIENT for spec in args.burst_methods):
         parser.error("--burst-methods must be gradient methods (the burst goes through the gradient function)")
     return args
@@ -681,6 +712,7 @@ def main(argv=None) -> None:
     harness = Harness(args.log_level, args.output.with_name("handler-output.log"))
     results = {
         "arguments": {"models": args.models, "methods": [s.name for s in args.methods], "images": args.images,
+                      "repeats": args.repeats,
                       "profile": args.profile, "params": args.params, "sections": args.sections,
                       "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods]},
         "environment": {"cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions()},
@@ -695,7 +727,7 @@ def main(argv=None) -> None:
                 results["methods"] += rows
             tables.append(format_table(
                 f"Explanation methods (N={args.images} images per batch)", METHOD_COLUMNS, results["methods"],
-                method_notes(results["forward"]),
+                method_notes(results["forward"], args.repeats, harness.batch_sizes()),
             ))
         if "burst" in args.sections:
             results["burst"] = benchmark_burst(harness, subjects["demo"], args.burst_methods, args)

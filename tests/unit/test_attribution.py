@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from explain_core.attribution import (
     ExplainerCache,
     MethodResult,

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from explain_core import errors
 from explain_core.errors import (
     ExplainError,
@@ -58,7 +57,9 @@ def test_codes_are_unique():
 
 
 def test_to_dict_contents():
-    exc = InvalidParameterError("IntegratedGradients.steps=1000: must be <= 512", method="IntegratedGradients", bounds={"maximum": 512})
+    exc = InvalidParameterError(
+        "IntegratedGradients.steps=1000: must be <= 512", method="IntegratedGradients", bounds={"maximum": 512}
+    )
     assert exc.to_dict() == {
         "type": "InvalidParameterError",
         "code": "invalid_parameter",

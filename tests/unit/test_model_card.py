@@ -3,11 +3,12 @@
 import json
 
 import pytest
-
 from explain_core.errors import InvalidModelError, ModelCardError
 from explain_core.model_card import ModelCard, Preprocessing, TargetPolicy
 
-MINIMAL = {"name": "shapes", "version": "v1", "input_height": 64, "input_width": 48, "class_names": ["circle", "square"]}
+MINIMAL = {
+    "name": "shapes", "version": "v1", "input_height": 64, "input_width": 48, "class_names": ["circle", "square"],
+}
 
 FULL = {
     "name": "resnet50",

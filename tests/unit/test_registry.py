@@ -6,7 +6,6 @@ import math
 import re
 
 import pytest
-
 from explain_core import registry
 from explain_core.errors import InvalidParameterError, UnknownMethodError
 from explain_core.registry import (
@@ -81,7 +80,9 @@ def test_int_bounds_are_inclusive_and_enforced(value, reason):
     "json.loads accepts NaN/Infinity/1e400, so an upload's params crash with OverflowError/ValueError, "
     "which the pipeline treats as transient (retried, then dead-lettered) instead of InvalidParameterError",
 )
-@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 1e400, 10**400], ids=["inf", "-inf", "nan", "1e400", "10**400"])
+@pytest.mark.parametrize(
+    "value", [math.inf, -math.inf, math.nan, 1e400, 10**400], ids=["inf", "-inf", "nan", "1e400", "10**400"]
+)
 def test_int_refuses_non_finite_and_huge_numbers_with_a_typed_error(value):
     with pytest.raises(InvalidParameterError):
         STEPS.validate("IntegratedGradients", value)
@@ -400,7 +401,8 @@ def test_explainer_class_of_a_bad_path_fails_loudly():
     spec = MethodSpec("Nope", GRADIENT, "explain_core.registry.NoSuchClass", "ref")
     with pytest.raises(AttributeError):
         spec.explainer_class()
-    assert MethodSpec("Get", GRADIENT, "explain_core.registry.get_method", "ref").explainer_class() is registry.get_method
+    spec = MethodSpec("Get", GRADIENT, "explain_core.registry.get_method", "ref")
+    assert spec.explainer_class() is registry.get_method
 
 
 @pytest.mark.parametrize(("spec", "param"), ALL_PARAMS, ids=[f"{s.name}.{p.name}" for s, p in ALL_PARAMS])

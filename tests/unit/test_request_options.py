@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from explain_core.errors import InvalidParameterError, InvalidTargetError, UnknownMethodError
 from explain_core.model_card import ModelCard
 from explain_core.registry import GRADIENT, PERTURBATION, REGISTRY, methods_of
@@ -200,14 +199,14 @@ def test_nan_float_param_is_refused(card):
 def test_non_finite_integer_param_is_a_user_error(card, value):
     with pytest.raises(InvalidParameterError):
         parse_options({"methods": "IntegratedGradients",
-                       "params": '{"IntegratedGradients": {"steps": %s}}' % value}, card, GRADIENT)
+                       "params": f'{{"IntegratedGradients": {{"steps": {value}}}}}'}, card, GRADIENT)
 
 
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [
         ({"SobolAttributionMethod": {"nb_design": 48}}, "must be a power of two"),
-        ({"SobolAttributionMethod": {"grid_size": 16, "nb_design": 1024}}, "model passes per image; the limit is 50000"),
+        ({"SobolAttributionMethod": {"grid_size": 16, "nb_design": 1024}}, "passes per image; the limit is 50000"),
         ({"Occlusion": {"patch_size": 65}}, "Occlusion.patch_size=65 is larger than the model input (64x64)"),
         ({"Occlusion": {"patch_size": 1, "patch_stride": 1}}, None),  # 4096 passes at 64x64: allowed
         ({"HsicAttributionMethod": {"perturbation_function": "gaussian"}}, "expected one of"),

@@ -1,0 +1,33 @@
+"""The README's first command, as a user runs it (with --once so it stops after the samples)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from devtools.local_aws import free_port
+from tests.conftest import REPO
+
+
+def test_demo_explains_the_samples_and_copies_results(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'layers/explain_core/src'}"}
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name, None)  # the demo must set up its own emulator and credentials
+    completed = subprocess.run(
+        [sys.executable, "-m", "devtools.demo", "--once", "--port", str(free_port()), "--output", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    table = [line for line in completed.stdout.splitlines() if line.startswith("samples/")]
+    assert len(table) == 6
+    for line in table:
+        name, family = line.split()[:2]
+        assert family in ("gradient", "perturbation")
+        # Each sample's file name starts with its true class; the summary shows the prediction.
+        assert line.split()[3] == name.removeprefix("samples/").split("-")[0], line
+    manifests = sorted(tmp_path.glob("results/*/shapes/v1/samples/*/manifest.json"))
+    assert len(manifests) == 6
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        for key in manifest["output_keys"]:
+            assert (tmp_path / key).stat().st_size > 0

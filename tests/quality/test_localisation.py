@@ -1,0 +1,148 @@
+"""Localisation quality: how much of each method's heatmap falls on the object, on the demo model.
+
+Energy in mask = sum(|heatmap| inside the object mask) / sum(|heatmap|), averaged over the
+same 12 held-out images (seed 2024) that ``python -m devtools.localisation --fast`` measures;
+the chance level is the mean mask area share (0.081 on these images). Thresholds sit a bit
+below the measured means, which are reproducible run to run (every random draw is seeded).
+
+Rise, SobolAttributionMethod and HsicAttributionMethod run with the reduced sample counts of
+``devtools.localisation.FAST_OVERRIDES`` (Rise nb_samples 500 instead of 2000, Sobol nb_design 16
+instead of 32, HSIC nb_design 250 instead of 500) to keep this file around a minute on 2
+cores; every other method runs with its registry defaults. The full-default figures are within
+0.007 of the reduced ones (Rise 0.114, Sobol 0.221, HSIC 0.090).
+
+No method localises triangles on this model: it predicts "triangle" when it finds no circle
+or square evidence (inpaint the object away and 35 of 40 circles/squares become "triangle"),
+so the evidence for a triangle is spread over the whole image. The per-class means therefore
+sit near 0.85 (Grad-CAM) on circles and squares but near chance on triangles.
+"""
+
+import numpy as np
+import pytest
+
+from devtools import localisation
+from explain_core.registry import REGISTRY
+
+pytestmark = [pytest.mark.quality, pytest.mark.slow]
+
+COUNT, SEED, METHOD_SEED = 12, localisation.DEFAULT_SEED, 0
+
+#: method -> minimum mean energy in mask for methods that localise well on this model
+#: (measured mean in the comment; chance is 0.081 on these images).
+LOCALISES = {
+    "GradCAM": 0.50,  # measured 0.583 (7.2x chance); 0.850 on circles and squares
+    "VarGrad": 0.36,  # measured 0.421
+    "SquareGrad": 0.35,  # measured 0.411
+    "DeconvNet": 0.30,  # measured 0.356
+    "GradCAMPP": 0.29,  # measured 0.343
+    "GuidedBackprop": 0.28,  # measured 0.328
+    "GradientInput": 0.26,  # measured 0.312
+    "Saliency": 0.25,  # measured 0.298
+    "IntegratedGradients": 0.22,  # measured 0.265
+    "SmoothGrad": 0.21,  # measured 0.254
+    "SobolAttributionMethod": 0.18,  # measured 0.225 (nb_design=16)
+    "FEM": 0.18,  # measured 0.218
+    "Occlusion": 0.14,  # measured 0.169
+}
+#: A "localises well" threshold must be at least this many times the chance level.
+MIN_RATIO = 1.7
+
+#: Methods that measure poorly here; only "above chance" is asserted (measured mean, chance 0.081).
+ABOVE_CHANCE_ONLY = {
+    # Rise maps carry a large constant offset (min/max ~0.5), which |heatmap| energy counts
+    # everywhere; its peak is on the object in 11 of 12 images. Measured 0.121 (nb_samples=500).
+    "Rise": 0.121,
+    # Peak on the object (dilated) in 10 of 12 images, but noisy signed cell weights. Measured 0.121.
+    "KernelShap": 0.121,
+    # Noisy signed cell weights from 300 samples for 64 cells. Measured 0.093.
+    "Lime": 0.093,
+    # Weak on this model at any tested nb_design (0.089 at 250, 0.090 at 500). Measured 0.089.
+    "HsicAttributionMethod": 0.089,
+}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, card = localisation.load_model()
+    return localisation.prepare(model, card, COUNT, SEED)
+
+
+@pytest.fixture(scope="module")
+def measured(demo):
+    """Measurement of a method, computed once per module."""
+    cache = {}
+
+    def get(method: str) -> localisation.Measurement:
+        if method not in cache:
+            overrides = localisation.FAST_OVERRIDES.get(method)
+            cache[method] = localisation.measure(demo, method, overrides, seed=METHOD_SEED)
+        return cache[method]
+
+    return get
+
+
+def test_every_registry_method_has_a_threshold():
+    assert set(LOCALISES) | set(ABOVE_CHANCE_ONLY) == set(REGISTRY)
+    assert not set(LOCALISES) & set(ABOVE_CHANCE_ONLY)
+
+
+def test_images_are_the_measured_ones(demo):
+    # The thresholds were chosen on these images: all predicted correctly, masks 8.1% of the area.
+    assert np.array_equal(demo.predicted, demo.labels)
+    assert localisation.mask_share(demo.masks).mean() == pytest.approx(0.081, abs=0.001)
+
+
+def test_energy_in_mask_definition():
+    masks = np.zeros((3, 4, 4), bool)
+    masks[:, :2, :] = True  # half of the image
+    heatmaps = np.stack([np.ones((4, 4)), np.where(masks[0], -2.0, 0.0), np.zeros((4, 4))])
+    heatmaps[2, 3, 3] = 5.0
+    energy = localisation.energy_in_mask(heatmaps, masks)
+    assert energy == pytest.approx([0.5, 1.0, 0.0])
+    assert localisation.mask_share(masks) == pytest.approx([0.5, 0.5, 0.5])
+    assert np.isnan(localisation.energy_in_mask(np.zeros((1, 4, 4)), masks[:1]))[0]
+
+
+@pytest.mark.parametrize("method", sorted(LOCALISES))
+def test_method_localises(measured, method):
+    m = measured(method)
+    threshold = LOCALISES[method]
+    assert threshold >= MIN_RATIO * m.mean_chance, "a 'localises well' threshold must be well above chance"
+    assert not np.isnan(m.energy).any(), f"{method} returned an all-zero heatmap"
+    assert m.mean >= threshold, (
+        f"{method}: mean energy in mask {m.mean:.3f} < {threshold} (chance {m.mean_chance:.3f}); "
+        f"per image {np.round(m.energy, 3).tolist()}"
+    )
+
+
+@pytest.mark.parametrize("method", sorted(ABOVE_CHANCE_ONLY))
+def test_method_beats_chance(measured, method):
+    m = measured(method)
+    assert not np.isnan(m.energy).any(), f"{method} returned an all-zero heatmap"
+    assert m.mean > m.mean_chance, (
+        f"{method}: mean energy in mask {m.mean:.3f} <= chance {m.mean_chance:.3f} "
+        f"(measured {ABOVE_CHANCE_ONLY[method]} when the threshold was set)"
+    )
+
+
+def test_gradcam_localises_circles_and_squares(measured, demo):
+    # Where the model's evidence is the object (circles, squares), Grad-CAM puts most of its
+    # energy on it: measured 0.850 mean, worst image 0.654, chance 0.117 on these 8 images.
+    m = measured("GradCAM")
+    on_object = demo.labels != 2  # triangles: see the module docstring
+    energy = m.energy[on_object]
+    assert energy.mean() >= 0.75
+    assert energy.min() >= 0.5
+    assert energy.mean() >= 5 * m.chance[on_object].mean()
+
+
+def test_gradcam_beats_the_other_cam_methods(measured):
+    # Measured: Grad-CAM 0.583, Grad-CAM++ 0.343, FEM 0.218.
+    assert measured("GradCAM").mean > max(measured("GradCAMPP").mean, measured("FEM").mean)
+
+
+def test_measurement_is_deterministic(demo):
+    # Seeded random draws: two runs of a stochastic method give the same heatmaps.
+    first = localisation.measure(demo, "SmoothGrad", {"nb_samples": 8}, seed=METHOD_SEED)
+    second = localisation.measure(demo, "SmoothGrad", {"nb_samples": 8}, seed=METHOD_SEED)
+    np.testing.assert_allclose(first.heatmaps, second.heatmaps, rtol=1e-5, atol=1e-7)
