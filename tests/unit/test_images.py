@@ -118,12 +118,6 @@ def test_supported_formats():
     assert SUPPORTED_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
 
-@pytest.mark.xfail(
-    raises=UnsupportedFormatError,
-    strict=True,
-    reason="BUG: Pillow reports a JPEG carrying a Multi-Picture (MPF) index - common for phone and camera "
-    "photos - as format 'MPO', which is refused with 'MPO is not supported; use one of JPEG, ...'",
-)
 def test_multi_picture_jpeg_is_accepted_as_jpeg():
     frames = [Image.new("RGB", (WIDTH, HEIGHT), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
@@ -265,12 +259,6 @@ def test_decompression_bomb_header_is_refused_before_decoding(no_pixel_decoding,
     assert no_pixel_decoding == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: images over Pillow's own bomb threshold (~89M/179M pixels) are refused by Image.open "
-    "with Pillow's limit in the message ('exceeds limit of 178956970 pixels') and no details, "
-    "so the user is told a limit that is not the configured max_pixels",
-)
 def test_decompression_bomb_error_reports_the_configured_limit():
     with pytest.raises(ImageTooLargeError) as info:
         decode_image(png_claiming(20000, 20000), max_bytes=10**6, max_pixels=40_000_000)
@@ -312,3 +300,19 @@ def test_resize_keeps_left_right_and_top_bottom(flat_colours):
     assert tuple(out[2, 61]) == (0, 255, 0)
     assert tuple(out[61, 2]) == (0, 0, 255)
     assert tuple(out[61, 61]) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    """A phone photo stored sideways with EXIF orientation 6 is explained as displayed."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :20] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif)
+
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+
+    assert decoded.pixels.shape == (40, 20, 3)  # displayed 20 wide, 40 high
+    assert tuple(decoded.pixels[0, 10]) == (255, 0, 0)  # the red half is now on top
+    assert tuple(decoded.pixels[-1, 10]) == (0, 0, 0)

@@ -122,11 +122,6 @@ def test_check_name_accepts(value):
     assert check_name(value, "model") == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NAME_PATTERN ends with '$', which also matches before a trailing newline, so "
-    "'resnet\\n' passes check_name and becomes an S3 key segment / cache directory name",
-)
 @pytest.mark.parametrize("value", ["resnet\n", "v1\n"])
 def test_check_name_refuses_a_trailing_newline(value):
     with pytest.raises(InvalidKeyError):

@@ -128,11 +128,6 @@ def test_std_must_be_positive(std):
     assert "std values must be > 0" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JSON NaN/Infinity are accepted in preprocessing; 'NaN <= 0' is False so std=NaN passes "
-    "the std > 0 check, and every model input becomes NaN",
-)
 @pytest.mark.parametrize(
     "preprocessing",
     ['{"std": [1, NaN, 1]}', '{"std": [1, Infinity, 1]}', '{"mean": [NaN, 0, 0]}', '{"scale": Infinity}'],

@@ -73,13 +73,6 @@ def test_int_bounds_are_inclusive_and_enforced(value, reason):
     assert info.value.message == f"IntegratedGradients.steps={value!r}: {reason}"
 
 
-@pytest.mark.xfail(
-    raises=(OverflowError, ValueError),
-    strict=True,
-    reason="BUG: Param.validate calls int()/float() on non-finite or huge numbers before checking them; "
-    "json.loads accepts NaN/Infinity/1e400, so an upload's params crash with OverflowError/ValueError, "
-    "which the pipeline treats as transient (retried, then dead-lettered) instead of InvalidParameterError",
-)
 @pytest.mark.parametrize(
     "value", [math.inf, -math.inf, math.nan, 1e400, 10**400], ids=["inf", "-inf", "nan", "1e400", "10**400"]
 )
@@ -101,11 +94,6 @@ def test_float_refuses_non_finite_bools_strings(value):
         NOISE.validate("SmoothGrad", value)
 
 
-@pytest.mark.xfail(
-    raises=OverflowError,
-    strict=True,
-    reason="BUG: math.isfinite(10**400) raises OverflowError instead of refusing the value",
-)
 def test_float_refuses_a_huge_integer_with_a_typed_error():
     with pytest.raises(InvalidParameterError):
         NOISE.validate("SmoothGrad", 10**400)

@@ -76,11 +76,6 @@ def test_normalize_does_not_modify_its_input():
     np.testing.assert_array_equal(heatmap, copy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when fewer than 0.5% of the pixels are non-zero, the 99.5th percentile is 0 and normalize() "
-    "returns all zeros: a sparse but real attribution renders as an empty overlay",
-)
 def test_sparse_heatmap_is_not_erased():
     heatmap = np.zeros((64, 64))
     heatmap[10:12, 20:22] = 3.0  # 4 of 4096 pixels

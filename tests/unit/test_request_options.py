@@ -76,11 +76,6 @@ def test_card_default_for_one_family_only():
     assert names(parse_options({}, empty, GRADIENT)) == [spec.name for spec in methods_of(GRADIENT)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an explicit 'methods' list is de-duplicated but the card's default_methods are not, "
-    "so a card listing a method twice runs (and pays for) it twice",
-)
 def test_card_default_methods_are_deduplicated():
     card = make_card(default_methods={"gradient": ["Saliency", "saliency", "GradCAM"]})
     assert names(parse_options({}, card, GRADIENT)) == ["Saliency", "GradCAM"]
@@ -188,13 +183,6 @@ def test_nan_float_param_is_refused(card):
         parse_options({"methods": "SmoothGrad", "params": '{"SmoothGrad": {"noise": NaN}}'}, card, GRADIENT)
 
 
-@pytest.mark.xfail(
-    raises=(OverflowError, ValueError),
-    strict=True,
-    reason="BUG: integer parameters given as NaN/Infinity/1e400 (all valid for json.loads) crash Param.validate "
-    "with ValueError/OverflowError; the pipeline retries such a message and dead-letters it instead of "
-    "writing an invalid_parameter error record",
-)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_integer_param_is_a_user_error(card, value):
     with pytest.raises(InvalidParameterError):
@@ -255,12 +243,6 @@ def test_bad_target_lists_at_most_50_classes():
     assert "index below 200" in info.value.message
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="BUG: _parse_target uses str.isdigit(), which is True for digits int() cannot parse ('²'), "
-    "so such a target crashes with ValueError instead of InvalidTargetError",
-)
 def test_superscript_target_is_a_user_error(card):
     with pytest.raises(InvalidTargetError):
         parse_options({"methods": "Saliency", "target": "²"}, card, GRADIENT)

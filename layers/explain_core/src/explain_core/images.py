@@ -5,7 +5,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from explain_core.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
@@ -36,6 +36,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             image_format = image.format
+            if image_format == "MPO":  # a JPEG with a multi-picture index (phones): decode the first picture
+                image_format = "JPEG"
             width, height = image.size
             if image_format not in SUPPORTED_FORMATS:
                 raise UnsupportedFormatError(
@@ -50,13 +52,16 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
                     limit=max_pixels,
                 )
             image.load()
-            rgb = image.convert("RGB")
+            # Phone photos store their rotation in EXIF; explain the image as it is displayed.
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
     except (InvalidImageError, ImageTooLargeError):
         raise
     except UnidentifiedImageError as exc:
         raise InvalidImageError("the object is not an image in a known format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from exc
+        raise ImageTooLargeError(
+            f"image refused before decoding: more than the limit of {max_pixels} pixels ({exc})", limit=max_pixels
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated or corrupt data surfaces as one of these from Pillow's decoders.
         raise InvalidImageError(f"the image data is corrupt or truncated: {exc}") from exc

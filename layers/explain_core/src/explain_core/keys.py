@@ -21,7 +21,7 @@ MAX_KEY_LENGTH = 1024
 
 
 def check_name(value: str, what: str) -> str:
-    if not NAME_PATTERN.match(value) or ".." in value:
+    if not NAME_PATTERN.fullmatch(value) or ".." in value:
         raise InvalidKeyError(
             f"{what} {value!r} is not valid: use letters, digits, '.', '_' or '-' (at most 128 characters)",
             field=what,

@@ -10,7 +10,7 @@ from explain_core.errors import ModelCardError
 class Preprocessing(BaseModel):
     """``x = (pixels * scale - mean) / std`` per channel, applied to RGB uint8 pixels."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     scale: float = 1.0 / 255.0
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3)
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)

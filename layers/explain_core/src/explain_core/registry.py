@@ -49,14 +49,23 @@ class Param:
             if not isinstance(value, str):
                 fail("expected a string")
         elif self.kind is int:
-            # Accept 32.0 from JSON but never 32.5, True or "32".
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            # Accept 32.0 from JSON but never 32.5, True, "32", NaN or infinity.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())
+            ):
                 fail("expected an integer")
             value = int(value)
         elif self.kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 fail("expected a finite number")
-            value = float(value)
+            try:
+                value = float(value)  # an int like 10**400 overflows
+            except OverflowError:
+                fail("expected a finite number")
+            if not math.isfinite(value):
+                fail("expected a finite number")
         if self.choices is not None and value not in self.choices:
             fail(f"expected one of {list(self.choices)}")
         if self.minimum is not None and value < self.minimum:

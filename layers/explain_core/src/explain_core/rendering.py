@@ -10,6 +10,8 @@ def normalize(heatmap: np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
     """Absolute attribution scaled to [0, 1], clipping outliers so one pixel cannot wash out the map."""
     magnitude = np.abs(np.nan_to_num(heatmap.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))
     top = np.percentile(magnitude, clip_percentile)
+    if top <= 0:  # a sparse map (under 0.5% non-zero pixels) must not vanish
+        top = magnitude.max()
     if top <= 0:
         return np.zeros_like(magnitude)
     return np.clip(magnitude / top, 0.0, 1.0)

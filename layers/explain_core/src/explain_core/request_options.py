@@ -56,7 +56,7 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
         specs = list(dict.fromkeys(get_method(name, family) for name in names))
     else:
         defaults = card.default_methods.get(family)
-        specs = [get_method(name, family) for name in defaults] if defaults else methods_of(family)
+        specs = list(dict.fromkeys(get_method(name, family) for name in defaults)) if defaults else methods_of(family)
     if not specs:
         raise UnknownMethodError("no methods requested", family=family)
 
@@ -100,7 +100,7 @@ def _parse_target(raw: str | None, card: ModelCard) -> int | None:
     raw = raw.strip()
     if raw in card.class_names:
         return card.class_names.index(raw)
-    if raw.lstrip("-").isdigit():
+    if raw.isascii() and raw.isdigit():
         index = int(raw)
         if 0 <= index < len(card.class_names):
             return index
