@@ -14,7 +14,7 @@ Two sections, both printed as plain-text tables and written to ``benchmark-resul
     Demo images uploaded under ``incoming/gradient/...``, processed one message per invocation
     vs batched as the template's SQS event source does (its ``BatchSize``).
 
-Models: ``demo`` is the project's demo CNN (64x64, 3 classes, ``devtools.demo_model``);
+Models: ``demo`` is the project's demo CNN (64x64, a few shape classes, ``devtools.demo_model``);
 ``mobilenet`` is a MobileNetV2 (224x224, 1000 classes) with random weights, built here and
 cached under ``.cache/benchmark/``. Parameter profiles: ``full`` uses the registry defaults,
 ``quick`` smaller overrides (``QUICK_OVERRIDES``) sent through the upload's ``params`` metadata;
@@ -45,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from explain_core.attribution import build_explainer, class_scores, preprocess, run_method  # noqa: E402
+from explain_core.errors import ExplainError  # noqa: E402
 from explain_core.images import resize  # noqa: E402
 from explain_core.keys import KeyLayout  # noqa: E402
 from explain_core.model_card import ModelCard  # noqa: E402
@@ -563,7 +564,7 @@ def format_table(title: str, columns: list[Column], rows: list[dict], notes: lis
 
 METHOD_COLUMNS = [
     Column("method", lambda r: r["method"]),
-    Column("family", lambda r: r["family"][:5]),
+    Column("family", lambda r: r["family"]),
     Column("model", lambda r: r["model"]),
     Column("N", lambda r: r["images"]),
     Column("passes", lambda r: r["passes"]),
@@ -571,6 +572,7 @@ METHOD_COLUMNS = [
     Column("raw s", lambda r: r["raw_s"], "{:.4f}"),
     Column("handler s", lambda r: r["handler_s"], "{:.4f}"),
     Column("explain-in-handler s", lambda r: r["in_handler_explain_s"], "{:.4f}"),
+    Column("predict-in-handler s", lambda r: ratio(r["handler_timings"].get("predict_s"), r["images"]), "{:.4f}"),
     Column("handler/raw", lambda r: r["handler_over_raw"], "{:.2f}"),
     Column("raw/floor", lambda r: r["raw_over_floor"], "{:.1f}"),
     Column("params used", lambda r: format_params(r["params"]) + (f"  FAILED {r['error']}" if r["error"] else "")),
@@ -605,8 +607,10 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
         "  <overrides>), warm (second upload after a warm-up invocation); includes S3 I/O on the in-process moto",
         "  emulator: model HEADs, image GET, decode, predict, explain, overlay PNGs and .npy, PUTs, manifest.",
         "  The template's BatchSize (" + ", ".join(f"{family} {size}" for family, size in batch_sizes.items())
-        + ") caps what Lambda delivers in one invocation; N above it is a larger event than Lambda would send.",
-        "explain-in-handler s: the explain time the handler itself measured (manifest methods[].seconds / N).",
+        + ") caps what Lambda delivers in one invocation:",
+        "  N above it makes a larger event than Lambda would send.",
+        "explain-in-handler s, predict-in-handler s: what the handler itself measured (manifest methods[].seconds",
+        "  and timings.predict_s, / N); the JSON has the rest of the manifest's timings (model_s, download_s, ...).",
         f"floor s: passes per image (MethodSpec.passes) x forward time per image (batch of {FORWARD_BATCH}, best of",
         f"  graph call and model.predict) -- {measured}.",
         "  For gradient methods a pass is a forward AND a backward pass, yet the floor counts forward time only,",
@@ -706,44 +710,74 @@ def library_versions() -> dict:
     return versions
 
 
+def check_parameters(subjects: dict[str, Subject], args) -> None:
+    """Fail before measuring anything if a profile or ``--params`` gives a method a parameter it refuses."""
+    plan = [(subjects[key], args.methods) for key in args.models if "methods" in args.sections]
+    plan += [(subjects["demo"], args.burst_methods)] if "burst" in args.sections else []
+    for subject, specs in plan:
+        for spec in specs:
+            try:
+                spec.resolve(profile_overrides(spec, profile_of(subject, args), subject.input_size, args.params),
+                             subject.input_size)
+            except ExplainError as exc:
+                raise SystemExit(f"parameters refused for {spec.name} on {subject.key}: {exc}") from exc
+
+
+def run_sections(harness: Harness, args, results: dict) -> None:
+    """Run the requested sections, adding rows to ``results`` as they are measured."""
+    subjects = {key: SUBJECTS[key]() for key in dict.fromkeys(args.models + ["demo"] * ("burst" in args.sections))}
+    check_parameters(subjects, args)
+    if "methods" in args.sections:
+        for key in args.models:
+            results["forward"][key], rows = benchmark_methods(harness, subjects[key], args.methods, args)
+            results["methods"] += rows
+    if "burst" in args.sections:
+        results["burst"] += benchmark_burst(harness, subjects["demo"], args.burst_methods, args)
+
+
+def tables_of(results: dict, args) -> list[str]:
+    """The plain-text tables of whatever ``results`` holds."""
+    tables = []
+    if results["methods"]:
+        tables.append(format_table(
+            f"Explanation methods (N={args.images} images per batch)", METHOD_COLUMNS, results["methods"],
+            method_notes(results["forward"], args.repeats, results["environment"]["template_batch_sizes"]),
+        ))
+    if results["burst"]:
+        tables.append(format_table(
+            f"Burst: {args.burst_images} demo images through the gradient function", BURST_COLUMNS,
+            results["burst"], BURST_NOTES,
+        ))
+    return tables
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     harness = Harness(args.log_level, args.output.with_name("handler-output.log"))
     results = {
-        "arguments": {"models": args.models, "methods": [s.name for s in args.methods], "images": args.images,
-                      "repeats": args.repeats,
-                      "profile": args.profile, "params": args.params, "sections": args.sections,
-                      "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods]},
-        "environment": {"cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions()},
+        "arguments": {
+            "models": args.models, "methods": [s.name for s in args.methods], "images": args.images,
+            "repeats": args.repeats, "profile": args.profile, "params": args.params, "sections": args.sections,
+            "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods],
+        },
+        "environment": {
+            "cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
+            "template_batch_sizes": harness.batch_sizes(),
+        },
         "forward": {}, "methods": [], "burst": [],
     }
-    tables = []
     try:
-        subjects = {key: SUBJECTS[key]() for key in dict.fromkeys(args.models + ["demo"] * ("burst" in args.sections))}
-        if "methods" in args.sections:
-            for key in args.models:
-                results["forward"][key], rows = benchmark_methods(harness, subjects[key], args.methods, args)
-                results["methods"] += rows
-            tables.append(format_table(
-                f"Explanation methods (N={args.images} images per batch)", METHOD_COLUMNS, results["methods"],
-                method_notes(results["forward"], args.repeats, harness.batch_sizes()),
-            ))
-        if "burst" in args.sections:
-            results["burst"] = benchmark_burst(harness, subjects["demo"], args.burst_methods, args)
-            tables.append(format_table(
-                f"Burst: {args.burst_images} demo images through the gradient function", BURST_COLUMNS,
-                results["burst"], BURST_NOTES,
-            ))
-    finally:
+        run_sections(harness, args, results)
+    finally:  # on failure too: whatever was measured is printed and saved
         harness.close()
-    results["elapsed_s"] = time.perf_counter() - started
-    print()
-    print("\n".join(tables))
-    print(f"Total elapsed: {results['elapsed_s']:.1f} s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2, default=str))
-    print(f"Results: {args.output}")
+        results["elapsed_s"] = time.perf_counter() - started
+        print()
+        print("\n".join(tables_of(results, args)))
+        print(f"Total elapsed: {results['elapsed_s']:.1f} s")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2, default=str))
+        print(f"Results: {args.output}")
 
 
 if __name__ == "__main__":

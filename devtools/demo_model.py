@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("DEMO_CACHE_DIR", REPO / ".cache" / "demo-model"))
 NAME, VERSION = "shapes", "v1"
 INPUT_SIZE = 64
-TRAIN_COUNT, TEST_COUNT, EPOCHS, SEED = 2000, 300, 10, 1
+TRAIN_COUNT, TEST_COUNT, EPOCHS, SEED = 2400, 400, 8, 1
 
 
 def fingerprint() -> str:
@@ -39,12 +39,12 @@ def card() -> dict:
     return {
         "name": NAME,
         "version": VERSION,
-        "description": "Demo CNN: which shape (circle, square, triangle) is on a textured background.",
+        "description": "Demo CNN: which shape (circle, square, triangle or none) is on a textured background.",
         "input_height": INPUT_SIZE,
         "input_width": INPUT_SIZE,
         "preprocessing": {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
         "output": "logits",
-        "class_names": list(shapes.CLASSES),
+        "class_names": list(shapes.MODEL_CLASSES),
         "cam_layer": "last_conv",
         "target": {"mode": "predicted", "k": 1},
         "default_methods": {
@@ -75,7 +75,7 @@ def build_model():
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(48, 3, padding="same", activation="relu", name="last_conv")(x)
     x = keras.layers.GlobalMaxPooling2D()(x)
-    outputs = keras.layers.Dense(len(shapes.CLASSES), name="logits")(x)
+    outputs = keras.layers.Dense(len(shapes.MODEL_CLASSES), name="logits")(x)
     return keras.Model(inputs, outputs, name="shapes_cnn")
 
 
@@ -86,8 +86,8 @@ def train(directory: Path) -> dict:
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
-    images, labels, _ = shapes.dataset(TRAIN_COUNT, seed=SEED)
-    test_images, test_labels, _ = shapes.dataset(TEST_COUNT, seed=SEED + 1)
+    images, labels, _ = shapes.dataset(TRAIN_COUNT, seed=SEED, with_none=True)
+    test_images, test_labels, _ = shapes.dataset(TEST_COUNT, seed=SEED + 1, with_none=True)
     x, x_test = to_model_input(images), to_model_input(test_images)
     model = build_model()
     model.compile(

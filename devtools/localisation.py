@@ -93,7 +93,6 @@ def seed_everything(seed: int) -> None:
 def load_model():
     """(model, card) of the demo model, loaded as the functions load a user's model."""
     import keras
-
     from explain_core.model_card import ModelCard
 
     directory = demo_model.ensure_demo_model()
@@ -106,10 +105,12 @@ def masks_to_input(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     """Boolean masks (N, H, W) resized to (N, height, width) by nearest neighbour."""
     from PIL import Image
 
-    return np.stack([
-        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
-        for mask in masks
-    ])
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
+            for mask in masks
+        ]
+    )
 
 
 def prepare(model, card, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Demo:
@@ -182,8 +183,9 @@ def format_table(results: list[Measurement], class_names: Iterable[str] = demo_m
     """One row per method; the per-class columns are the mean energy in mask over images of that true class."""
     class_names = list(class_names)
     per_class = "".join(f"{name[:8]:>9}" for name in class_names)
-    header = (f"{'method':<24}{'family':<14}{'mean':>7}{'min':>7}{'chance':>8}{'ratio':>7}{'seconds':>9}"
-              f"{per_class}  params")
+    header = (
+        f"{'method':<24}{'family':<14}{'mean':>7}{'min':>7}{'chance':>8}{'ratio':>7}{'seconds':>9}{per_class}  params"
+    )
     lines = [header, "-" * len(header)]
     for m in results:
         params = ", ".join(f"{k}={v}" for k, v in m.params.items())
@@ -209,8 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     model, card = load_model()
     demo = prepare(model, card, args.count, args.seed)
     accuracy = float(np.mean(demo.predicted == demo.labels))
-    print(f"{args.count} held-out images (seed {args.seed}), accuracy {accuracy:.2f}, "
-          f"mask area share {mask_share(demo.masks).mean():.3f}", flush=True)
+    print(
+        f"{args.count} held-out images (seed {args.seed}), accuracy {accuracy:.2f}, "
+        f"mask area share {mask_share(demo.masks).mean():.3f}",
+        flush=True,
+    )
     results = measure_all(demo, args.methods, FAST_OVERRIDES if args.fast else None)
     print(format_table(results, card.class_names))
     print(f"total {time.perf_counter() - started:.1f}s")

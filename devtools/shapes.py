@@ -3,12 +3,18 @@
 Each image shows one shape (circle, square or triangle) of a random colour and size at a
 random place, over a textured, noisy background whose colours are independent of the class.
 The shape's mask is kept, so a test can measure how much of an explanation falls on the object.
+
+Training also uses a fourth class, ``none`` (background only): without it a model learns one
+shape as the default ("no circle, no square: triangle"), and the evidence for that class is
+spread over the whole image instead of sitting on the object.
 """
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle")
+NONE = "none"
+MODEL_CLASSES = (*CLASSES, NONE)
 IMAGE_SIZE = 128
 
 
@@ -31,7 +37,9 @@ def render(label: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> tupl
     draw = ImageDraw.Draw(mask_image)
     radius = rng.uniform(0.12, 0.22) * size
     cx, cy = rng.uniform(radius + 2, size - radius - 2, 2)
-    shape = CLASSES[label]
+    shape = MODEL_CLASSES[label]
+    if shape == NONE:
+        return np.clip(image, 0, 255).astype(np.uint8), np.zeros((size, size), dtype=bool)
     if shape == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
     elif shape == "square":
@@ -48,10 +56,10 @@ def render(label: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> tupl
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def dataset(count: int, seed: int, size: int = IMAGE_SIZE):
-    """``count`` images with balanced labels: (images, labels, masks)."""
+def dataset(count: int, seed: int, size: int = IMAGE_SIZE, with_none: bool = False):
+    """``count`` images with balanced labels: (images, labels, masks); ``with_none`` adds background-only images."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(count) % len(CLASSES)
+    labels = np.arange(count) % len(MODEL_CLASSES if with_none else CLASSES)
     rng.shuffle(labels)
     images, masks = zip(*(render(int(label), rng, size) for label in labels), strict=False)
     return np.stack(images), labels, np.stack(masks)

@@ -8,20 +8,21 @@ below the measured means, which are reproducible run to run (every random draw i
 Rise, SobolAttributionMethod and HsicAttributionMethod run with the reduced sample counts of
 ``devtools.localisation.FAST_OVERRIDES`` (Rise nb_samples 500 instead of 2000, Sobol nb_design 16
 instead of 32, HSIC nb_design 250 instead of 500) to keep this file around a minute on 2
-cores; every other method runs with its registry defaults. The full-default figures are within
-0.007 of the reduced ones (Rise 0.114, Sobol 0.221, HSIC 0.090).
+cores; every other method runs with its registry defaults. Full-default figures: Rise 0.092,
+Sobol 0.255, HSIC 0.127 (reduced: 0.111, 0.272, 0.115).
 
-No method localises triangles on this model: it predicts "triangle" when it finds no circle
-or square evidence (inpaint the object away and 35 of 40 circles/squares become "triangle"),
-so the evidence for a triangle is spread over the whole image. The per-class means therefore
-sit near 0.85 (Grad-CAM) on circles and squares but near chance on triangles.
+The demo model has a fourth class, "none" (background only), so that no shape is the default
+answer. Triangles are still localised poorly (Grad-CAM 0.090 on triangles against about 0.77
+on circles and squares): the model's triangle evidence is not concentrated on the object, so
+the per-class means stay near chance for triangles; the Grad-CAM check below is on circles
+and squares.
 """
 
 import numpy as np
 import pytest
+from explain_core.registry import REGISTRY
 
 from devtools import localisation
-from explain_core.registry import REGISTRY
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
 
@@ -30,19 +31,19 @@ COUNT, SEED, METHOD_SEED = 12, localisation.DEFAULT_SEED, 0
 #: method -> minimum mean energy in mask for methods that localise well on this model
 #: (measured mean in the comment; chance is 0.081 on these images).
 LOCALISES = {
-    "GradCAM": 0.50,  # measured 0.583 (7.2x chance); 0.850 on circles and squares
-    "VarGrad": 0.36,  # measured 0.421
-    "SquareGrad": 0.35,  # measured 0.411
-    "DeconvNet": 0.30,  # measured 0.356
-    "GradCAMPP": 0.29,  # measured 0.343
-    "GuidedBackprop": 0.28,  # measured 0.328
-    "GradientInput": 0.26,  # measured 0.312
-    "Saliency": 0.25,  # measured 0.298
-    "IntegratedGradients": 0.22,  # measured 0.265
-    "SmoothGrad": 0.21,  # measured 0.254
-    "SobolAttributionMethod": 0.18,  # measured 0.225 (nb_design=16)
-    "FEM": 0.18,  # measured 0.218
-    "Occlusion": 0.14,  # measured 0.169
+    "GradCAM": 0.47,  # measured 0.540 (6.7x chance); 0.765 on circles and squares
+    "VarGrad": 0.41,  # measured 0.478
+    "SquareGrad": 0.40,  # measured 0.466
+    "DeconvNet": 0.32,  # measured 0.372
+    "GradCAMPP": 0.24,  # measured 0.279
+    "GuidedBackprop": 0.32,  # measured 0.376
+    "GradientInput": 0.31,  # measured 0.366
+    "Saliency": 0.27,  # measured 0.320
+    "IntegratedGradients": 0.29,  # measured 0.342
+    "SmoothGrad": 0.24,  # measured 0.280
+    "SobolAttributionMethod": 0.23,  # measured 0.272 (nb_design=16)
+    "FEM": 0.22,  # measured 0.261
+    "Occlusion": 0.15,  # measured 0.185
 }
 #: A "localises well" threshold must be at least this many times the chance level.
 MIN_RATIO = 1.7
@@ -50,14 +51,14 @@ MIN_RATIO = 1.7
 #: Methods that measure poorly here; only "above chance" is asserted (measured mean, chance 0.081).
 ABOVE_CHANCE_ONLY = {
     # Rise maps carry a large constant offset (min/max ~0.5), which |heatmap| energy counts
-    # everywhere; its peak is on the object in 11 of 12 images. Measured 0.121 (nb_samples=500).
-    "Rise": 0.121,
-    # Peak on the object (dilated) in 10 of 12 images, but noisy signed cell weights. Measured 0.121.
-    "KernelShap": 0.121,
-    # Noisy signed cell weights from 300 samples for 64 cells. Measured 0.093.
-    "Lime": 0.093,
-    # Weak on this model at any tested nb_design (0.089 at 250, 0.090 at 500). Measured 0.089.
-    "HsicAttributionMethod": 0.089,
+    # everywhere. Measured 0.111 (nb_samples=500).
+    "Rise": 0.111,
+    # Noisy signed cell weights from 300 coalitions for 64 cells. Measured 0.136.
+    "KernelShap": 0.136,
+    # Noisy signed cell weights from 300 samples for 64 cells. Measured 0.099.
+    "Lime": 0.099,
+    # Weak on this model. Measured 0.115 (nb_design=250).
+    "HsicAttributionMethod": 0.115,
 }
 
 
@@ -87,8 +88,9 @@ def test_every_registry_method_has_a_threshold():
 
 
 def test_images_are_the_measured_ones(demo):
-    # The thresholds were chosen on these images: all predicted correctly, masks 8.1% of the area.
-    assert np.array_equal(demo.predicted, demo.labels)
+    # The thresholds were chosen on these images: 11 of 12 predicted correctly (one triangle is
+    # taken for "none"; its predicted class is the one explained), masks 8.1% of the area.
+    assert (demo.predicted == demo.labels).sum() >= 11
     assert localisation.mask_share(demo.masks).mean() == pytest.approx(0.081, abs=0.001)
 
 
@@ -127,17 +129,17 @@ def test_method_beats_chance(measured, method):
 
 def test_gradcam_localises_circles_and_squares(measured, demo):
     # Where the model's evidence is the object (circles, squares), Grad-CAM puts most of its
-    # energy on it: measured 0.850 mean, worst image 0.654, chance 0.117 on these 8 images.
+    # energy on it: measured 0.765 mean, worst image 0.640, chance 0.105 on these 8 images.
     m = measured("GradCAM")
     on_object = demo.labels != 2  # triangles: see the module docstring
     energy = m.energy[on_object]
-    assert energy.mean() >= 0.75
-    assert energy.min() >= 0.5
+    assert energy.mean() >= 0.70
+    assert energy.min() >= 0.55
     assert energy.mean() >= 5 * m.chance[on_object].mean()
 
 
 def test_gradcam_beats_the_other_cam_methods(measured):
-    # Measured: Grad-CAM 0.583, Grad-CAM++ 0.343, FEM 0.218.
+    # Measured: Grad-CAM 0.540, Grad-CAM++ 0.279, FEM 0.261.
     assert measured("GradCAM").mean > max(measured("GradCAMPP").mean, measured("FEM").mean)
 
 
