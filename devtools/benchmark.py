@@ -91,10 +91,12 @@ class Subject:
 
     @functools.cached_property
     def card(self) -> ModelCard:
+        """The model card published beside the model."""
         return ModelCard.model_validate_json((self.directory / "card.json").read_text())
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
         card = self.card
         return card.input_height, card.input_width
 
@@ -182,6 +184,7 @@ def profile_of(subject: Subject, args) -> str:
 
 
 def format_params(params: dict) -> str:
+    """``name=value`` pairs for a table cell."""
     return " ".join(f"{name}={value}" for name, value in params.items()) or "-"
 
 
@@ -231,10 +234,12 @@ class Harness:
             self.sqs.purge_queue(QueueUrl=url)
 
     def close(self):
+        """Stop the emulator and close the handler log."""
         self.server.stop()
         self.log.close()
 
     def publish(self, subject: Subject) -> None:
+        """Upload the model and its card to the model bucket (models/<name>/<version>/), as a user would."""
         demo_model.publish(self.s3, self.deployment.bucket("ModelBucket"), subject.directory,
                            subject.name, subject.version)
 
@@ -426,6 +431,7 @@ def measure_handler(harness: Harness, subject: Subject, spec: MethodSpec, overri
 
 
 def ratio(numerator, denominator):
+    """numerator / denominator, or None when either is missing (or the denominator is 0)."""
     return numerator / denominator if numerator is not None and denominator else None
 
 
@@ -538,6 +544,8 @@ def benchmark_burst(harness: Harness, subject: Subject, specs: list[MethodSpec],
 
 @dataclasses.dataclass
 class Column:
+    """A table column: its header, how to get the value from a row, how to format it."""
+
     header: str
     value: Callable[[dict], object]
     fmt: str = "{}"
@@ -595,6 +603,7 @@ BURST_COLUMNS = [
 
 
 def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
+    """Footnotes of the methods table: what each column measures."""
     measured = "; ".join(
         f"{key}: {f['s_per_image'] * 1e3:.2f} ms/image (graph call {f['graph_s'] * 1e3:.2f}, "
         f"predict {f['predict_s'] * 1e3:.2f})" for key, f in forwards.items()
@@ -621,6 +630,8 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
 
 
 BURST_NOTES = [
+    "One message per invocation: the gradient function wired with BatchSize 1 (no batching window);",
+    "  template BatchSize: wired as template.yaml says (BatchSize, MaximumBatchingWindowInSeconds).",
     "Images uploaded first (not timed), then drained from the queue by the local SQS event source",
     "  (devtools.local_lambda.SqsEventSource) calling the real gradient handler; each invocation size warmed first.",
     "handler s: sum of handler invocations; wall s adds SQS receive/delete (and any batching-window wait).",
@@ -629,6 +640,7 @@ BURST_NOTES = [
 
 
 def selected_methods(names: str) -> list[MethodSpec]:
+    """argparse type: comma-separated registry method names (any case) or ``all``."""
     if names.strip().lower() == "all":
         return list(METHODS)
     by_lower = {name.lower(): spec for name, spec in REGISTRY.items()}
@@ -641,6 +653,8 @@ def selected_methods(names: str) -> list[MethodSpec]:
 
 
 def comma_list(choices):
+    """argparse type: a comma-separated list whose items must be among ``choices``."""
+
     def parse(value: str) -> list[str]:
         items = [item.strip() for item in value.split(",") if item.strip()]
         unknown = [item for item in items if item not in choices]
@@ -652,6 +666,7 @@ def comma_list(choices):
 
 
 def json_object(value: str) -> dict:
+    """argparse type for ``--params``: ``{"<Method>": {"<param>": value}}``, method names normalised."""
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
@@ -666,6 +681,7 @@ def json_object(value: str) -> dict:
 
 
 def parse_args(argv=None):
+    """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m devtools.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -701,6 +717,7 @@ def parse_args(argv=None):
 
 
 def library_versions() -> dict:
+    """Versions of what the timings depend on, for the JSON report."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
@@ -752,6 +769,7 @@ def tables_of(results: dict, args) -> list[str]:
 
 
 def main(argv=None) -> None:
+    """Start the emulator, run the sections, print the tables and write the JSON, even after a failure."""
     args = parse_args(argv)
     started = time.perf_counter()
     harness = Harness(args.log_level, args.output.with_name("handler-output.log"))

@@ -53,7 +53,8 @@ def test_upload_event_produces_heatmaps_arrays_and_manifest(family, event_file, 
     # The demo model recognises the held-out shape.
     assert manifest["predictions"][0]["class_index"] == label
     assert len(manifest["predictions"]) == 3
-    assert abs(sum(p["score"] for p in manifest["predictions"]) - 1.0) < 1e-4
+    scores = [p["score"] for p in manifest["predictions"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.5 and sum(scores) <= 1 + 1e-6
     assert [c["class_index"] for c in manifest["explained_classes"]] == [label]
     assert [m["name"] for m in manifest["methods"]] == FAMILY_METHODS[family]
     for method in manifest["methods"]:
