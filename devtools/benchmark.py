@@ -253,9 +253,17 @@ class Harness:
     def pipeline_batch_size(self, family: str) -> int:
         """The batch size the family's pipeline gives Xplique (so raw calls match the handler)."""
         import importlib
+        import inspect
 
-        self.handler(family)
-        return importlib.import_module(self.deployment.function_for_family(family).module).pipeline.batch_size
+        from explain_core.pipeline import ExplanationPipeline
+
+        handler = self.handler(family).handler  # imports the module under the function's environment
+        module = importlib.import_module(self.deployment.function_for_family(family).module)
+        # The handler's pipeline, wherever the handler module keeps it; else the pipeline's default.
+        pipeline = getattr(handler, "pipeline", None) or getattr(module, "pipeline", None)
+        if pipeline is not None:
+            return pipeline.batch_size
+        return inspect.signature(ExplanationPipeline).parameters["batch_size"].default
 
     def batch_sizes(self) -> dict:
         """The template's SQS BatchSize per family."""

@@ -9,6 +9,11 @@ from PIL import Image
 
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 
+FAMILY_ALL = {
+    "gradient": {"Saliency", "GradientInput", "IntegratedGradients", "SmoothGrad", "VarGrad", "SquareGrad",
+                 "GuidedBackprop", "DeconvNet", "GradCAM", "GradCAMPP", "FEM"},
+    "perturbation": {"Occlusion", "Rise", "Lime", "KernelShap", "SobolAttributionMethod", "HsicAttributionMethod"},
+}
 FAMILY_METHODS = {
     "gradient": ["Saliency", "IntegratedGradients", "SmoothGrad", "GradCAM"],
     "perturbation": ["Occlusion", "Rise", "SobolAttributionMethod"],
@@ -170,3 +175,32 @@ def test_error_record_is_removed_once_the_input_succeeds(invoke, stage, s3, depl
                   Metadata={"methods": "Saliency"})
     assert invoke("gradient", event) == {"batchItemFailures": []}
     assert s3.list_objects_v2(Bucket=results, Prefix=error_key)["KeyCount"] == 0
+
+
+@pytest.mark.parametrize("family", ["gradient", "perturbation"])
+def test_every_method_of_the_family_runs_through_the_handler(family, invoke, stage, s3, deployment, samples):
+    from explain_core.registry import methods_of
+
+    images, labels, _ = samples
+    event = load_event(f"{family}-upload.json")
+    (key,) = event_keys(event)
+    # Fewer samples for the slowest methods keep this test short; bounds are checked all the same.
+    params = {"Rise": {"nb_samples": 256}, "HsicAttributionMethod": {"nb_design": 128},
+              "SobolAttributionMethod": {"nb_design": 16}, "Lime": {"nb_samples": 128},
+              "KernelShap": {"nb_samples": 128}}
+    stage(family, {key: png_bytes(images[0])}, metadata={key: {
+        "methods": "all", "params": json.dumps({k: v for k, v in params.items() if k in FAMILY_ALL[family]})}})
+
+    assert invoke(family, event) == {"batchItemFailures": []}
+
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"),
+                         f"results/{key.removeprefix('incoming/')}/manifest.json")
+    assert manifest["status"] == "succeeded"
+    assert [m["name"] for m in manifest["methods"]] == [spec.name for spec in methods_of(family)]
+    assert {m["name"] for m in manifest["methods"]} == FAMILY_ALL[family]
+    for method in manifest["methods"]:
+        assert method["status"] == "succeeded", method
+        (output,) = method["outputs"]
+        array = np.load(io.BytesIO(s3.get_object(Bucket=deployment.bucket("ResultsBucket"),
+                                                 Key=output["attributions"])["Body"].read()), allow_pickle=False)
+        assert np.isfinite(array).all() and np.abs(array).sum() > 0, method["name"]
