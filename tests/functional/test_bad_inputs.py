@@ -114,3 +114,40 @@ def test_transient_failure_is_retried_with_an_error_record(deployment, samples, 
     response = pipeline.handle_sqs_event(event, lambda_context)
 
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+
+def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, samples, s3):
+    """With 30 s left, 20,000 RISE passes cannot finish: the method is refused, the others run."""
+    from devtools.local_lambda import LocalLambdaContext
+    from explain_core.pipeline import ExplanationPipeline
+    from explain_core.settings import Settings
+
+    images, _, _ = samples
+    event = load_event("perturbation-upload.json")
+    (key,) = event_keys(event)
+    clear_outputs(s3, deployment, "perturbation")
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]),
+                  Metadata={"methods": "Occlusion,Rise", "params": json.dumps({"Rise": {"nb_samples": 20000}})})
+    settings = Settings(input_bucket=deployment.bucket("InputBucket"),
+                        results_bucket=deployment.bucket("ResultsBucket"),
+                        model_bucket=deployment.bucket("ModelBucket"))
+    pipeline = ExplanationPipeline("perturbation", settings, s3)
+    # Slow the measured forward pass down to a MobileNet-like 40 ms per image.
+    context = LocalLambdaContext("budget-test", 3008, timeout_seconds=30)
+
+    import explain_core.pipeline as pipeline_module
+
+    original = pipeline_module.forward_seconds_per_image
+    pipeline_module.forward_seconds_per_image = lambda *args: 0.04
+    try:
+        assert pipeline.handle_sqs_event(event, context) == {"batchItemFailures": []}
+    finally:
+        pipeline_module.forward_seconds_per_image = original
+
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"), f"results/{key.removeprefix('incoming/')}/manifest.json")
+    methods = {m["name"]: m for m in manifest["methods"]}
+    assert manifest["status"] == "partial"
+    assert methods["Occlusion"]["status"] == "succeeded"
+    assert methods["Rise"]["status"] == "failed"
+    assert methods["Rise"]["error"]["code"] == "over_time_budget"
+    assert "800 s" in methods["Rise"]["error"]["message"]  # 20,000 passes x 40 ms

@@ -59,9 +59,11 @@ class FakeModel:
         self.outputs = np.asarray(outputs)
         self.calls = []
 
-    def predict(self, inputs, batch_size, verbose):
-        self.calls.append((inputs.shape, batch_size, verbose))
-        return self.outputs
+    def predict_on_batch(self, inputs):
+        """Returns the next len(inputs) rows of the canned outputs."""
+        start = sum(shape[0] for shape in self.calls)
+        self.calls.append(inputs.shape)
+        return self.outputs[start:start + inputs.shape[0]]
 
 
 def test_class_scores_softmax_of_logits():
@@ -69,7 +71,16 @@ def test_class_scores_softmax_of_logits():
     scores = class_scores(model, np.zeros((2, 16, 16, 3), np.float32), make_card(), batch_size=8)
     np.testing.assert_allclose(scores, [[0.25, 0.25, 0.5], [1.0, 0.0, 0.0]], atol=1e-12)
     assert scores.dtype == np.float64
-    assert model.calls == [((2, 16, 16, 3), 8, 0)]
+    assert model.calls == [(2, 16, 16, 3)]
+
+
+def test_class_scores_splits_into_batches():
+    logits = np.log(np.arange(1, 16, dtype=np.float64).reshape(5, 3))
+    model = FakeModel(logits)
+    scores = class_scores(model, np.zeros((5, 16, 16, 3), np.float32), make_card(), batch_size=2)
+    assert model.calls == [(2, 16, 16, 3), (2, 16, 16, 3), (1, 16, 16, 3)]
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, expected, atol=1e-12)
 
 
 def test_class_scores_probabilities_pass_through():

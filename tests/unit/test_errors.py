@@ -13,6 +13,7 @@ from explain_core.errors import (
     InvalidParameterError,
     InvalidTargetError,
     ModelCardError,
+    OverTimeBudgetError,
     UnknownMethodError,
     UnknownModelError,
     UnsupportedFormatError,
@@ -31,6 +32,7 @@ EXPECTED = [
     (UnknownMethodError, "unknown_method", 422, ExplainError),
     (InvalidParameterError, "invalid_parameter", 422, ExplainError),
     (InvalidTargetError, "invalid_target", 422, ExplainError),
+    (OverTimeBudgetError, "over_time_budget", 422, ExplainError),
 ]
 
 

@@ -65,6 +65,13 @@ class InvalidParameterError(ExplainError):
     status = 422
 
 
+class OverTimeBudgetError(ExplainError):
+    """A method would not finish in the invocation's remaining time (a timeout would fail the whole batch)."""
+
+    code = "over_time_budget"
+    status = 422
+
+
 class InvalidTargetError(ExplainError):
     code = "invalid_target"
     status = 422

@@ -62,6 +62,9 @@ class ModelStore:
                 ) from exc
             raise
 
+    def models_in_memory(self) -> list:
+        return [loaded.model for loaded in self._memory.values()]
+
     def get(self, name: str, version: str) -> LoadedModel:
         model_key = self.keys.model_key(name, version, MODEL_FILE)
         card_key = self.keys.model_key(name, version, CARD_FILE)

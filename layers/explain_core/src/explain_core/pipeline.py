@@ -31,16 +31,21 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
 
 from explain_core import __version__
-from explain_core.attribution import ExplainerCache, class_scores, preprocess, run_method
-from explain_core.errors import ExplainError, ImageTooLargeError
+from explain_core.attribution import ExplainerCache, class_scores, forward_seconds_per_image, preprocess, run_method
+from explain_core.errors import ExplainError, ImageTooLargeError, OverTimeBudgetError
 from explain_core.images import DecodedImage, decode_image, resize
 from explain_core.keys import InputRef, KeyLayout, class_label
 from explain_core.model_store import LoadedModel, ModelStore
-from explain_core.registry import MethodSpec
+from explain_core.registry import GRADIENT, MethodSpec
 from explain_core.rendering import npy_bytes, overlay_png
 from explain_core.request_options import RequestOptions, parse_options
 from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, ResultWriter, now_iso
 from explain_core.settings import Settings
+
+#: A gradient method's pass is a forward and a backward pass: about three forward passes.
+GRADIENT_PASS_COST = 3.0
+#: Seconds kept in reserve at the end of an invocation for writing results.
+TIME_RESERVE_S = 20.0
 
 logger = Logger(child=True)
 tracer = Tracer()
@@ -119,7 +124,7 @@ class ExplanationPipeline:
             except ExplainError as exc:
                 self._fail(upload, exc, retry, request_id)
         for (model, version), group in groups.items():
-            self._explain_group(model, version, group, retry, request_id)
+            self._explain_group(model, version, group, retry, context)
 
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -181,10 +186,12 @@ class ExplanationPipeline:
 
     # ----------------------------------------------------------------- explaining
     @tracer.capture_method
-    def _explain_group(self, model: str, version: str, group: list[Upload], retry: dict, request_id) -> None:
+    def _explain_group(self, model: str, version: str, group: list[Upload], retry: dict, context) -> None:
+        request_id = getattr(context, "aws_request_id", None)
         try:
             started = time.perf_counter()
             loaded = self.store.get(model, version)
+            self.explainers.retain(self.store.models_in_memory())
             model_seconds = time.perf_counter() - started
         except Exception as exc:
             for upload in group:
@@ -205,7 +212,7 @@ class ExplanationPipeline:
         if not ready:
             return
         try:
-            outputs = self._explain(ready, loaded)
+            outputs = self._explain(ready, loaded, context)
         except Exception as exc:
             for upload in ready:
                 self._fail(upload, exc, retry, request_id)
@@ -249,13 +256,14 @@ class ExplanationPipeline:
         return f"{upload.options.fingerprint}-{loaded.model_etag[:16]}"
 
     @tracer.capture_method
-    def _explain(self, uploads: list[Upload], loaded: LoadedModel) -> list[tuple[list, dict]]:
+    def _explain(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[tuple[list, dict]]:
         """Predict and run every requested method; returns (objects to write, manifest) per upload."""
         card = loaded.card
         inputs = preprocess(np.stack([u.pixels for u in uploads]), card)
         started = time.perf_counter()
         scores = class_scores(loaded.model, inputs, card, self.batch_size)
         predict_seconds = time.perf_counter() - started
+        pass_seconds = forward_seconds_per_image(loaded.model, inputs, self.batch_size)
 
         targets = [u.options.classes_to_explain(scores[i]) for i, u in enumerate(uploads)]
         # Rows are (upload index, class): a method runs once over all rows sharing its parameters.
@@ -270,14 +278,17 @@ class ExplanationPipeline:
         for (name, params_json), rows in jobs.items():
             spec, params = specs[name], json.loads(params_json)
             batch_inputs = inputs[[i for i, _ in rows]]
-            one_hot = np.eye(len(card.class_names), dtype=np.float32)[[cls for _, cls in rows]]
+            one_hot = np.zeros((len(rows), len(card.class_names)), dtype=np.float32)
+            one_hot[np.arange(len(rows)), [cls for _, cls in rows]] = 1.0
             try:
+                self._check_time_budget(spec, params, len(rows), pass_seconds, card, context)
                 explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size)
                 result = run_method(explainer, batch_inputs, one_hot)
                 metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
                 for row, (i, cls) in enumerate(rows):
                     method_results[(i, name, params_json, cls)] = {
                         "attributions": result.attributions[row],
+                        "seconds_per_image": result.seconds / len(rows),
                         "heatmap": result.heatmaps[row],
                         "seconds": result.seconds,
                         "rows": len(rows),
@@ -318,7 +329,8 @@ class ExplanationPipeline:
                     upload.image.pixels, found["heatmap"], max_side=self.settings.max_overlay_side
                 ), "image/png"))
                 objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
-                entry["seconds"] = round(found["seconds"], 4)
+                entry["seconds"] = round(found["seconds"], 4)  # the whole batch
+                entry["seconds_per_image"] = round(found["seconds_per_image"], 4)
                 entry["batch_rows"] = found["rows"]
                 entry["outputs"].append({
                     **described(cls),
@@ -353,6 +365,23 @@ class ExplanationPipeline:
             "results_prefix": self.keys.results_base(ref),
         }
         return objects, manifest
+
+    @staticmethod
+    def _check_time_budget(spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card, context) -> None:
+        """Refuse a method that would outlast the invocation: a timeout would fail the whole batch."""
+        if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+            return
+        passes = spec.passes(params, (card.input_height, card.input_width))
+        cost = GRADIENT_PASS_COST if spec.family == GRADIENT else 1.0
+        estimate = passes * rows * pass_seconds * cost
+        available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
+        if estimate > available:
+            raise OverTimeBudgetError(
+                f"{spec.name} needs about {estimate:.0f} s for {rows} image(s) ({passes} model passes each at "
+                f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "
+                "use fewer samples or upload fewer images at once",
+                method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1),
+            )
 
     @staticmethod
     def _method_entry(spec: MethodSpec, params: dict, card) -> dict:

@@ -157,7 +157,8 @@ def _occlusion_passes(params, size):
             method="Occlusion",
             parameter="patch_size",
         )
-    return (math.ceil((height - patch) / stride) + 1) * (math.ceil((width - patch) / stride) + 1)
+    # Xplique places patches at 0, stride, ... while they fit: ceil((side - patch + 1) / stride).
+    return math.ceil((height - patch + 1) / stride) * math.ceil((width - patch + 1) / stride)
 
 
 _STEPS = Param("steps", int, 50, 2, 512, doc="points on the path from the baseline to the input")
