@@ -44,6 +44,8 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsBen
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
 from explain_core.attribution import build_explainer, class_scores, preprocess, run_method  # noqa: E402
 from explain_core.errors import ExplainError  # noqa: E402
 from explain_core.images import resize  # noqa: E402
@@ -51,8 +53,6 @@ from explain_core.keys import KeyLayout  # noqa: E402
 from explain_core.model_card import ModelCard  # noqa: E402
 from explain_core.registry import FAMILIES, GRADIENT, METHODS, REGISTRY, MethodSpec  # noqa: E402
 from explain_core.settings import Settings  # noqa: E402
-
-from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "benchmark"

@@ -93,6 +93,7 @@ def seed_everything(seed: int) -> None:
 def load_model():
     """(model, card) of the demo model, loaded as the functions load a user's model."""
     import keras
+
     from explain_core.model_card import ModelCard
 
     directory = demo_model.ensure_demo_model()

@@ -116,7 +116,7 @@ def test_transient_failure_is_retried_with_an_error_record(deployment, samples, 
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
 
 
-def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, samples, s3):
+def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, samples, s3, monkeypatch):
     """With 30 s left, 20,000 RISE passes cannot finish: the method is refused, the others run."""
     from devtools.local_lambda import LocalLambdaContext
     from explain_core.pipeline import ExplanationPipeline
@@ -135,16 +135,12 @@ def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, sampl
     # Slow the measured forward pass down to a MobileNet-like 40 ms per image.
     context = LocalLambdaContext("budget-test", 3008, timeout_seconds=30)
 
-    import explain_core.pipeline as pipeline_module
+    monkeypatch.setattr("explain_core.pipeline.forward_seconds_per_image", lambda *args: 0.04)
 
-    original = pipeline_module.forward_seconds_per_image
-    pipeline_module.forward_seconds_per_image = lambda *args: 0.04
-    try:
-        assert pipeline.handle_sqs_event(event, context) == {"batchItemFailures": []}
-    finally:
-        pipeline_module.forward_seconds_per_image = original
+    assert pipeline.handle_sqs_event(event, context) == {"batchItemFailures": []}
 
-    manifest = read_json(s3, deployment.bucket("ResultsBucket"), f"results/{key.removeprefix('incoming/')}/manifest.json")
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"),
+                         f"results/{key.removeprefix('incoming/')}/manifest.json")
     methods = {m["name"]: m for m in manifest["methods"]}
     assert manifest["status"] == "partial"
     assert methods["Occlusion"]["status"] == "succeeded"

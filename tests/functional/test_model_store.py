@@ -4,6 +4,7 @@ import json
 
 import keras
 import pytest
+
 from explain_core.errors import InvalidModelError, ModelCardError, UnknownModelError
 from explain_core.model_store import ModelStore
 from explain_core.settings import Settings

@@ -20,9 +20,9 @@ and squares.
 
 import numpy as np
 import pytest
-from explain_core.registry import REGISTRY
 
 from devtools import localisation
+from explain_core.registry import REGISTRY
 
 pytestmark = [pytest.mark.quality, pytest.mark.slow]
 

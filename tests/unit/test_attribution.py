@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from explain_core.attribution import (
     ExplainerCache,
     MethodResult,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from explain_core import errors
 from explain_core.errors import (
     ExplainError,

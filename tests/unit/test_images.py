@@ -6,9 +6,10 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
 from explain_core.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from explain_core.images import SUPPORTED_FORMATS, DecodedImage, decode_image, resize
-from PIL import Image, ImageFile
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "max_pixels": 40_000_000}
 HEIGHT, WIDTH = 12, 20  # deliberately not square, so a transposed result is caught

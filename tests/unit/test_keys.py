@@ -1,6 +1,7 @@
 """Unit tests for explain_core.keys: input key parsing, the retrigger guard and output layouts."""
 
 import pytest
+
 from explain_core.errors import InvalidKeyError
 from explain_core.keys import MAX_KEY_LENGTH, InputRef, KeyLayout, check_name, class_label
 from explain_core.settings import Settings

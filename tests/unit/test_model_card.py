@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from explain_core.errors import InvalidModelError, ModelCardError
 from explain_core.model_card import ModelCard, Preprocessing, TargetPolicy
 

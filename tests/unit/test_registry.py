@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+
 from explain_core import registry
 from explain_core.errors import InvalidParameterError, UnknownMethodError
 from explain_core.registry import (

@@ -4,8 +4,9 @@ import io
 
 import numpy as np
 import pytest
-from explain_core.rendering import normalize, npy_bytes, overlay_png
 from PIL import Image
+
+from explain_core.rendering import normalize, npy_bytes, overlay_png
 
 
 def decode(png: bytes) -> Image.Image:

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from explain_core.errors import InvalidParameterError, InvalidTargetError, UnknownMethodError
 from explain_core.model_card import ModelCard
 from explain_core.registry import GRADIENT, PERTURBATION, REGISTRY, methods_of
