@@ -42,7 +42,7 @@ def upload_samples(deployment) -> list[str]:
     s3 = deployment.client("s3")
     images, labels, _ = demo_model.sample_images(6)
     keys = []
-    for i, (pixels, label) in enumerate(zip(images, labels, strict=False)):
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         family = FAMILIES[i % 2]
         image_format = "PNG" if i < 3 else "JPEG"
         name = f"{demo_model.shapes.CLASSES[label]}-{i}.{'png' if image_format == 'PNG' else 'jpg'}"
@@ -104,7 +104,7 @@ def summary_table(outcomes: dict) -> str:
             f"{seconds:.1f}",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -61,5 +61,5 @@ def dataset(count: int, seed: int, size: int = IMAGE_SIZE, with_none: bool = Fal
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % len(MODEL_CLASSES if with_none else CLASSES)
     rng.shuffle(labels)
-    images, masks = zip(*(render(int(label), rng, size) for label in labels), strict=False)
+    images, masks = zip(*(render(int(label), rng, size) for label in labels), strict=True)
     return np.stack(images), labels, np.stack(masks)

@@ -217,7 +217,7 @@ class ExplanationPipeline:
             for upload in ready:
                 self._fail(upload, exc, retry, request_id)
             return
-        for upload, (objects, manifest) in zip(ready, outputs, strict=False):
+        for upload, (objects, manifest) in zip(ready, outputs, strict=True):
             try:
                 self._write(upload, loaded, objects, manifest, request_id)
             except Exception as exc:
