@@ -42,8 +42,8 @@ class LocalLambdaContext:
 def function_environment(deployment: Deployment, wiring: FunctionWiring):
     """Set the function's environment (as in template.yaml) plus the emulator endpoint."""
     values = {
-        **aws_environment(deployment.endpoint),
         **wiring.environment,
+        **aws_environment(deployment.endpoint),  # the template's EndpointUrl is empty: use the emulator
         "AWS_LAMBDA_FUNCTION_NAME": wiring.logical_id,
         "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon locally
     }

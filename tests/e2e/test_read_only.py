@@ -1,0 +1,36 @@
+"""Each image under Lambda's conditions: read-only root filesystem, a tmpfs /tmp, the runtime API emulator."""
+
+import pytest
+
+from devtools import containers
+from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("function,family", sorted(containers.FUNCTIONS.items()))
+def test_function_works_with_a_read_only_root(function, family, container_deployment, container_emulator,
+                                               samples):
+    s3 = container_deployment.client("s3")
+    images, labels, _ = samples
+    event = load_event(f"{family}-upload.json")
+    (key,) = event_keys(event)
+    clear_outputs(s3, container_deployment, family)
+    s3.put_object(Bucket=container_deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[1]),
+                  Metadata={"methods": "GradCAM" if family == "gradient" else "Occlusion"})
+    environment = container_deployment.functions[function].environment
+
+    with containers.read_only_function(function, environment, container_emulator) as url:
+        cold = containers.invoke_url(url, event)
+        warm = containers.invoke_url(url, event)  # duplicate event: recognised, not recomputed
+
+    logs = getattr(containers.read_only_function, "last_logs", "")
+    assert cold == {"batchItemFailures": []}, logs[-3000:]
+    assert warm == {"batchItemFailures": []}, logs[-3000:]
+    assert "Read-only file system" not in logs
+    manifest = read_json(s3, container_deployment.bucket("ResultsBucket"),
+                         f"results/{key.removeprefix('incoming/')}/manifest.json")
+    assert manifest["status"] == "succeeded"
+    assert manifest["predictions"][0]["class_index"] == labels[1]
+    # The model came from S3 into /tmp (the only writable place) on the cold start.
+    assert manifest["model"]["loaded_from"] == "s3"
