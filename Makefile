@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/explain_core/src
 export SAM_CLI_TELEMETRY := 0
 DEMO_ARGS ?=
 
-.PHONY: setup demo test test-unit test-functional test-quality lint bench localisation clean
+.PHONY: setup demo test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layer
 demo: setup  ## the main job on the local emulator (add DEMO_ARGS=--once to stop after the samples)
 	$(PY) -m devtools.demo $(DEMO_ARGS)
 
-test: setup lint  ## every test tier that runs without Docker
+test: setup lint  ## every test tier: unit, functional, quality, then e2e through Docker and SAM
 	$(PY) -m pytest -ra
 
 test-unit: setup
@@ -34,6 +34,15 @@ test-functional: setup
 
 test-quality: setup
 	$(PY) -m pytest -ra tests/quality
+
+test-e2e: setup  ## starts the Docker engine, builds the base stand-in and the images, runs them with SAM
+	$(PY) -m pytest -ra -m e2e tests/e2e
+
+images: setup  ## Docker engine, Lambda base stand-in, sam build
+	$(PY) -m devtools.containers build
+
+container-figures: setup  ## image sizes, cold/warm durations (the README's table)
+	$(PY) -m devtools.containers figures
 
 lint: setup
 	$(VENV)/bin/ruff check layers functions devtools tests

@@ -12,7 +12,7 @@ TAG=public.ecr.aws/lambda/python:3.11
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 RECIPE=$(cat devtools/docker/lambda-base.sh layers/requirements-ml.txt layers/requirements-aws.txt \
-  layers/requirements-nodeps.txt | sha256sum | cut -c1-16)
+  layers/requirements-nodeps.txt layers/slim-site-packages.sh | sha256sum | cut -c1-16)
 
 if [ "$(docker image inspect "$TAG" --format '{{ index .Config.Labels "explain.recipe" }}' 2>/dev/null)" = "$RECIPE" ]; then
   echo "$TAG stand-in is up to date ($RECIPE)"
@@ -36,7 +36,7 @@ python3 -m pip download --quiet --only-binary=:all: --dest "$ROOT/tmp/wheels" \
   -r layers/requirements-ml.txt -r layers/requirements-aws.txt awslambdaric==3.1.1
 python3 -m pip download --quiet --only-binary=:all: --no-deps --dest "$ROOT/tmp/wheels" \
   -r layers/requirements-nodeps.txt
-cp layers/requirements-*.txt "$ROOT/tmp/"
+cp layers/requirements-*.txt layers/slim-site-packages.sh "$ROOT/tmp/"
 
 echo "installing the runtime into /var/lang"
 chroot "$ROOT" /usr/bin/python3 -m venv /var/lang
@@ -44,6 +44,8 @@ chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --fin
   awslambdaric==3.1.1 -r /tmp/requirements-ml.txt -r /tmp/requirements-aws.txt
 chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels --no-deps \
   -r /tmp/requirements-nodeps.txt
+# The same clean-up the Dockerfiles run after their install, so sizes measure what AWS builds.
+chroot "$ROOT" /bin/sh /tmp/slim-site-packages.sh /var/lang/bin/python
 rm -rf "$ROOT"/tmp/* "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
 mkdir -p "$ROOT/var/task" "$ROOT/var/runtime"
 
