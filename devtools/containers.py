@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -175,12 +176,19 @@ def rie_binary() -> Path:
     return Path(samcli.__file__).parent / "local" / "rapid" / "aws-lambda-rie-x86_64"
 
 
+@dataclass
+class RunningFunction:
+    url: str  # the runtime interface emulator's invocation URL, on a loopback port
+    container: str
+
+    def logs(self) -> str:
+        completed = run(["docker", "logs", self.container], check=False)
+        return completed.stdout + completed.stderr
+
+
 @contextmanager
 def read_only_function(function: str, environment: dict, emulator: Emulator):
-    """Run a function image as Lambda does: read-only root filesystem, tmpfs /tmp, the RIE in front.
-
-    Yields the invocation URL on a loopback port.
-    """
+    """Run a function image as Lambda does: read-only root filesystem, tmpfs /tmp, the RIE in front."""
     name = f"explain-ro-{uuid.uuid4().hex[:8]}"
     port = local_aws.free_port()
     command = ["docker", "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp:rw,size=1024m",
@@ -191,26 +199,22 @@ def read_only_function(function: str, environment: dict, emulator: Emulator):
     command += [built_image(function), "/var/lang/bin/python", "-m", "awslambdaric", "app.lambda_handler"]
     run(command)
     try:
-        yield f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
+        yield RunningFunction(f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations", name)
     finally:
-        logs = run(["docker", "logs", name], check=False)
-        read_only_function.last_logs = logs.stdout + logs.stderr
         run(["docker", "rm", "-f", name], check=False)
 
 
 def invoke_url(url: str, event: dict, timeout: float = 900) -> dict:
+    """POST an event to the runtime interface emulator, retrying while the container starts."""
     deadline = time.monotonic() + 60
     while True:
         try:
             request = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read() or b"null")
-        except ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-        except urllib.error.URLError as exc:
-            if time.monotonic() > deadline or not isinstance(exc.reason, ConnectionError):
+        except (ConnectionError, urllib.error.URLError) as exc:
+            starting = isinstance(exc, ConnectionError) or isinstance(getattr(exc, "reason", None), ConnectionError)
+            if not starting or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
@@ -257,7 +261,8 @@ def figures() -> str:
 
             stage()
             cold = sam_local_invoke(function, event_path, emulator, env_file)
-            with read_only_function(function, deployment.functions[function].environment, emulator) as url:
+            with read_only_function(function, deployment.functions[function].environment, emulator) as running:
+                url = running.url
                 container_cold = timed(lambda url=url, event=event: invoke_url(url, event))
                 container_warm = min(timed(lambda url=url, event=event: invoke_url(url, event)) for _ in range(3))
             wiring = deployment.functions[function]

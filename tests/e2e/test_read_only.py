@@ -20,11 +20,11 @@ def test_function_works_with_a_read_only_root(function, family, container_deploy
                   Metadata={"methods": "GradCAM" if family == "gradient" else "Occlusion"})
     environment = container_deployment.functions[function].environment
 
-    with containers.read_only_function(function, environment, container_emulator) as url:
-        cold = containers.invoke_url(url, event)
-        warm = containers.invoke_url(url, event)  # duplicate event: recognised, not recomputed
+    with containers.read_only_function(function, environment, container_emulator) as running:
+        cold = containers.invoke_url(running.url, event)
+        warm = containers.invoke_url(running.url, event)  # duplicate event: recognised, not recomputed
+        logs = running.logs()
 
-    logs = getattr(containers.read_only_function, "last_logs", "")
     assert cold == {"batchItemFailures": []}, logs[-3000:]
     assert warm == {"batchItemFailures": []}, logs[-3000:]
     assert "Read-only file system" not in logs
