@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import io
 import json
 import os
 import platform
@@ -46,13 +45,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
-from explain_core.attribution import build_explainer, class_scores, preprocess, run_method  # noqa: E402
+from devtools.demo import encode_image, key_layout, outcome  # noqa: E402
+from explain_core.attribution import build_explainer, class_scores, run_method, to_model_input  # noqa: E402
 from explain_core.errors import ExplainError  # noqa: E402
-from explain_core.images import resize  # noqa: E402
-from explain_core.keys import KeyLayout  # noqa: E402
 from explain_core.model_card import ModelCard  # noqa: E402
 from explain_core.registry import FAMILIES, GRADIENT, METHODS, REGISTRY, MethodSpec  # noqa: E402
-from explain_core.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "benchmark"
@@ -221,11 +218,7 @@ class Harness:
         self.deployment = local_aws.deploy(endpoint, template)
         self.s3 = self.deployment.client("s3")
         self.sqs = self.deployment.client("sqs")
-        self.keys = KeyLayout(Settings(
-            input_bucket=self.deployment.bucket("InputBucket"),
-            results_bucket=self.deployment.bucket("ResultsBucket"),
-            model_bucket=self.deployment.bucket("ModelBucket"),
-        ))
+        self.keys = key_layout(self.deployment)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = log_path.open("w")
         self.run_id = uuid.uuid4().hex[:8]
@@ -278,15 +271,11 @@ class Harness:
 
     def upload(self, family: str, subject: Subject, label: str, images: np.ndarray, metadata: dict) -> list[str]:
         """PUT the images as PNG under the family's input prefix; returns their keys."""
-        from PIL import Image
-
         prefix = f"{self.keys.family_prefix(family)}{subject.name}/{subject.version}/bench-{self.run_id}/{label}"
         keys = []
         for index, pixels in enumerate(images):
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="PNG")
             key = f"{prefix}/{index:03d}.png"
-            self.s3.put_object(Bucket=self.keys.settings.input_bucket, Key=key, Body=buffer.getvalue(),
+            self.s3.put_object(Bucket=self.keys.settings.input_bucket, Key=key, Body=encode_image(pixels),
                                ContentType="image/png", Metadata=metadata)
             keys.append(key)
         return keys
@@ -323,18 +312,10 @@ class Harness:
                     self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
         return [found[key] for key in keys]
 
-    def outcome(self, family: str, key: str) -> dict:
+    def outcome(self, key: str) -> dict:
         """The manifest written for an input key, or its error record, or a note that there is neither."""
-        from botocore.exceptions import ClientError
-
-        bucket = self.keys.settings.results_bucket
-        ref = self.keys.parse_input(self.keys.settings.input_bucket, key, family)
-        for result_key in (self.keys.manifest_key(ref), self.keys.error_key(key)):
-            try:
-                return json.loads(self.s3.get_object(Bucket=bucket, Key=result_key)["Body"].read())
-            except ClientError:
-                continue
-        return {"status": "missing", "error": {"message": "no manifest and no error record"}}
+        found = outcome(self.s3, self.keys, key)
+        return found or {"status": "missing", "error": {"message": "no manifest and no error record"}}
 
 
 def notified_key(message: dict) -> str | None:
@@ -369,8 +350,7 @@ def failure(outcome: dict) -> str | None:
 
 def model_inputs(subject: Subject, images: np.ndarray) -> np.ndarray:
     """The preprocessed batch the pipeline builds from these images (same resize and preprocessing)."""
-    card = subject.card
-    return preprocess(np.stack([resize(image, card.input_height, card.input_width) for image in images]), card)
+    return to_model_input(images, subject.card)
 
 
 def measure_forward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repeats: int = 3) -> dict:
@@ -426,7 +406,7 @@ def measure_handler(harness: Harness, subject: Subject, spec: MethodSpec, overri
     for phase in ["warm"] + [f"timed{i}" for i in range(repeats)]:
         keys = harness.upload(spec.family, subject, f"{phase}-{spec.name}", images, metadata)
         source.invoke(harness.receive(spec.family, keys))
-        outcomes = [harness.outcome(spec.family, key) for key in keys]
+        outcomes = [harness.outcome(key) for key in keys]
         problem = next((reason for reason in map(failure, outcomes) if reason), None)
         explain_s = None if problem else outcomes[0]["methods"][0].get("seconds")
         runs.append((source.handler.durations[-1], explain_s, problem, outcomes[0].get("timings", {})))
@@ -519,7 +499,7 @@ def process_burst(harness: Harness, subject: Subject, spec: MethodSpec, override
         processed += received
     wall = time.perf_counter() - started
     handler_s = sum(source.handler.durations[first_call:])
-    failed = [reason for reason in (failure(harness.outcome(spec.family, key)) for key in keys) if reason]
+    failed = [reason for reason in (failure(harness.outcome(key)) for key in keys) if reason]
     return {
         "method": spec.name, "params": spec.resolve(overrides, subject.input_size), "images": count,
         "batch_size": batch_size, "invocations": len(source.handler.durations) - first_call,
@@ -725,14 +705,12 @@ def parse_args(argv=None):
 
 
 def library_versions() -> dict:
-    """Versions of what the timings depend on, for the JSON report."""
+    """Versions of what the timings depend on, for the JSON report: the manifest's, plus the emulator."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow-cpu", "keras", "xplique", "numpy", "moto"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return versions
+    from explain_core.pipeline import library_versions as pipeline_versions
+
+    return {**pipeline_versions(), "moto": metadata.version("moto")}
 
 
 def check_parameters(subjects: dict[str, Subject], args) -> None:

@@ -221,17 +221,14 @@ def invoke_url(url: str, event: dict, timeout: float = 900) -> dict:
 
 def figures() -> str:
     """Image sizes, cold/warm durations in containers and in-process handler time, as a Markdown table."""
-    import io
     from urllib.parse import unquote_plus
 
-    from PIL import Image
-
     from devtools import demo_model, local_lambda
+    from devtools.demo import encode_image
 
     model_dir = demo_model.ensure_demo_model()
     images, _, _ = demo_model.sample_images(6)
-    png = io.BytesIO()
-    Image.fromarray(images[0]).save(png, format="PNG")
+    png = encode_image(images[0])
     rows = ["| function (event) | image size | `sam local invoke` wall | its REPORT Duration (init + invoke) "
             "| read-only container: cold / warm | in-process handler, warm |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -250,7 +247,7 @@ def figures() -> str:
                 """A fresh upload (no manifest yet), so every call explains instead of skipping a duplicate."""
                 s3.delete_object(Bucket=deployment.bucket("ResultsBucket"),
                                  Key=f"results/{key.removeprefix('incoming/')}/manifest.json")
-                s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png.getvalue(),
+                s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png,
                               Metadata={"methods": methods})
 
             def timed(call):

@@ -10,6 +10,7 @@ running demo.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -21,6 +22,9 @@ from PIL import Image
 
 from devtools import demo_model, local_aws
 from devtools.local_lambda import SqsEventSource
+from explain_core.errors import InvalidKeyError
+from explain_core.keys import KeyLayout
+from explain_core.settings import Settings
 
 FAMILIES = ("gradient", "perturbation")
 DEFAULT_PORT = int(os.environ.get("LOCAL_AWS_PORT", "5055"))
@@ -31,9 +35,10 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def encode(pixels, image_format: str) -> bytes:
+def encode_image(pixels, image_format: str = "PNG", **options) -> bytes:
+    """uint8 RGB pixels encoded as an image file (PNG, JPEG, TIFF, ...) in memory."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=image_format)
+    Image.fromarray(pixels).save(buffer, format=image_format, **options)
     return buffer.getvalue()
 
 
@@ -47,25 +52,36 @@ def upload_samples(deployment) -> list[str]:
         image_format = "PNG" if i < 3 else "JPEG"
         name = f"{demo_model.shapes.CLASSES[label]}-{i}.{'png' if image_format == 'PNG' else 'jpg'}"
         key = f"incoming/{family}/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}"
-        s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=encode(pixels, image_format))
+        s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=encode_image(pixels, image_format))
         keys.append(key)
         log(f"uploaded s3://{deployment.bucket('InputBucket')}/{key}")
     return keys
 
 
-def outcome(s3, results_bucket: str, key: str) -> dict | None:
-    """The manifest or error record of an input key, once it exists."""
-    relative = key.removeprefix("incoming/")
-    for kind, result_key in (("manifest", f"results/{relative}/manifest.json"), ("error", f"errors/{relative}.json")):
+def outcome(s3, keys: KeyLayout, key: str) -> dict | None:
+    """The manifest or error record of an input key (``kind`` says which), once it exists."""
+    candidates = [("error", keys.error_key(key))]
+    family = key.removeprefix(keys.settings.input_prefix).split("/", 1)[0]
+    with contextlib.suppress(InvalidKeyError):  # a key naming no model only gets an error record
+        ref = keys.parse_input(keys.settings.input_bucket, key, family)
+        candidates.insert(0, ("manifest", keys.manifest_key(ref)))
+    for kind, result_key in candidates:
         try:
-            document = json.loads(s3.get_object(Bucket=results_bucket, Key=result_key)["Body"].read())
+            document = json.loads(s3.get_object(Bucket=keys.settings.results_bucket, Key=result_key)["Body"].read())
             return {"kind": kind, "key": result_key, **document}
         except s3.exceptions.NoSuchKey:
             continue
     return None
 
 
-def process(sources: dict, s3, results_bucket: str, pending: set[str], timeout: float) -> dict:
+def key_layout(deployment) -> KeyLayout:
+    """The functions' key layout, for the local deployment's buckets."""
+    return KeyLayout(Settings(input_bucket=deployment.bucket("InputBucket"),
+                              results_bucket=deployment.bucket("ResultsBucket"),
+                              model_bucket=deployment.bucket("ModelBucket")))
+
+
+def process(sources: dict, s3, keys: KeyLayout, pending: set[str], timeout: float) -> dict:
     """Poll the family queues until every pending key has a manifest or an error record."""
     done, deadline = {}, time.monotonic() + timeout
     while pending - set(done) and time.monotonic() < deadline:
@@ -77,7 +93,7 @@ def process(sources: dict, s3, results_bucket: str, pending: set[str], timeout: 
                 log(f"{family:>12}: invoked with {count} message(s) in {time.perf_counter() - started:.1f} s"
                     + (f", {failures} to retry" if failures else ""))
         for key in pending - set(done):
-            found = outcome(s3, results_bucket, key)
+            found = outcome(s3, keys, key)
             if found:
                 done[key] = found
     return done
@@ -141,7 +157,7 @@ def run(args) -> int:
     sources = {family: SqsEventSource(deployment, deployment.function_for_family(family)) for family in FAMILIES}
     keys = upload_samples(deployment)
     results_bucket = deployment.bucket("ResultsBucket")
-    outcomes = process(sources, s3, results_bucket, set(keys), timeout=args.timeout)
+    outcomes = process(sources, s3, key_layout(deployment), set(keys), timeout=args.timeout)
     missing = set(keys) - set(outcomes)
     print()
     print(summary_table({k: outcomes[k] for k in keys if k in outcomes}))

@@ -57,12 +57,10 @@ def card() -> dict:
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """The same resize and preprocessing the functions apply (explain_core)."""
-    from explain_core.attribution import preprocess
-    from explain_core.images import resize
+    from explain_core.attribution import to_model_input as model_input
     from explain_core.model_card import ModelCard
 
-    resized = np.stack([resize(image, INPUT_SIZE, INPUT_SIZE) for image in images])
-    return preprocess(resized, ModelCard.model_validate(card()))
+    return model_input(images, ModelCard.model_validate(card()))
 
 
 def build_model():

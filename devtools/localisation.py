@@ -116,12 +116,11 @@ def masks_to_input(masks: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def prepare(model, card, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Demo:
     """``count`` held-out images, resized and preprocessed as the pipeline does, with their masks."""
-    from explain_core.attribution import class_scores, preprocess
-    from explain_core.images import resize
+    from explain_core.attribution import class_scores, to_model_input
 
     images, labels, masks = demo_model.sample_images(count, seed=seed)
     height, width = card.input_height, card.input_width
-    inputs = preprocess(np.stack([resize(image, height, width) for image in images]), card)
+    inputs = to_model_input(images, card)
     scores = class_scores(model, inputs, card, BATCH_SIZE)
     predicted = np.argmax(scores, axis=1)
     targets = np.eye(len(card.class_names), dtype=np.float32)[predicted]

@@ -1,6 +1,5 @@
 """Shared fixtures: the local AWS emulator wired from template.yaml, the demo model, handlers."""
 
-import io
 import json
 import os
 import uuid
@@ -12,6 +11,7 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsTests")
 
 from devtools import demo_model, local_aws, local_lambda  # noqa: E402
+from devtools.demo import encode_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = REPO / "events"
@@ -99,11 +99,7 @@ def unique_prefix():
 
 
 def png_bytes(pixels) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_image(pixels, "PNG")
 
 
 def load_event(name: str) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.demo import encode_image
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 
 
@@ -22,15 +23,11 @@ def huge_header_png(width: int, height: int) -> bytes:
 
 
 def jpeg_bytes(pixels) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return encode_image(pixels, "JPEG", quality=90)
 
 
 def tiff_bytes(pixels) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="TIFF")
-    return buffer.getvalue()
+    return encode_image(pixels, "TIFF")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,13 @@ def preprocess(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     return (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
 
 
+def to_model_input(images, card: ModelCard) -> np.ndarray:
+    """uint8 RGB images of any sizes -> the model's input batch: resized, stacked, preprocessed."""
+    from explain_core.images import resize
+
+    return preprocess(np.stack([resize(image, card.input_height, card.input_width) for image in images]), card)
+
+
 def class_scores(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> np.ndarray:
     """Class probabilities (N, classes) for preprocessed inputs."""
     # predict_on_batch, not predict: predict builds and traces a tf.data pipeline on every call

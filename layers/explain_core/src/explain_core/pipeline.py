@@ -31,9 +31,15 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
 
 from explain_core import __version__
-from explain_core.attribution import ExplainerCache, class_scores, forward_seconds_per_image, preprocess, run_method
+from explain_core.attribution import (
+    ExplainerCache,
+    class_scores,
+    forward_seconds_per_image,
+    run_method,
+    to_model_input,
+)
 from explain_core.errors import ExplainError, ImageTooLargeError, OverTimeBudgetError
-from explain_core.images import DecodedImage, decode_image, resize
+from explain_core.images import DecodedImage, decode_image
 from explain_core.keys import InputRef, KeyLayout, class_label
 from explain_core.model_store import LoadedModel, ModelStore
 from explain_core.registry import GRADIENT, MethodSpec
@@ -67,7 +73,6 @@ class Upload:
     ref: InputRef | None = None
     image: DecodedImage | None = None
     options: RequestOptions | None = None
-    pixels: np.ndarray | None = None  # resized to the model input
     timings: dict = field(default_factory=dict)
     duplicate: bool = False
 
@@ -248,7 +253,6 @@ class ExplanationPipeline:
         upload.image = decode_image(
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
-        upload.pixels = resize(upload.image.pixels, loaded.card.input_height, loaded.card.input_width)
         upload.timings["decode_s"] = time.perf_counter() - started
 
     @staticmethod
@@ -259,7 +263,7 @@ class ExplanationPipeline:
     def _explain(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[tuple[list, dict]]:
         """Predict and run every requested method; returns (objects to write, manifest) per upload."""
         card = loaded.card
-        inputs = preprocess(np.stack([u.pixels for u in uploads]), card)
+        inputs = to_model_input([u.image.pixels for u in uploads], card)
         started = time.perf_counter()
         scores = class_scores(loaded.model, inputs, card, self.batch_size)
         predict_seconds = time.perf_counter() - started
@@ -288,7 +292,6 @@ class ExplanationPipeline:
                 for row, (i, cls) in enumerate(rows):
                     method_results[(i, name, params_json, cls)] = {
                         "attributions": result.attributions[row],
-                        "seconds_per_image": result.seconds / len(rows),
                         "heatmap": result.heatmaps[row],
                         "seconds": result.seconds,
                         "rows": len(rows),
@@ -330,7 +333,7 @@ class ExplanationPipeline:
                 ), "image/png"))
                 objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
                 entry["seconds"] = round(found["seconds"], 4)  # the whole batch
-                entry["seconds_per_image"] = round(found["seconds_per_image"], 4)
+                entry["seconds_per_image"] = round(found["seconds"] / found["rows"], 4)
                 entry["batch_rows"] = found["rows"]
                 entry["outputs"].append({
                     **described(cls),
