@@ -5,14 +5,16 @@
 # Debian bookworm (Python 3.11) from debootstrap, a venv at /var/lang like the AWS image, and
 # the Lambda runtime interface client. Builds cannot download inside a container, so the
 # pinned heavy stack (layers/requirements-*.txt) is installed here from wheels downloaded on the
-# host: the Dockerfiles' pinned `pip install` then finds it satisfied and never needs an index.
+# host, and so are the functions' own pinned requirements (functions/*/requirements.txt): the
+# Dockerfiles' pinned `pip install` then finds them satisfied and never needs an index.
 # On AWS the real base image has none of it and the same Dockerfiles install it from PyPI.
 set -euo pipefail
 TAG=public.ecr.aws/lambda/python:3.11
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
+FUNCTION_REQUIREMENTS=$(ls functions/*/requirements.txt)
 RECIPE=$(cat devtools/docker/lambda-base.sh layers/requirements-ml.txt layers/requirements-aws.txt \
-  layers/requirements-nodeps.txt layers/slim-site-packages.sh | sha256sum | cut -c1-16)
+  layers/requirements-nodeps.txt layers/slim-site-packages.sh $FUNCTION_REQUIREMENTS | sha256sum | cut -c1-16)
 
 if [ "$(docker image inspect "$TAG" --format '{{ index .Config.Labels "explain.recipe" }}' 2>/dev/null)" = "$RECIPE" ]; then
   echo "$TAG stand-in is up to date ($RECIPE)"
@@ -33,10 +35,14 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates boo
 echo "downloading wheels on the host"
 mkdir -p "$ROOT/tmp/wheels"
 python3 -m pip download --quiet --only-binary=:all: --dest "$ROOT/tmp/wheels" \
-  -r layers/requirements-ml.txt -r layers/requirements-aws.txt awslambdaric==3.1.1
+  -r layers/requirements-ml.txt -r layers/requirements-aws.txt awslambdaric==3.1.1 \
+  $(printf -- '-r %s ' $FUNCTION_REQUIREMENTS)
 python3 -m pip download --quiet --only-binary=:all: --no-deps --dest "$ROOT/tmp/wheels" \
   -r layers/requirements-nodeps.txt
 cp layers/requirements-*.txt layers/slim-site-packages.sh "$ROOT/tmp/"
+for requirements in $FUNCTION_REQUIREMENTS; do
+  cp "$requirements" "$ROOT/tmp/function-$(basename "$(dirname "$requirements")")-requirements.txt"
+done
 
 echo "installing the runtime into /var/lang"
 chroot "$ROOT" /usr/bin/python3 -m venv /var/lang
@@ -44,6 +50,11 @@ chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --fin
   awslambdaric==3.1.1 -r /tmp/requirements-ml.txt -r /tmp/requirements-aws.txt
 chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels --no-deps \
   -r /tmp/requirements-nodeps.txt
+# Each function's own requirements, as its Dockerfile installs them after the shared layer.
+for requirements in "$ROOT"/tmp/function-*-requirements.txt; do
+  chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels \
+    -r "/tmp/$(basename "$requirements")"
+done
 # The same clean-up the Dockerfiles run after their install, so sizes measure what AWS builds.
 chroot "$ROOT" /bin/sh /tmp/slim-site-packages.sh /var/lang/bin/python
 rm -rf "$ROOT"/tmp/* "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*

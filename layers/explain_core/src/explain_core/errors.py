@@ -75,3 +75,27 @@ class OverTimeBudgetError(ExplainError):
 class InvalidTargetError(ExplainError):
     code = "invalid_target"
     status = 422
+
+
+class InvalidTableError(ExplainError):
+    """A tabular upload (CSV or JSON Lines) that cannot be read as the model's features."""
+
+    code = "invalid_table"
+    status = 422
+
+
+class UnsupportedTableFormatError(InvalidTableError):
+    code = "unsupported_format"
+    status = 415
+
+
+class TableTooLargeError(InvalidTableError):
+    code = "table_too_large"
+    status = 413
+
+
+class UnsupportedModelError(ExplainError):
+    """The method cannot explain this model (wrong modality or framework, or a layer it cannot propagate)."""
+
+    code = "unsupported_model"
+    status = 422

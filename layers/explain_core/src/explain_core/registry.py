@@ -16,7 +16,8 @@ from explain_core.errors import InvalidParameterError, UnknownMethodError
 
 GRADIENT = "gradient"
 PERTURBATION = "perturbation"
-FAMILIES = (GRADIENT, PERTURBATION)
+SHAP = "shap"
+FAMILIES = (GRADIENT, PERTURBATION, SHAP)
 
 #: Upper bound on model evaluations one method may spend on one image.
 MAX_PASSES_PER_IMAGE = 50_000

@@ -24,6 +24,9 @@ class Settings:
     model_cache_dir: str = "/tmp/explain-models"
     max_cached_models: int = 2
     max_model_bytes: int = 2 * 1024**3
+    #: Tabular uploads (CSV, JSON Lines): size and row limits, checked before parsing.
+    max_table_bytes: int = 10 * 1024 * 1024
+    max_table_rows: int = 1000
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -42,4 +45,6 @@ class Settings:
             model_cache_dir=env.get("MODEL_CACHE_DIR", cls.model_cache_dir),
             max_cached_models=_int_env("MAX_CACHED_MODELS", cls.max_cached_models),
             max_model_bytes=_int_env("MAX_MODEL_BYTES", cls.max_model_bytes),
+            max_table_bytes=_int_env("MAX_TABLE_BYTES", cls.max_table_bytes),
+            max_table_rows=_int_env("MAX_TABLE_ROWS", cls.max_table_rows),
         )
