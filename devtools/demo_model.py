@@ -104,12 +104,27 @@ def train(directory: Path) -> dict:
     return report
 
 
+#: Training images published as the SHAP background (pixels, the model's input size).
+BACKGROUND_COUNT = 16
+
+
+def write_background(directory: Path) -> None:
+    """``background.npy``: the first training images, as uint8 pixels at the input size (no pickle)."""
+    from explain_core.images import resize
+
+    images, _, _ = shapes.dataset(BACKGROUND_COUNT, seed=SEED, with_none=True)
+    pixels = np.stack([resize(image, INPUT_SIZE, INPUT_SIZE) for image in images])
+    np.save(directory / "background.npy", pixels, allow_pickle=False)
+
+
 def ensure_demo_model() -> Path:
-    """Directory holding model.keras, card.json and training.json; trains on first use."""
+    """Directory holding model.keras, card.json, background.npy and training.json; trains on first use."""
     directory = CACHE / fingerprint()
     if not (directory / "training.json").exists():
         report = train(directory)
         print(f"trained demo model: {report}", flush=True)
+    if not (directory / "background.npy").exists():
+        write_background(directory)
     return directory
 
 
@@ -120,7 +135,7 @@ def sample_images(count: int = 6, seed: int = 2024):
 
 def publish(s3_client, bucket: str, directory: Path, name: str = NAME, version: str = VERSION) -> None:
     """Upload a model and its card to the model bucket, as a user would."""
-    for filename in ("model.keras", "card.json"):
+    for filename in ("model.keras", "card.json", "background.npy"):
         s3_client.upload_file(str(directory / filename), bucket, f"models/{name}/{version}/{filename}")
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsTes
 
 from devtools import demo_model, local_aws, local_lambda  # noqa: E402
 from devtools.demo import encode_image  # noqa: E402
+from explain_core.registry import FAMILIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = REPO / "events"
@@ -60,17 +61,28 @@ def published_model(deployment, s3, demo_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tabular_models(deployment, s3):
+    """The breast-cancer demo models (XGBoost, Keras MLP), trained once and published."""
+    from devtools import tabular_demo
+
+    directories = tabular_demo.ensure_tabular_models()
+    for name, directory in directories.items():
+        tabular_demo.publish(s3, deployment.bucket("ModelBucket"), directory, name)
+    return directories
+
+
+@pytest.fixture(scope="session")
 def samples():
     """Held-out demo images: (images uint8 N x 128 x 128 x 3, labels, masks)."""
     return demo_model.sample_images(6)
 
 
 @pytest.fixture(scope="session")
-def handlers(deployment, published_model):
+def handlers(deployment, published_model, tabular_models):
     """The real handlers of every function, imported under their template environment."""
     return {
         family: local_lambda.load_handler(deployment, deployment.function_for_family(family))
-        for family in ("gradient", "perturbation")
+        for family in FAMILIES
     }
 
 
@@ -79,7 +91,7 @@ def lambda_context():
     return local_lambda.LocalLambdaContext("test-function", 3008, 300)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def invoke(deployment, handlers):
     """Invoke a family's handler with an event, under the function's environment."""
 

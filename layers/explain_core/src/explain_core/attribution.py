@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from explain_core.model_card import ModelCard
-from explain_core.registry import MethodSpec
+from explain_core.registry import SHAP, MethodSpec
 
 
 def preprocess(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -24,18 +24,40 @@ def to_model_input(images, card: ModelCard) -> np.ndarray:
     return preprocess(np.stack([resize(image, card.input_height, card.input_width) for image in images]), card)
 
 
-def class_scores(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> np.ndarray:
-    """Class probabilities (N, classes) for preprocessed inputs."""
+def raw_outputs(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> np.ndarray:
+    """The model's outputs (N, classes) as the card describes them: logits, probabilities or margins.
+
+    A binary XGBoost model has one margin, the log-odds of class 1; class 0's is its negation, so
+    both columns read as "log-odds of this class against the other".
+    """
+    if card.framework == "xgboost":
+        import xgboost
+
+        margin = np.asarray(model.predict(xgboost.DMatrix(np.asarray(inputs, dtype=np.float64)), output_margin=True),
+                            dtype=np.float64)
+        return np.stack([-margin, margin], axis=1) if margin.ndim == 1 else margin
     # predict_on_batch, not predict: predict builds and traces a tf.data pipeline on every call
     # (0.1-0.3 s, more than a whole Grad-CAM on a small model).
-    outputs = np.concatenate([
+    return np.concatenate([
         np.asarray(model.predict_on_batch(inputs[start:start + batch_size]), dtype=np.float64)
         for start in range(0, len(inputs), batch_size)
     ])
-    if card.output == "logits":
-        outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-        outputs /= outputs.sum(axis=1, keepdims=True)
-    return outputs
+
+
+def probabilities(outputs: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Class probabilities from :func:`raw_outputs`."""
+    if card.output == "probabilities":
+        return outputs
+    if card.output == "margin" and outputs.shape[1] == 2:  # binary XGBoost: a sigmoid of the log-odds
+        positive = 1.0 / (1.0 + np.exp(-outputs[:, 1]))
+        return np.stack([1.0 - positive, positive], axis=1)
+    outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return outputs / outputs.sum(axis=1, keepdims=True)
+
+
+def class_scores(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> np.ndarray:
+    """Class probabilities (N, classes) for preprocessed inputs."""
+    return probabilities(raw_outputs(model, inputs, card, batch_size), card)
 
 
 def forward_seconds_per_image(model, inputs: np.ndarray, batch_size: int) -> float:
@@ -68,6 +90,8 @@ class MethodResult:
     attributions: np.ndarray  # as returned by Xplique, per image
     heatmaps: np.ndarray  # (N, H, W) float32, channel-reduced
     seconds: float
+    #: SHAP methods: the expected value per image (attributions sum to output - base value).
+    base_values: np.ndarray | None = None
 
 
 class ExplainerCache:
@@ -81,12 +105,13 @@ class ExplainerCache:
         self.capacity = capacity
         self._entries: OrderedDict = OrderedDict()
 
-    def get(self, spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int):
+    def get(self, spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int, background=None):
+        # The store reloads the model when its background changes, so id(model) covers both.
         key = (id(model), spec.name, tuple(sorted(params.items())), batch_size)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key][1]
-        explainer = build_explainer(spec, model, card, params, batch_size)
+        explainer = build_explainer(spec, model, card, params, batch_size, background)
         # Keep the model referenced so id(model) cannot be reused by another object.
         self._entries[key] = (model, explainer)
         while len(self._entries) > self.capacity:
@@ -103,7 +128,9 @@ class ExplainerCache:
         self._entries.clear()
 
 
-def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int):
+def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int, background=None):
+    if spec.family == SHAP:
+        return spec.explainer_class()(model, batch_size, card=card, background=background, **params)
     kwargs = dict(params)
     if spec.uses_cam_layer and card.cam_layer:
         kwargs["conv_layer"] = card.cam_layer
@@ -122,7 +149,9 @@ def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> MethodResu
     if heatmaps.ndim == 4:
         heatmaps = heatmaps.mean(axis=-1)
     heatmaps = _resize_maps(heatmaps, inputs.shape[1:3])
-    return MethodResult(attributions, heatmaps.astype(np.float32), seconds)
+    base_values = getattr(explainer, "base_values", None)
+    return MethodResult(attributions, heatmaps.astype(np.float32), seconds,
+                        None if base_values is None else np.array(base_values, dtype=np.float64))
 
 
 def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

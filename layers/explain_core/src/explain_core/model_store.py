@@ -1,11 +1,18 @@
 """Models loaded by name and version from S3, kept warm in memory and in /tmp.
 
-Layout in the model bucket: ``models/<name>/<version>/model.keras`` and ``card.json``.
-Only Keras v3 ``.keras`` archives are loaded, with ``safe_mode=True`` (no arbitrary code from
-lambda layers); nothing is ever unpickled. Each request checks the stored ETags (two HEAD
-requests), so replacing a model in S3 takes effect on the next invocation.
+Layout in the model bucket: ``models/<name>/<version>/card.json``, the model file the card names
+(``model.keras``, or ``model.json`` / ``model.ubj`` for XGBoost) and optionally
+``background.npy``, the background data of the SHAP explainers (image models: pixel images
+``(n, height, width, 3)`` in 0-255 at the model's input size; tabular models: rows
+``(n, features)`` in the card's feature order).
+
+Keras v3 ``.keras`` archives are loaded with ``safe_mode=True`` (no arbitrary code from lambda
+layers), XGBoost models from its own JSON/UBJ formats, arrays with ``allow_pickle=False``:
+nothing is ever unpickled. Each request checks the stored ETags (HEAD requests), so replacing a
+model, its card or its background in S3 takes effect on the next invocation.
 """
 
+import io
 import os
 import shutil
 import threading
@@ -14,6 +21,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 from botocore.exceptions import ClientError
 
 from explain_core.errors import InvalidModelError, UnknownModelError
@@ -21,20 +29,25 @@ from explain_core.keys import KeyLayout
 from explain_core.model_card import ModelCard
 from explain_core.settings import Settings
 
-MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
+BACKGROUND_FILE = "background.npy"
+#: Background rows kept at most (they multiply the cost of every SHAP explanation).
+MAX_BACKGROUND_ROWS = 1000
 
 
 @dataclass
 class LoadedModel:
     name: str
     version: str
-    model: object  # keras.Model
+    model: object  # keras.Model or xgboost.Booster
     card: ModelCard
     model_etag: str
     card_etag: str
     load_seconds: float
     source: str  # "memory", "tmp" or "s3": where this request found it
+    #: SHAP background in the model's input space (preprocessed images or rows), if stored.
+    background: np.ndarray | None = None
+    background_etag: str | None = None
 
 
 def _is_missing(error: ClientError) -> bool:
@@ -65,35 +78,50 @@ class ModelStore:
     def models_in_memory(self) -> list:
         return [loaded.model for loaded in self._memory.values()]
 
+    def _etag(self, key: str, model: str, version: str, required: bool = True) -> str | None:
+        try:
+            return self._head(key, model, version)["ETag"].strip('"')
+        except UnknownModelError:
+            if required:
+                raise
+            return None
+
     def get(self, name: str, version: str) -> LoadedModel:
-        model_key = self.keys.model_key(name, version, MODEL_FILE)
         card_key = self.keys.model_key(name, version, CARD_FILE)
-        model_head = self._head(model_key, name, version)
-        card_head = self._head(card_key, name, version)
-        model_etag, card_etag = model_head["ETag"].strip('"'), card_head["ETag"].strip('"')
+        card_etag = self._etag(card_key, name, version)
         with self._lock:
             cached = self._memory.get((name, version))
-            if cached and (cached.model_etag, cached.card_etag) == (model_etag, card_etag):
+            card = cached.card if cached and cached.card_etag == card_etag else self._read_card(card_key, card_etag,
+                                                                                                  name, version)
+            model_key = self.keys.model_key(name, version, card.model_file)
+            model_head = self._head(model_key, name, version)
+            model_etag = model_head["ETag"].strip('"')
+            background_etag = self._etag(self.keys.model_key(name, version, BACKGROUND_FILE), name, version,
+                                         required=False)
+            etags = (model_etag, card_etag, background_etag)
+            if cached and (cached.model_etag, cached.card_etag, cached.background_etag) == etags:
                 self._memory.move_to_end((name, version))
                 cached.source = "memory"
                 return cached
-            loaded = self._load(name, version, model_key, card_key, model_etag, card_etag, model_head["ContentLength"])
+            loaded = self._load(name, version, card, model_key, etags, model_head["ContentLength"])
             self._memory[(name, version)] = loaded
             while len(self._memory) > self.settings.max_cached_models:
                 self._memory.popitem(last=False)
             return loaded
 
-    def _load(self, name, version, model_key, card_key, model_etag, card_etag, size) -> LoadedModel:
+    def _read_card(self, card_key: str, card_etag: str, name: str, version: str) -> ModelCard:
+        body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=card_key, IfMatch=card_etag)["Body"]
+        return ModelCard.from_json(body.read(), model=name, version=version)
+
+    def _load(self, name, version, card: ModelCard, model_key, etags, size) -> LoadedModel:
         started = time.perf_counter()
+        model_etag, card_etag, background_etag = etags
         if size > self.settings.max_model_bytes:
             raise InvalidModelError(
                 f"model {name}/{version} is {size} bytes; the limit is {self.settings.max_model_bytes}", model=name
             )
-        card_body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=card_key, IfMatch=card_etag)["Body"]
-        card = ModelCard.from_json(card_body.read(), model=name, version=version)
-
         directory = os.path.join(self.settings.model_cache_dir, name, version)
-        path = os.path.join(directory, model_etag, MODEL_FILE)
+        path = os.path.join(directory, model_etag, card.model_file)
         source = "tmp"
         if not os.path.exists(path):
             source = "s3"
@@ -106,9 +134,56 @@ class ModelStore:
             with open(partial, "wb") as out:
                 shutil.copyfileobj(body, out, length=1024 * 1024)
             os.replace(partial, path)
-        model = self._load_keras(path, name, version)
+        if card.framework == "xgboost":
+            model = self._load_xgboost(path, name, version)
+        else:
+            model = self._load_keras(path, name, version)
         self._check_card(model, card)
-        return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source)
+        background = self._load_background(name, version, card, background_etag) if background_etag else None
+        return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
+                           background, background_etag)
+
+    def _load_background(self, name: str, version: str, card: ModelCard, etag: str) -> np.ndarray:
+        from explain_core.attribution import preprocess
+
+        key = self.keys.model_key(name, version, BACKGROUND_FILE)
+        head = self._head(key, name, version)
+        if head["ContentLength"] > self.settings.max_model_bytes:
+            raise InvalidModelError(f"{BACKGROUND_FILE} of {name}/{version} is too large", model=name)
+        body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=key, IfMatch=etag)["Body"].read()
+        try:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+        except Exception as exc:  # not an .npy file, or an object array (which would need pickle)
+            raise InvalidModelError(
+                f"{BACKGROUND_FILE} of {name}/{version} is not a numeric .npy array: {exc}", model=name
+            ) from exc
+        if card.modality == "image":
+            expected = (card.input_height, card.input_width, card.input_channels)
+        else:
+            expected = (len(card.feature_names),)
+        problem = None
+        if array.dtype.kind not in "uif" or array.ndim != 1 + len(expected) or tuple(array.shape[1:]) != expected:
+            problem = f"shape {array.shape} and dtype {array.dtype}; expected (n, {', '.join(map(str, expected))})"
+        elif not 1 <= len(array) <= MAX_BACKGROUND_ROWS:
+            problem = f"{len(array)} rows; expected 1 to {MAX_BACKGROUND_ROWS}"
+        elif not np.all(np.isfinite(array)):
+            problem = "non-finite values"
+        if problem:
+            raise InvalidModelError(f"{BACKGROUND_FILE} of {name}/{version} has {problem}", model=name)
+        if card.modality == "image":
+            return preprocess(array.astype(np.float32), card)
+        return array.astype(np.float64)
+
+    @staticmethod
+    def _load_xgboost(path: str, name: str, version: str):
+        import xgboost
+
+        booster = xgboost.Booster()
+        try:
+            booster.load_model(path)  # JSON or UBJ, told apart by the file name: never a pickle
+        except xgboost.core.XGBoostError as exc:
+            raise InvalidModelError(f"model {name}/{version} is not a valid XGBoost model: {exc}", model=name) from exc
+        return booster
 
     @staticmethod
     def _load_keras(path: str, name: str, version: str):
@@ -126,7 +201,18 @@ class ModelStore:
 
     @staticmethod
     def _check_card(model, card: ModelCard):
-        expected_input = (None, card.input_height, card.input_width, card.input_channels)
+        if card.framework == "xgboost":
+            features = model.num_features()
+            if features != len(card.feature_names):
+                raise InvalidModelError(
+                    f"the XGBoost model has {features} features but the card names {len(card.feature_names)}",
+                    model=card.name,
+                )
+            return
+        if card.modality == "tabular":
+            expected_input = (None, len(card.feature_names))
+        else:
+            expected_input = (None, card.input_height, card.input_width, card.input_channels)
         input_shape = tuple(model.inputs[0].shape)
         output_shape = tuple(model.outputs[0].shape)
         if input_shape != expected_input:

@@ -35,20 +35,26 @@ from explain_core.attribution import (
     ExplainerCache,
     class_scores,
     forward_seconds_per_image,
+    probabilities,
+    raw_outputs,
     run_method,
     to_model_input,
 )
-from explain_core.errors import ExplainError, ImageTooLargeError, OverTimeBudgetError
+from explain_core.errors import ExplainError, ImageTooLargeError, OverTimeBudgetError, TableTooLargeError
 from explain_core.images import DecodedImage, decode_image
 from explain_core.keys import InputRef, KeyLayout, class_label
 from explain_core.model_store import LoadedModel, ModelStore
-from explain_core.registry import GRADIENT, MethodSpec
+from explain_core.registry import SHAP, MethodSpec
 from explain_core.rendering import npy_bytes, overlay_png
 from explain_core.request_options import RequestOptions, parse_options
 from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, ResultWriter, now_iso
 from explain_core.settings import Settings
+from explain_core.shap_methods import output_kind
+from explain_core.tables import Table, parse_table
+from explain_core.tabular_report import TabularExplanation, report_files
+from explain_core.tabular_report import summary as tabular_summary
 
-#: A gradient method's pass is a forward and a backward pass: about three forward passes.
+#: A pass with a backward pass (gradient methods) costs about three forward passes.
 GRADIENT_PASS_COST = 3.0
 #: Seconds kept in reserve at the end of an invocation for writing results.
 TIME_RESERVE_S = 20.0
@@ -72,6 +78,7 @@ class Upload:
     etag: str | None
     ref: InputRef | None = None
     image: DecodedImage | None = None
+    table: Table | None = None
     options: RequestOptions | None = None
     timings: dict = field(default_factory=dict)
     duplicate: bool = False
@@ -80,7 +87,7 @@ class Upload:
 @cache
 def library_versions() -> dict:
     versions = {"python": platform.python_version(), "explain_core": __version__}
-    for package in ("tensorflow-cpu", "keras", "xplique", "numpy", "aws-lambda-powertools"):
+    for package in ("tensorflow-cpu", "keras", "xplique", "shap", "xgboost-cpu", "numpy", "aws-lambda-powertools"):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -217,7 +224,10 @@ class ExplanationPipeline:
         if not ready:
             return
         try:
-            outputs = self._explain(ready, loaded, context)
+            if loaded.card.modality == "tabular":
+                outputs = [self._explain_table(upload, loaded, context) for upload in ready]
+            else:
+                outputs = self._explain(ready, loaded, context)
         except Exception as exc:
             for upload in ready:
                 self._fail(upload, exc, retry, request_id)
@@ -230,13 +240,14 @@ class ExplanationPipeline:
 
     def _prepare(self, upload: Upload, loaded: LoadedModel) -> None:
         started = time.perf_counter()
+        tabular = loaded.card.modality == "tabular"
         response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key)
         size = response["ContentLength"]
-        if size > self.settings.max_image_bytes:
+        limit = self.settings.max_table_bytes if tabular else self.settings.max_image_bytes
+        if size > limit:
             response["Body"].close()
-            raise ImageTooLargeError(
-                f"the object is {size} bytes; the limit is {self.settings.max_image_bytes}", size=size
-            )
+            error = TableTooLargeError if tabular else ImageTooLargeError
+            raise error(f"the object is {size} bytes; the limit is {limit}", size=size, limit=limit)
         data = response["Body"].read()
         upload.etag = response["ETag"].strip('"')
         upload.timings["download_s"] = time.perf_counter() - started
@@ -250,9 +261,13 @@ class ExplanationPipeline:
             return
 
         started = time.perf_counter()
-        upload.image = decode_image(
-            data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
-        )
+        if tabular:
+            upload.table = parse_table(data, upload.ref.name, loaded.card.feature_names,
+                                       max_bytes=self.settings.max_table_bytes, max_rows=self.settings.max_table_rows)
+        else:
+            upload.image = decode_image(
+                data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+            )
         upload.timings["decode_s"] = time.perf_counter() - started
 
     @staticmethod
@@ -286,7 +301,7 @@ class ExplanationPipeline:
             one_hot[np.arange(len(rows)), [cls for _, cls in rows]] = 1.0
             try:
                 self._check_time_budget(spec, params, len(rows), pass_seconds, card, context)
-                explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size)
+                explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size, loaded.background)
                 result = run_method(explainer, batch_inputs, one_hot)
                 metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
                 for row, (i, cls) in enumerate(rows):
@@ -295,6 +310,7 @@ class ExplanationPipeline:
                         "heatmap": result.heatmaps[row],
                         "seconds": result.seconds,
                         "rows": len(rows),
+                        "base_value": None if result.base_values is None else float(result.base_values[row]),
                     }
             except Exception as exc:  # a method failing on this model must not sink the others
                 logger.exception("method failed", extra={"method": name, "model": card.name})
@@ -335,38 +351,131 @@ class ExplanationPipeline:
                 entry["seconds"] = round(found["seconds"], 4)  # the whole batch
                 entry["seconds_per_image"] = round(found["seconds"] / found["rows"], 4)
                 entry["batch_rows"] = found["rows"]
-                entry["outputs"].append({
+                output = {
                     **described(cls),
                     "heatmap": heatmap_key,
                     "attributions": array_key,
                     "attributions_shape": list(found["attributions"].shape),
-                })
+                }
+                if found["base_value"] is not None:
+                    # SHAP: the attributions sum to the class's output minus this expected value.
+                    output["base_value"] = found["base_value"]
+                    output["output_kind"] = output_kind(card)
+                entry["outputs"].append(output)
             methods.append(entry)
 
+        manifest = self._manifest(
+            upload, loaded, methods,
+            input_description={"format": upload.image.format, "width": upload.image.width,
+                               "height": upload.image.height},
+            predictions=[described(c) for c in ranked],
+            explained_classes=[described(c) for c in classes],
+            timings={"predict_s": round(predict_seconds, 4), "batch_images": batch_rows},
+        )
+        return objects, manifest
+
+    def _manifest(self, upload: Upload, loaded: LoadedModel, methods: list[dict], *, input_description: dict,
+                  predictions, explained_classes: list[dict], timings: dict) -> dict:
+        card = loaded.card
         failed = sum(m["status"] == "failed" for m in methods)
-        manifest = {
+        return {
             "status": "succeeded" if not failed else ("failed" if failed == len(methods) else "partial"),
             "family": self.family,
-            "input": {
-                "bucket": upload.bucket, "key": upload.key, "etag": upload.etag,
-                "format": upload.image.format, "width": upload.image.width, "height": upload.image.height,
-            },
+            "input": {"bucket": upload.bucket, "key": upload.key, "etag": upload.etag, **input_description},
             "model": {
                 "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
-                "card_etag": loaded.card_etag, "input_size": [card.input_height, card.input_width],
+                "card_etag": loaded.card_etag, "modality": card.modality, "framework": card.framework,
+                **({"input_size": [card.input_height, card.input_width]} if card.modality == "image"
+                   else {"features": len(card.feature_names)}),
                 "loaded_from": loaded.source,
             },
-            "predictions": [described(c) for c in ranked],
-            "explained_classes": [described(c) for c in classes],
+            "predictions": predictions,
+            "explained_classes": explained_classes,
             "methods": methods,
-            "timings": {
-                **{k: round(v, 4) for k, v in upload.timings.items()},
-                "predict_s": round(predict_seconds, 4),
-                "batch_images": batch_rows,
-            },
+            **({"background": self._background_description(loaded)} if self.family == SHAP else {}),
+            "timings": {**{k: round(v, 4) for k, v in upload.timings.items()}, **timings},
             "versions": library_versions(),
-            "results_prefix": self.keys.results_base(ref),
+            "results_prefix": self.keys.results_base(upload.ref),
         }
+
+    @staticmethod
+    def _background_description(loaded: LoadedModel) -> dict:
+        """Where the SHAP background came from (see explain_core.shap_methods for the defaults)."""
+        if loaded.background is not None:
+            return {"source": "background.npy", "rows": len(loaded.background), "etag": loaded.background_etag}
+        if loaded.card.modality == "image":
+            return {"source": "default", "description": "flat grey images at levels 0, 64, 128, 192, 255"}
+        return {"source": "default", "description": "the uploaded rows (at most 64)"}
+
+    @tracer.capture_method
+    def _explain_table(self, upload: Upload, loaded: LoadedModel, context) -> tuple[list, dict]:
+        """Every requested method on one tabular upload; values CSV, summary JSON and plots per class."""
+        card, table, ref = loaded.card, upload.table, upload.ref
+        started = time.perf_counter()
+        outputs = raw_outputs(loaded.model, table.values, card, self.batch_size)
+        predict_seconds = time.perf_counter() - started
+        predicted = np.argmax(probabilities(outputs, card), axis=1)
+        classes = [upload.options.target] if upload.options.target is not None else card.default_explained_classes()
+        row_seconds = predict_seconds / len(table.values)
+
+        def described(cls: int) -> dict:
+            return {"class_index": int(cls), "class_name": card.class_name(int(cls))}
+
+        objects, methods = [], []
+        for spec, params in upload.options.methods:
+            entry = self._method_entry(spec, params, card)
+            try:
+                # Kernel SHAP evaluates every coalition against every background row.
+                background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
+                evaluations = background_rows if spec.name == "KernelExplainer" else 1
+                self._check_time_budget(spec, params, len(table.values), row_seconds * evaluations, card, context)
+                explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size, loaded.background)
+                seconds = 0.0
+                for cls in classes:
+                    targets = np.zeros((len(table.values), len(card.class_names)), dtype=np.float32)
+                    targets[:, cls] = 1.0
+                    method_started = time.perf_counter()
+                    values = explainer.explain(table.values, targets)
+                    seconds += time.perf_counter() - method_started
+                    explanation = TabularExplanation(
+                        method=spec.name, class_index=cls, class_name=card.class_name(cls),
+                        output_kind=output_kind(card), feature_names=list(card.feature_names), data=table.values,
+                        values=np.asarray(values, dtype=np.float64), base_values=explainer.base_values,
+                        model_output=outputs[:, cls], line_numbers=table.line_numbers,
+                        predicted=[card.class_name(int(p)) for p in predicted],
+                    )
+                    label = class_label(cls, card.class_names)
+                    summary = tabular_summary(explanation)
+                    files = [(self.keys.output_key(ref, spec.name, label, f.name), f.body, f.content_type)
+                             for f in report_files(explanation)]
+                    summary_key = self.keys.output_key(ref, spec.name, label, "summary.json")
+                    objects += [*files, (summary_key, json.dumps(summary, indent=2).encode(), "application/json")]
+                    entry["outputs"].append({
+                        **described(cls),
+                        "output_kind": explanation.output_kind,
+                        "base_value": summary["base_value"],
+                        "additivity_max_error": summary["additivity"]["max_abs_error"],
+                        "summary": summary_key,
+                        "files": [key for key, _, _ in files],
+                    })
+                entry["seconds"] = round(seconds, 4)
+                metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
+            except Exception as exc:  # a method failing on this model must not sink the others
+                logger.exception("method failed", extra={"method": spec.name, "model": card.name})
+                entry["status"] = "failed"
+                entry["error"] = exc.to_dict() if isinstance(exc, ExplainError) else {
+                    "type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]
+                }
+            methods.append(entry)
+
+        counts = np.bincount(predicted, minlength=len(card.class_names))
+        manifest = self._manifest(
+            upload, loaded, methods,
+            input_description={"format": table.format, "rows": len(table.values), "columns": len(card.feature_names)},
+            predictions={"rows_per_class": {card.class_name(i): int(n) for i, n in enumerate(counts)}},
+            explained_classes=[described(c) for c in classes],
+            timings={"predict_s": round(predict_seconds, 4), "rows": len(table.values)},
+        )
         return objects, manifest
 
     @staticmethod
@@ -375,12 +484,12 @@ class ExplanationPipeline:
         if context is None or not hasattr(context, "get_remaining_time_in_millis"):
             return
         passes = spec.passes(params, (card.input_height, card.input_width))
-        cost = GRADIENT_PASS_COST if spec.family == GRADIENT else 1.0
+        cost = GRADIENT_PASS_COST if spec.backward else 1.0
         estimate = passes * rows * pass_seconds * cost
         available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
         if estimate > available:
             raise OverTimeBudgetError(
-                f"{spec.name} needs about {estimate:.0f} s for {rows} image(s) ({passes} model passes each at "
+                f"{spec.name} needs about {estimate:.0f} s for {rows} input(s) ({passes} model passes each at "
                 f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "
                 "use fewer samples or upload fewer images at once",
                 method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1),

@@ -104,10 +104,21 @@ class MethodSpec:
     #: Parameters that the method takes as a segmentation grid, not as constructor arguments.
     grid_segments: bool = False
     description: str = ""
+    #: The models it explains: card modalities ("image", "tabular") and frameworks ("keras", "xgboost").
+    modalities: tuple[str, ...] = ("image",)
+    frameworks: tuple[str, ...] = ("keras",)
+    #: Each pass is a forward and a backward pass (gradient methods).
+    backward: bool = False
     param_names: frozenset = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
+        if self.family == GRADIENT:
+            object.__setattr__(self, "backward", True)
+
+    def supports(self, card) -> bool:
+        """True when this method can explain the card's model (modality and framework)."""
+        return card.modality in self.modalities and card.framework in self.frameworks
 
     @property
     def defaults(self) -> dict:
@@ -145,6 +156,8 @@ class MethodSpec:
             "family": self.family,
             "reference": self.reference,
             "description": self.description,
+            "modalities": list(self.modalities),
+            "frameworks": list(self.frameworks),
             "parameters": {p.name: p.describe() for p in self.params},
         }
 
@@ -176,6 +189,24 @@ _PERTURBATION = Param(
 
 def _per_sample(params, size):
     return params["nb_samples"]
+
+
+def _partition_passes(params, size):
+    if params["masker"] == "blur" and params["blur_kernel"] > min(size):
+        raise InvalidParameterError(
+            f"PartitionExplainer.blur_kernel={params['blur_kernel']} is larger than the model input "
+            f"({size[0]}x{size[1]})",
+            method="PartitionExplainer",
+            parameter="blur_kernel",
+        )
+    return params["max_evals"]
+
+
+_SHAP_NB_SAMPLES = Param("nb_samples", int, 500, 16, 10000, doc="coalitions evaluated (Kernel SHAP)")
+_SHAP_REFERENCE = (
+    "Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017), https://arxiv.org/abs/1705.07874"
+)
+_SHAP = "explain_core.shap_methods."
 
 
 _GRADIENT_STATS = (_NB_SAMPLES_GRAD, _NOISE)
@@ -315,13 +346,76 @@ METHODS: tuple[MethodSpec, ...] = (
         passes=lambda p, s: p["nb_design"],
         description="Hilbert-Schmidt independence between cells and the score",
     ),
+    # --- SHAP: Shapley values (shap library); image and tabular models ---
+    MethodSpec(
+        "GradientExplainer", SHAP, _SHAP + "GradientShap",
+        "Erion et al., Improving performance of deep learning models with axiomatic attribution priors and "
+        "expected gradients (2021), https://arxiv.org/abs/1906.10670; " + _SHAP_REFERENCE,
+        params=(
+            Param("nb_samples", int, 200, 8, 5000, doc="background-to-input path samples (expected gradients)"),
+            Param("local_smoothing", float, 0.0, 0.0, 1.0, doc="standard deviation of noise added to the input"),
+        ),
+        passes=_per_sample, backward=True, modalities=("image", "tabular"),
+        description="expected gradients: gradients averaged over paths from background samples",
+    ),
+    MethodSpec(
+        "DeepExplainer", SHAP, _SHAP + "DeepShap",
+        "Shrikumar et al., Learning Important Features Through Propagating Activation Differences (2017), "
+        "https://arxiv.org/abs/1704.02685; " + _SHAP_REFERENCE,
+        params=(Param("nb_background", int, 16, 1, 256, doc="background samples used as DeepLIFT references"),),
+        passes=lambda p, s: p["nb_background"], backward=True, modalities=("image", "tabular"),
+        description="Deep SHAP: DeepLIFT multipliers averaged over background references",
+    ),
+    MethodSpec(
+        "PartitionExplainer", SHAP, _SHAP + "PartitionShap",
+        "Owen, Values of Games with a Priori Unions (1977); shap's Partition explainer with an image masker, "
+        "https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html",
+        params=(
+            Param("max_evals", int, 500, 50, 20000, doc="model evaluations per image"),
+            Param("masker", str, "blur", choices=("blur", "inpaint_telea", "inpaint_ns"),
+                  doc="how hidden regions are filled"),
+            Param("blur_kernel", int, 16, 2, 512, doc="blur kernel side in pixels (masker=blur)"),
+        ),
+        passes=_partition_passes,
+        description="Owen values of a hierarchy of image regions, hidden by blurring or inpainting",
+    ),
+    MethodSpec(
+        "SuperpixelKernelExplainer", SHAP, _SHAP + "SuperpixelKernelShap",
+        "Achanta et al., SLIC Superpixels Compared to State-of-the-Art Superpixel Methods (2012), "
+        "https://doi.org/10.1109/TPAMI.2012.120; " + _SHAP_REFERENCE,
+        params=(
+            Param("nb_segments", int, 50, 4, 500, doc="SLIC super-pixels requested"),
+            Param("compactness", float, 10.0, 0.01, 1000.0, doc="SLIC: higher gives squarer segments"),
+            _SHAP_NB_SAMPLES,
+        ),
+        passes=_per_sample,
+        description="Kernel SHAP over SLIC super-pixels; a hidden segment takes the image's mean colour",
+    ),
+    MethodSpec(
+        "KernelExplainer", SHAP, _SHAP + "KernelShap", _SHAP_REFERENCE,
+        params=(_SHAP_NB_SAMPLES,), passes=_per_sample, modalities=("tabular",),
+        description="Kernel SHAP over tabular features against a background sample",
+    ),
+    MethodSpec(
+        "TreeExplainer", SHAP, _SHAP + "TreeShap",
+        "Lundberg et al., From local explanations to global understanding with explainable AI for trees "
+        "(2020), https://doi.org/10.1038/s42256-019-0138-9",
+        params=(
+            Param("feature_perturbation", str, "tree_path_dependent",
+                  choices=("tree_path_dependent", "interventional"),
+                  doc="tree_path_dependent needs no background; interventional uses the background"),
+        ),
+        modalities=("tabular",), frameworks=("xgboost",),
+        description="exact Shapley values of tree ensembles (XGBoost)",
+    ),
 )
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in METHODS}
 
 
-def methods_of(family: str) -> list[MethodSpec]:
-    return [spec for spec in METHODS if spec.family == family]
+def methods_of(family: str, card=None) -> list[MethodSpec]:
+    """The family's methods; with a card, only those that can explain its model."""
+    return [spec for spec in METHODS if spec.family == family and (card is None or spec.supports(card))]
 
 
 def get_method(name: str, family: str) -> MethodSpec:

@@ -3,10 +3,12 @@
 Read from the object's user metadata (set at upload, e.g. ``aws s3 cp --metadata``):
 
 - ``methods``: comma-separated method names of the function's family, or ``all``;
-  default: the model card's ``default_methods`` for the family, else every method.
+  default: the model card's ``default_methods`` for the family, else every method of the family
+  that can explain the model (``all`` also means only those).
 - ``params``: JSON object ``{"<Method>": {"<param>": value}}``; checked against the registry.
 - ``target``: a class name or index to explain; default: the card's target policy.
-- ``top-k``: explain the k most probable classes instead (1-10).
+- ``top-k``: explain the k most probable classes instead (1-10; images only: a tabular upload
+  explains the card's ``explained_classes`` unless ``target`` names one).
 """
 
 import hashlib
@@ -15,7 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explain_core.errors import InvalidParameterError, InvalidTargetError, UnknownMethodError
+from explain_core.errors import (
+    InvalidParameterError,
+    InvalidTargetError,
+    UnknownMethodError,
+    UnsupportedModelError,
+)
 from explain_core.model_card import ModelCard
 from explain_core.registry import MethodSpec, get_method, methods_of
 
@@ -50,15 +57,23 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
 
     raw_methods = metadata.get("methods", "").strip()
     if raw_methods.lower() == "all":
-        specs = methods_of(family)
+        specs = methods_of(family, card)
     elif raw_methods:
         names = [name.strip() for name in raw_methods.split(",") if name.strip()]
         specs = list(dict.fromkeys(get_method(name, family) for name in names))
     else:
         defaults = card.default_methods.get(family)
-        specs = list(dict.fromkeys(get_method(name, family) for name in defaults)) if defaults else methods_of(family)
+        specs = (list(dict.fromkeys(get_method(name, family) for name in defaults)) if defaults
+                 else methods_of(family, card))
     if not specs:
-        raise UnknownMethodError("no methods requested", family=family)
+        raise UnknownMethodError(f"no {family} method can explain this model", family=family)
+    unsupported = [spec.name for spec in specs if not spec.supports(card)]
+    if unsupported:
+        raise UnsupportedModelError(
+            f"{', '.join(unsupported)} cannot explain a {card.modality} {card.framework} model; methods for "
+            f"this model: {', '.join(s.name for s in methods_of(family, card)) or 'none in this family'}",
+            methods=unsupported, modality=card.modality, framework=card.framework,
+        )
 
     params = _json_metadata(metadata, "params")
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):

@@ -1,0 +1,403 @@
+"""SHAP explainers behind the same interface as Xplique's: ``explain(inputs, targets)``.
+
+One class per method over a small shared base, so the registry, the explainer cache, the time
+budget and the pipeline treat them like any other method. Each call explains one output per row
+(the class in ``targets``, one-hot) and leaves the matching expected values in ``base_values``:
+for every row, ``attributions.sum() + base_value`` is the explained model output (additivity).
+
+Inputs are what the pipeline gives every method: preprocessed image batches ``(N, H, W, 3)`` in
+the model's input space, or tabular rows ``(N, features)``. The explained output is the class's
+logit (``output: logits``), probability, or XGBoost margin (log-odds).
+
+Rows are grouped by target class and each group is explained through a one-output view of the
+model: SHAP explainers otherwise explain every class (a 1000-class model would cost 1000x).
+"""
+
+import contextlib
+import io
+import re
+
+import numpy as np
+
+from explain_core.errors import UnsupportedModelError
+
+#: Background used when none is stored beside the model (``background.npy``): flat images at
+#: these grey levels, i.e. "no object anywhere", preprocessed as the card prescribes.
+DEFAULT_BACKGROUND_LEVELS = (0.0, 64.0, 128.0, 192.0, 255.0)
+#: Tabular models without a stored background: the explained rows themselves, at most this many
+#: (SHAP's advice is a sample of the training data; the upload is the only data we have).
+MAX_UPLOAD_BACKGROUND_ROWS = 64
+#: Fixed seed for the sampling explainers, so one upload always yields the same values.
+SEED = 0
+
+
+# --------------------------------------------------------------------------- model adapters
+
+
+class KerasOutputs:
+    """Batched, traced forward passes of a Keras model: scores of all classes or of one class."""
+
+    def __init__(self, model, batch_size: int):
+        import tensorflow as tf
+
+        self.model = model
+        self.batch_size = batch_size
+        # One traced function instead of model.predict: predict builds a tf.data pipeline per
+        # call (0.1-0.3 s), and the sampling explainers call the model hundreds of times.
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return np.concatenate([
+            np.asarray(self._forward(x[start:start + self.batch_size]), dtype=np.float64)
+            for start in range(0, len(x), self.batch_size)
+        ]) if len(x) else np.zeros((0, int(self.model.outputs[0].shape[-1])))
+
+    def one_class(self, cls: int):
+        return lambda x: self(x)[:, cls]
+
+    def class_model(self, cls: int):
+        """A Keras model with one output, the class's score (what Deep/Gradient explainers need)."""
+        import keras
+
+        output = keras.layers.Lambda(lambda t: t[:, cls:cls + 1], name=f"class_{cls}")(self.model.outputs[0])
+        return keras.Model(self.model.inputs, output)
+
+
+def output_kind(card) -> str:
+    return {"logits": "logit", "probabilities": "probability", "margin": "log-odds"}[card.output]
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class ShapMethod:
+    """Shared base: group rows by target class, explain each group, keep base values.
+
+    Subclasses implement :meth:`explain_class` for one class and say which modalities and
+    frameworks they support (checked by the registry against the model card).
+    """
+
+    def __init__(self, model, batch_size: int = 64, *, card, background: np.ndarray | None = None, **params):
+        self.model = model
+        self.card = card
+        self.batch_size = batch_size
+        self.params = params
+        self.background = background
+        self.base_values = np.zeros(0)
+        self.outputs = KerasOutputs(model, batch_size) if card.framework == "keras" else None
+        self._explainers: dict = {}
+
+    def explain(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        inputs = np.asarray(inputs, dtype=np.float32 if self.card.framework == "keras" else np.float64)
+        classes = np.argmax(np.asarray(targets), axis=1)
+        attributions = np.zeros(inputs.shape, dtype=np.float64)
+        base_values = np.zeros(len(inputs), dtype=np.float64)
+        for cls in np.unique(classes):
+            rows = np.flatnonzero(classes == cls)
+            values, base = self.explain_class(inputs[rows], int(cls))
+            attributions[rows] = values.reshape(inputs[rows].shape)
+            base_values[rows] = base
+        self.base_values = base_values
+        return attributions.astype(np.float32)
+
+    def explain_class(self, inputs: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray | float]:
+        raise NotImplementedError
+
+    # -- helpers shared by the subclasses
+    def shap_explainer(self, cls: int, inputs: np.ndarray, build):
+        """``build(background)`` once per class while the background is fixed (traced graphs are reused)."""
+        background = self.background_inputs(inputs)
+        fixed = self.background is not None or self.card.modality == "image"
+        if not fixed:  # the background is the upload itself: nothing to reuse
+            return build(background)
+        if cls not in self._explainers:
+            self._explainers[cls] = build(background)
+        return self._explainers[cls]
+
+    def background_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """The background in the model's input space (see the module constants for defaults)."""
+        if self.background is not None:
+            return self.background
+        if self.card.modality == "image":
+            from explain_core.attribution import preprocess
+
+            levels = np.asarray(DEFAULT_BACKGROUND_LEVELS, dtype=np.float32)[:, None, None, None]
+            flat = np.broadcast_to(levels, (len(levels), self.card.input_height, self.card.input_width, 3))
+            return preprocess(flat, self.card)
+        return inputs[:MAX_UPLOAD_BACKGROUND_ROWS]
+
+    def to_pixels(self, inputs: np.ndarray) -> np.ndarray:
+        """Model-space images back to 0-255 pixels (the maskers blur and inpaint pixels)."""
+        prep = self.card.preprocessing
+        return (inputs * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / np.float32(prep.scale)
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        from explain_core.attribution import preprocess
+
+        return preprocess(np.asarray(pixels, dtype=np.float32), self.card)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class GradientShap(ShapMethod):
+    """Expected gradients: SHAP values as gradients averaged over background-to-input paths.
+
+    Erion et al., Improving performance of deep learning models with axiomatic attribution
+    priors and expected gradients (2021), https://arxiv.org/abs/1906.10670 ; Lundberg and Lee,
+    A Unified Approach to Interpreting Model Predictions (2017), https://arxiv.org/abs/1705.07874
+    """
+
+    def explain_class(self, inputs, cls):
+        import shap
+
+        def build(background):
+            background = background.astype(np.float32)
+            explainer = shap.GradientExplainer(self.outputs.class_model(cls), background, batch_size=self.batch_size,
+                                               local_smoothing=self.params["local_smoothing"])
+            # GradientExplainer reports no expected value: it is the mean output over the background.
+            return explainer, float(np.mean(self.outputs(background)[:, cls]))
+
+        explainer, base = self.shap_explainer(cls, inputs, build)
+        with _quiet():
+            values = explainer.shap_values(inputs, nsamples=self.params["nb_samples"], rseed=SEED)
+        return np.asarray(values, dtype=np.float64).reshape(inputs.shape), base
+
+
+class DeepShap(ShapMethod):
+    """DeepLIFT's rescale rule averaged over a background set (Deep SHAP).
+
+    Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
+    https://arxiv.org/abs/1705.07874 ; Shrikumar et al., Learning Important Features Through
+    Propagating Activation Differences (2017), https://arxiv.org/abs/1704.02685
+    """
+
+    def explain_class(self, inputs, cls):
+        import shap
+
+        _patch_deep_max_reduction()
+
+        def build(background):
+            return shap.DeepExplainer(self.outputs.class_model(cls),
+                                      background[: self.params["nb_background"]].astype(np.float32))
+
+        try:
+            with _quiet():
+                explainer = self.shap_explainer(cls, inputs, build)
+                values = explainer.shap_values(inputs, check_additivity=True)
+        except Exception as exc:  # shap fails deep inside TensorFlow: name the layer instead
+            raise unsupported_layer_error(self.model, exc) from exc
+        values = np.asarray(values, dtype=np.float64).reshape(inputs.shape)
+        return values, float(np.asarray(explainer.expected_value).reshape(-1)[0])
+
+
+class PartitionShap(ShapMethod):
+    """Owen values over a hierarchy of image regions, masked by blurring or inpainting.
+
+    Lundberg et al., shap's Partition explainer (Owen values; Owen, Values of Games with a Priori
+    Unions, 1977); masker ``shap.maskers.Image``. https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html
+    """
+
+    def explain_class(self, inputs, cls):
+        import shap
+
+        masker = shap.maskers.Image(self.mask_value(), inputs.shape[1:])
+        score = self.outputs.one_class(cls)
+
+        def pixels_to_score(pixels):
+            return score(self.from_pixels(pixels))
+
+        explainer = shap.Explainer(pixels_to_score, masker, algorithm="partition", seed=SEED)
+        with _quiet():
+            result = explainer(self.to_pixels(inputs), max_evals=self.params["max_evals"],
+                               batch_size=self.batch_size, silent=True)
+        return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64)
+
+    def mask_value(self) -> str:
+        masker = self.params["masker"]
+        if masker == "blur":
+            size = self.params["blur_kernel"]
+            return f"blur({size},{size})"
+        return masker
+
+
+class SuperpixelKernelShap(ShapMethod):
+    """Kernel SHAP over SLIC super-pixels: a segment is present, or painted the image's mean colour.
+
+    Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
+    https://arxiv.org/abs/1705.07874 ; Achanta et al., SLIC Superpixels Compared to
+    State-of-the-Art Superpixel Methods (2012), https://doi.org/10.1109/TPAMI.2012.120
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.segment_counts: list[int] = []
+
+    def explain_class(self, inputs, cls):
+        import shap
+        from skimage.segmentation import slic
+
+        score = self.outputs.one_class(cls)
+        values, bases = np.zeros(inputs.shape[:3]), np.zeros(len(inputs))
+        for i, image in enumerate(inputs):
+            pixels = np.clip(self.to_pixels(image), 0, 255)
+            segments = slic(pixels / 255.0, n_segments=self.params["nb_segments"],
+                            compactness=self.params["compactness"], start_label=0, channel_axis=-1)
+            count = int(segments.max()) + 1
+            self.segment_counts.append(count)
+            fill = pixels.reshape(-1, 3).mean(axis=0)
+
+            def coalitions_to_score(z, pixels=pixels, segments=segments, fill=fill):
+                masked = np.repeat(pixels[None], len(z), axis=0)
+                for row, kept in enumerate(z):
+                    masked[row][np.isin(segments, np.flatnonzero(kept == 0))] = fill
+                return score(self.from_pixels(masked))
+
+            explainer = shap.KernelExplainer(coalitions_to_score, np.zeros((1, count)))
+            np.random.seed(SEED)  # KernelExplainer samples coalitions from numpy's global generator
+            with _quiet():
+                phi = np.asarray(explainer.shap_values(np.ones((1, count)), nsamples=self.params["nb_samples"],
+                                                       l1_reg=False, silent=True), dtype=np.float64).reshape(-1)
+            # Spread each segment's value over its pixels, so the map still sums to the output.
+            sizes = np.bincount(segments.ravel(), minlength=count)
+            values[i] = (phi / np.maximum(sizes, 1))[segments]
+            bases[i] = float(np.asarray(explainer.expected_value).reshape(-1)[0])
+        # One value per pixel, shared by its three channels: the 2-D map is the attribution.
+        return np.repeat(values[..., None] / 3.0, 3, axis=-1), bases
+
+
+class KernelShap(ShapMethod):
+    """Kernel SHAP on tabular features: weighted linear regression over feature coalitions.
+
+    Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
+    https://arxiv.org/abs/1705.07874
+    """
+
+    def explain_class(self, inputs, cls):
+        import shap
+
+        explainer = self.shap_explainer(
+            cls, inputs, lambda background: shap.KernelExplainer(self.outputs.one_class(cls),
+                                                                 background.astype(np.float64)))
+        np.random.seed(SEED)
+        with _quiet():
+            values = explainer.shap_values(inputs.astype(np.float64), nsamples=self.params["nb_samples"],
+                                           l1_reg=False, silent=True)
+        return np.asarray(values, dtype=np.float64), float(np.asarray(explainer.expected_value).reshape(-1)[0])
+
+
+class TreeShap(ShapMethod):
+    """Exact SHAP values of tree ensembles in polynomial time (XGBoost models).
+
+    Lundberg et al., From local explanations to global understanding with explainable AI for
+    trees (2020), https://doi.org/10.1038/s42256-019-0138-9
+    """
+
+    def explain_class(self, inputs, cls):
+        import shap
+
+        interventional = self.params["feature_perturbation"] == "interventional"
+        # Class-independent: one explainer serves every class (key 0).
+        explainer = self.shap_explainer(0, inputs, lambda background: shap.TreeExplainer(
+            self.model, data=background if interventional else None,
+            feature_perturbation=self.params["feature_perturbation"],
+        ))
+        with _quiet():
+            values = np.asarray(explainer.shap_values(inputs, check_additivity=True), dtype=np.float64)
+        expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
+        if values.ndim == 2:  # binary: values explain class 1's log-odds; class 0's are the negation
+            sign = 1.0 if cls == 1 else -1.0
+            return sign * values, sign * float(expected[0])
+        return values[..., cls], float(expected[cls])
+
+
+# --------------------------------------------------------------------------- Deep SHAP support
+
+
+def _reduce_max(explainer, op, *grads):
+    """DeepLIFT's max rule for reductions (GlobalMaxPooling), as shap applies it to MaxPool.
+
+    shap maps TensorFlow's ``Max`` to an element-wise rule, which fails on a reduction
+    (shape mismatch); this routes the output difference to the arg-max of input and reference.
+    """
+    import tensorflow as tf
+
+    xin, rin = tf.split(op.inputs[0], 2)
+    xout, rout = tf.split(op.outputs[0], 2)
+    delta = xin - rin
+    tile = [2] + [1] * (len(delta.shape) - 1)
+    cross_max = tf.maximum(xout, rout)
+    diffs = tf.concat([cross_max - rout, xout - cross_max], 0)
+    if op.type.startswith("shap_"):
+        op.type = op.type[5:]
+    grad_in = explainer.orig_grads[op.type](op, grads[0] * diffs)
+    x_part, r_part = tf.split(grad_in[0], 2)
+    multiplier = tf.where(tf.abs(delta) < 1e-7, tf.zeros_like(delta), (x_part + r_part) / delta)
+    return [tf.tile(multiplier, tile), None]
+
+
+def _patch_deep_max_reduction() -> None:
+    from shap.explainers._deep import deep_tf
+
+    deep_tf.op_handlers["Max"] = _reduce_max
+
+
+_OP_TYPE = re.compile(r"(?:no entry for: (?:shap_)?|KeyError: '|^')(\w+)'?")
+_NODE = re.compile(r"node ([\w./-]+)")
+
+
+def unsupported_layer_error(model, exc: Exception) -> UnsupportedModelError:
+    """A typed error naming the layer (and TensorFlow operation) DeepExplainer cannot handle."""
+    message = str(exc)
+    layers = [layer.name for layer in model.layers]
+    op_type, culprit = None, None
+    if isinstance(exc, AssertionError) or "do not sum up" in message:
+        reason = "its attributions do not add up to the model output"
+    else:
+        found = _OP_TYPE.search(message)
+        op_type = found.group(1) if found else None
+        node = _NODE.search(message)
+        culprit = _layer_in_name(node.group(1), layers) if node else None
+        if culprit is None and op_type:
+            culprit = _layer_with_op(model, op_type)
+        reason = f"it has no rule for TensorFlow operation {op_type!r}" if op_type else "it failed"
+    where = f" in layer {culprit!r} ({type(model.get_layer(culprit)).__name__})" if culprit else ""
+    return UnsupportedModelError(
+        f"DeepExplainer cannot explain this model: {reason}{where}. Use GradientExplainer or a "
+        "sampling explainer (PartitionExplainer, SuperpixelKernelExplainer, KernelExplainer) for this model",
+        method="DeepExplainer", layer=culprit, operation=op_type, cause=message[:500],
+    )
+
+
+def _layer_in_name(name: str, layers: list[str]) -> str | None:
+    for part in name.split("/"):
+        for candidate in (part, re.sub(r"_\d+$", "", part)):
+            if candidate in layers:
+                return candidate
+    return None
+
+
+def _layer_with_op(model, op_type: str) -> str | None:
+    """The first layer whose traced forward pass contains an operation of ``op_type``."""
+    import tensorflow as tf
+
+    layers = [layer.name for layer in model.layers]
+    spec = tf.TensorSpec([1, *model.inputs[0].shape[1:]], tf.float32)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    for op in graph.get_operations():
+        if op.type == op_type:
+            found = _layer_in_name(op.name, layers)
+            if found:
+                return found
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """shap prints progress bars and Keras warns about input names on every call: keep logs clean."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

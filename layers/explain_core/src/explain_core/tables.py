@@ -1,0 +1,371 @@
+"""Tabular uploads (CSV or JSON Lines) parsed into a tabular model's feature matrix.
+
+Limits are checked before any work: the byte size first, then the row count while reading
+(parsing stops at the first row over the limit, so no more than ``max_rows`` rows are ever
+built). Columns are matched to the model card's ``feature_names`` by name, in any order, and
+the result is in the card's order. Every refusal is an :class:`InvalidTableError` (or
+subclass) whose message says where (line, column, value) and what was expected.
+"""
+
+import csv
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from explain_core.errors import InvalidTableError, TableTooLargeError, UnsupportedTableFormatError
+
+#: File extensions (lower case) and the format each one means.
+SUPPORTED_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: Byte-order marks of encodings users sometimes save as ("Unicode text" in Excel, Notepad).
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+#: Offending values are shown (and put in details) cut to this many characters.
+_MAX_SHOWN = 40
+#: Names listed in a message; the details carry up to _MAX_LISTED_DETAILS.
+_MAX_LISTED = 10
+_MAX_LISTED_DETAILS = 100
+
+
+@dataclass
+class Table:
+    values: np.ndarray  # float64, (rows, features), columns in the card's feature order
+    feature_names: list[str]  # the card's order
+    format: str  # "csv" or "jsonl"
+    line_numbers: list[int]  # 1-based line in the file where each data row starts
+
+
+def table_format(filename: str) -> str:
+    """The table format named by ``filename``'s extension (case-insensitive)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    extension = base[dot:].lower() if dot >= 0 else ""
+    if extension in SUPPORTED_EXTENSIONS:
+        return SUPPORTED_EXTENSIONS[extension]
+    supported = ", ".join(SUPPORTED_EXTENSIONS)
+    what = f"extension {_show(extension)}" if extension else "no extension"
+    raise UnsupportedTableFormatError(
+        f"the file {_show(base)} has {what}; tables must be CSV or JSON Lines files named with one of: {supported}",
+        filename=_clip(base),
+        extension=_clip(extension),
+        supported=list(SUPPORTED_EXTENSIONS),
+    )
+
+
+def parse_table(data: bytes, filename: str, feature_names: list[str], *, max_bytes: int, max_rows: int) -> Table:
+    """Parse an uploaded table into float64 values in ``feature_names`` order, or raise a typed error."""
+    if len(data) > max_bytes:
+        raise TableTooLargeError(
+            f"the file is {len(data)} bytes; the limit is {max_bytes}", size=len(data), limit=max_bytes
+        )
+    fmt = table_format(filename)
+    if not data:
+        raise InvalidTableError("the file is empty (0 bytes): it has no data rows")
+    text = _decode(data)
+    if fmt == "csv":
+        rows, lines = _parse_csv(text, feature_names, max_rows)
+    else:
+        rows, lines = _parse_jsonl(text, feature_names, max_rows)
+    values = np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
+    return Table(values=values, feature_names=list(feature_names), format=fmt, line_numbers=lines)
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 text without a BOM; anything else (other encodings, binary data) is refused."""
+    skipped = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        text = data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skipped + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        hint = next((f" (it looks like {name} text)" for bom, name in _OTHER_BOMS if data.startswith(bom)), "")
+        raise InvalidTableError(
+            f"the file is not UTF-8 text{hint}: byte {data[offset]:#04x} at byte offset {offset} (line {line}) "
+            "is not valid UTF-8; save the table as UTF-8 (in Excel: 'CSV UTF-8')",
+            offset=offset,
+            line=line,
+        ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise InvalidTableError(
+            f"the file contains a NUL byte at byte offset {nul}: it is a binary file, or text saved as "
+            "UTF-16/UTF-32; upload a UTF-8 CSV or JSON Lines file",
+            offset=nul,
+            line=data.count(b"\n", 0, nul) + 1,
+        )
+    return text
+
+
+def _clip(value: str, limit: int = _MAX_SHOWN) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _show(value: str) -> str:
+    """A user's value for a message: quoted and cut to about 40 characters."""
+    return repr(_clip(value))
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(_show(n) for n in names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _check_row_limit(count: int, max_rows: int, line: int) -> None:
+    if count > max_rows:
+        raise TableTooLargeError(
+            f"the table has more than {max_rows} data rows (line {line} is row {count}); the limit is {max_rows}",
+            line=line,
+            limit=max_rows,
+        )
+
+
+def _no_rows(what: str) -> InvalidTableError:
+    return InvalidTableError(f"the file has no data rows ({what})")
+
+
+def _match_names(names: list[str], feature_names: list[str], *, where: str, kind: str) -> None:
+    """Refuse ``names`` (CSV header or JSON keys) unless they are exactly the features, in any order."""
+    wanted = set(feature_names)
+    present = set(names)
+    missing = [f for f in feature_names if f not in present]
+    unexpected = [n for n in names if n not in wanted]
+    if not missing and not unexpected:
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing {kind}: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {kind}: {_listing(unexpected)}")
+    message = f"{where} does not match the model's features: " + "; ".join(problems)
+    lowered = {f.lower() for f in missing}
+    if any(n.lower() in lowered for n in unexpected):
+        message += " (names are case-sensitive)"
+    message += f"; expected {len(feature_names)} {kind} named after the model's features, in any order"
+    raise InvalidTableError(
+        message,
+        missing=missing[:_MAX_LISTED_DETAILS],
+        unexpected=[_clip(n) for n in unexpected[:_MAX_LISTED_DETAILS]],
+        missing_count=len(missing),
+        unexpected_count=len(unexpected),
+    )
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def _is_float(cell: str) -> bool:
+    try:
+        float(cell.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_value(cell: str, *, line: int, column: str) -> float:
+    try:
+        value = float(cell.strip()) if cell.strip() else math.nan  # an empty cell is a missing value
+    except ValueError:
+        raise InvalidTableError(
+            f"line {line}, column {_show(column)}: {_show(cell)} is not a number; expected a finite number",
+            line=line,
+            column=column,
+            value=_clip(cell),
+        ) from None
+    if not math.isfinite(value):
+        raise InvalidTableError(
+            f"line {line}, column {_show(column)}: missing or non-finite value {_show(cell)}; expected a finite number",
+            line=line,
+            column=column,
+            value=_clip(cell),
+        )
+    return value
+
+
+def _parse_csv(text: str, feature_names: list[str], max_rows: int) -> tuple[list[list[float]], list[int]]:
+    # newline="" keeps quoted line breaks and lets the csv module handle \r\n and \r itself;
+    # skipinitialspace reads `a, "b"` as two fields; strict refuses stray quotes.
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+    header: list[str] | None = None
+    order: list[int] = []
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    while True:
+        start = reader.line_num + 1  # a quoted field may span lines: report where the row starts
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InvalidTableError(
+                f"line {start}: malformed CSV ({exc}); check for an unclosed or stray quote",
+                line=start,
+            ) from None
+        if all(not cell.strip() for cell in cells):
+            continue  # blank line (or a row of empty cells, as spreadsheets leave at the end)
+        if header is None:
+            header = [cell.strip() for cell in cells]
+            order = _csv_header(header, feature_names, line=start)
+            continue
+        _check_row_limit(len(rows) + 1, max_rows, start)
+        if len(cells) != len(header):
+            extra = cells[len(header) :]
+            hint = " (a trailing comma?)" if extra and not any(c.strip() for c in extra) else ""
+            raise InvalidTableError(
+                f"line {start} has {len(cells)} fields; expected {len(header)}, one per header column{hint}",
+                line=start,
+                expected=len(header),
+                got=len(cells),
+            )
+        parsed = [_csv_value(cell, line=start, column=name) for cell, name in zip(cells, header, strict=True)]
+        rows.append([parsed[i] for i in order])
+        lines.append(start)
+    if header is None:
+        raise _no_rows("it is empty or blank")
+    if not rows:
+        raise _no_rows("only a header row")
+    return rows, lines
+
+
+def _csv_header(header: list[str], feature_names: list[str], *, line: int) -> list[int]:
+    """Check the header row; return, for each feature in the card's order, its column index."""
+    if set(header) != set(feature_names) and all(_is_float(cell) for cell in header):
+        raise InvalidTableError(
+            f"line {line} looks like data ({_show(','.join(header))}): a header row with the feature names "
+            f"is required as the first row, e.g. {_show(','.join(feature_names))}",
+            line=line,
+        )
+    empty = [i + 1 for i, name in enumerate(header) if not name]
+    if empty:
+        raise InvalidTableError(
+            f"line {line}: header column {empty[0]} has no name (an index column or a trailing comma?); "
+            "every column must be named after one of the model's features",
+            line=line,
+            column_number=empty[0],
+        )
+    duplicates = [name for name, count in Counter(header).items() if count > 1]
+    if duplicates:
+        raise InvalidTableError(
+            f"line {line}: the header names these columns more than once: {_listing(duplicates)}; "
+            "each feature must appear in exactly one column",
+            line=line,
+            duplicates=[_clip(n) for n in duplicates[:_MAX_LISTED_DETAILS]],
+        )
+    _match_names(header, feature_names, where=f"the header (line {line})", kind="columns")
+    index = {name: i for i, name in enumerate(header)}
+    return [index[f] for f in feature_names]
+
+
+# --- JSON Lines ---------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_pairs(pairs: list[tuple[str, object]]) -> dict:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _json_value(value: object, *, line: int, column: str) -> float:
+    if isinstance(value, float):  # JSON integers are parsed as floats (parse_int=float)
+        if math.isfinite(value):
+            return value
+        problem = f"missing or non-finite value {value!r}"
+    elif value is None:
+        problem = "missing or non-finite value null"
+    elif isinstance(value, str):
+        problem = f"{_show(value)} is a string; write numbers without quotes"
+    else:
+        problem = f"{_clip(json.dumps(value))} is {_json_type(value)}, not a number"
+    raise InvalidTableError(
+        f"line {line}, feature {_show(column)}: {problem}; expected a finite number",
+        line=line,
+        column=column,
+        value=_clip(json.dumps(value)),
+    )
+
+
+def _parse_jsonl(text: str, feature_names: list[str], max_rows: int) -> tuple[list[list[float]], list[int]]:
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r
+    # is JSON whitespace.
+    for number, line in enumerate(io.StringIO(text, newline="\n"), start=1):
+        if not line.strip():
+            continue
+        _check_row_limit(len(rows) + 1, max_rows, number)
+        try:
+            # parse_int=float: huge integers become inf (refused below) instead of raising.
+            item = json.loads(line, parse_int=float, object_pairs_hook=_object_pairs)
+        except _DuplicateKeyError as exc:
+            raise InvalidTableError(
+                f"line {number}: the key {_show(exc.key)} appears more than once; each feature must appear once",
+                line=number,
+                column=_clip(exc.key),
+            ) from None
+        except RecursionError:
+            raise InvalidTableError(
+                f"line {number}: the JSON is nested too deeply; expected a flat object or array of numbers",
+                line=number,
+            ) from None
+        except ValueError as exc:
+            reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise InvalidTableError(
+                f"line {number} is not valid JSON ({_clip(reason, 80)}); each line must hold one complete JSON "
+                "object (feature name -> number) or array of numbers",
+                line=number,
+            ) from None
+        if isinstance(item, dict):
+            _match_names(list(item), feature_names, where=f"line {number}", kind="keys")
+            rows.append([_json_value(item[f], line=number, column=f) for f in feature_names])
+        elif isinstance(item, list):
+            if len(item) != len(feature_names):
+                raise InvalidTableError(
+                    f"line {number}: the array has {len(item)} values; expected {len(feature_names)}, "
+                    "one per feature in the model's order",
+                    line=number,
+                    expected=len(feature_names),
+                    got=len(item),
+                )
+            if item and all(isinstance(v, str) for v in item) and set(item) == set(feature_names):
+                raise InvalidTableError(
+                    f"line {number} holds the feature names: JSON Lines files have no header row; remove it",
+                    line=number,
+                )
+            rows.append([_json_value(v, line=number, column=f) for v, f in zip(item, feature_names, strict=True)])
+        else:
+            raise InvalidTableError(
+                f"line {number}: got {_json_type(item)} ({_clip(line.strip())}); expected a JSON object "
+                "(feature name -> number) or an array of numbers",
+                line=number,
+            )
+        lines.append(number)
+    if not rows:
+        raise _no_rows("it is empty or blank")
+    return rows, lines
