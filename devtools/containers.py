@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "devtools" / "docker"
 MOTO_IMAGE = "explain-moto:local"
 MOTO_PORT_IN_NETWORK = 5000
-FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation"}
+FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation", "ShapFunction": "shap"}
+#: One cheap method per family for the figures: each explains a PNG of the image demo model.
+FIGURE_METHODS = {"gradient": "GradCAM", "perturbation": "Occlusion", "shap": "GradientExplainer"}
 SAM_ENV = {"SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": local_aws.REGION, "AWS_REGION": local_aws.REGION,
            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
@@ -241,7 +243,7 @@ def figures() -> str:
             event_path = REPO / "events" / f"{family}-upload.json"
             event = json.loads(event_path.read_text())
             key = unquote_plus(json.loads(event["Records"][0]["body"])["Records"][0]["s3"]["object"]["key"])
-            methods = "GradCAM" if family == "gradient" else "Occlusion"
+            methods = FIGURE_METHODS[family]
 
             def stage(key=key, methods=methods):
                 """A fresh upload (no manifest yet), so every call explains instead of skipping a duplicate."""

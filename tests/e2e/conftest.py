@@ -3,9 +3,35 @@
 Nothing here is skipped: if the engine cannot start, the fixtures fail with the reason.
 """
 
+import json
+from pathlib import PurePosixPath
+
 import pytest
 
 from devtools import containers, demo_model, local_aws
+
+#: Cheap methods per family and per model keep the tier fast; the functional tests cover every method.
+IMAGE_METHODS = {
+    "gradient": {"methods": "GradCAM,Saliency"},
+    "perturbation": {"methods": "Occlusion"},
+    "shap": {"methods": "GradientExplainer", "params": {"GradientExplainer": {"nb_samples": 16}}},
+}
+TABULAR_METHODS = {  # shap family, by model name (devtools.tabular_demo)
+    "breast-cancer-xgb": {"methods": "TreeExplainer"},
+    "breast-cancer-mlp": {"methods": "KernelExplainer", "params": {"KernelExplainer": {"nb_samples": 64}}},
+}
+TABLE_SUFFIXES = (".csv", ".jsonl")
+
+
+def is_table(key: str) -> bool:
+    return PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES
+
+
+def upload_metadata(family: str, key: str) -> dict:
+    """S3 user metadata (``x-amz-meta-*``) asking for the cheap methods for this upload."""
+    model = key.split("/")[2] if key.count("/") >= 3 else ""
+    choice = TABULAR_METHODS[model] if is_table(key) and model in TABULAR_METHODS else IMAGE_METHODS[family]
+    return {name: value if isinstance(value, str) else json.dumps(value) for name, value in choice.items()}
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +51,24 @@ def container_emulator(built_images):
 
 @pytest.fixture(scope="session")
 def container_deployment(container_emulator, demo_model_dir):
-    """The template's wiring on the emulator container, with the demo model published."""
+    """The template's wiring on the emulator container, with the image demo model published."""
     deployment = local_aws.deploy(container_emulator.host_endpoint)
     demo_model.publish(deployment.client("s3"), deployment.bucket("ModelBucket"), demo_model_dir)
     return deployment
+
+
+@pytest.fixture(scope="session")
+def tabular_models(container_deployment):
+    """The tabular demo models (shap family) published next to the image one; returns the module.
+
+    Imported here rather than at the top so that the image families' tests do not depend on it.
+    """
+    from devtools import tabular_demo
+
+    s3, bucket = container_deployment.client("s3"), container_deployment.bucket("ModelBucket")
+    for name, directory in tabular_demo.ensure_tabular_models().items():
+        tabular_demo.publish(s3, bucket, directory, name, tabular_demo.VERSION)
+    return tabular_demo
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import pytest
 
 from devtools import containers
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
+from tests.e2e.conftest import upload_metadata
 
 pytestmark = pytest.mark.e2e
 
@@ -16,8 +17,9 @@ def test_function_works_with_a_read_only_root(function, family, container_deploy
     event = load_event(f"{family}-upload.json")
     (key,) = event_keys(event)
     clear_outputs(s3, container_deployment, family)
+    # An image for every family (shap: GradientExplainer on the image demo model).
     s3.put_object(Bucket=container_deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[1]),
-                  Metadata={"methods": "GradCAM" if family == "gradient" else "Occlusion"})
+                  Metadata=upload_metadata(family, key))
     environment = container_deployment.functions[function].environment
 
     with containers.read_only_function(function, environment, container_emulator) as running:
