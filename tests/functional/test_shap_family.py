@@ -226,3 +226,142 @@ def test_keras_tabular_values_add_up(method, tabular_event_results, tabular_mode
     relative = error / np.maximum(np.abs(logits - base), 1.0)
     assert relative.max() <= TABULAR_TOLERANCE[method], (method, relative)
     assert relative.mean() <= TABULAR_MEAN_TOLERANCE[method], (method, relative)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _csv(header: list[str], rows: list[list]) -> bytes:
+    lines = [",".join(f'"{h}"' if "," in h else h for h in header)]
+    lines += [",".join(str(v) for v in row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def bad_tables(names: list[str], rows: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """file name -> (body, the error code it must produce)."""
+    good = [list(map(repr, row)) for row in rows[:3].tolist()]
+    non_numeric = [row[:] for row in good]
+    non_numeric[1][4] = "abc"
+    missing = [row[:] for row in good]
+    missing[2][7] = "NaN"
+    over_limit = [good[0]] * 1001  # the template's MaxTableRows default is 1000
+    return {
+        "wrong-columns.csv": (_csv(names[:-1] + ["surprise"], [row[:-1] + ["1"] for row in good]), "invalid_table"),
+        "non-numeric.csv": (_csv(names, non_numeric), "invalid_table"),
+        "nan.csv": (_csv(names, missing), "invalid_table"),
+        "empty.csv": (b"", "invalid_table"),
+        "header-only.csv": (_csv(names, []), "invalid_table"),
+        "over-limit.csv": (_csv(names, over_limit), "table_too_large"),
+        "utf16.csv": (_csv(names, good).decode().encode("utf-16"), "invalid_table"),
+        "broken.jsonl": (b'{"mean radius": 1.0,\n', "invalid_table"),
+        "sheet.xlsx": (b"PK\x03\x04 not a table", "unsupported_table_format"),
+    }
+
+
+def test_bad_tables_get_error_records_and_never_crash(invoke, s3, deployment, tabular_models):
+    from devtools import tabular_demo
+
+    rows, _ = tabular_demo.sample_rows(4)
+    cases = bad_tables(tabular_demo.feature_names(), rows)
+    keys = {}
+    clear_outputs(s3, deployment, "shap")
+    for name, (body, _) in cases.items():
+        key = f"incoming/shap/breast-cancer-xgb/v1/bad/{name}"
+        s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=body)
+        keys[name] = key
+    event = upload_event(keys["empty.csv"])
+    template = event["Records"][0]
+    event["Records"] = []
+    for i, key in enumerate(keys.values()):
+        record = json.loads(json.dumps(template))
+        body = json.loads(record["body"])
+        from urllib.parse import quote_plus
+
+        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
+        record["body"], record["messageId"] = json.dumps(body), f"bad-{i}"
+        event["Records"].append(record)
+
+    response = invoke("shap", event)
+
+    assert response == {"batchItemFailures": []}  # user errors are final: no retry
+    results = deployment.bucket("ResultsBucket")
+    for name, (_, code) in cases.items():
+        record = read_json(s3, results, f"errors/{keys[name].removeprefix('incoming/')}.json")
+        assert record["error"]["code"] == code, (name, record["error"])
+        assert record["retrying"] is False
+        assert record["input"]["key"] == keys[name]
+    messages = {name: read_json(s3, results, f"errors/{keys[name].removeprefix('incoming/')}.json")["error"]["message"]
+                for name in cases}
+    assert "surprise" in messages["wrong-columns.csv"]
+    assert "abc" in messages["non-numeric.csv"] and "line 3" in messages["non-numeric.csv"]
+    assert "1000" in messages["over-limit.csv"]
+    assert "UTF-8" in messages["utf16.csv"] or "UTF-16" in messages["utf16.csv"]
+
+
+@pytest.mark.parametrize("model,method,body_kind", [
+    ("breast-cancer-mlp", "TreeExplainer", "csv"),
+    ("breast-cancer-xgb", "DeepExplainer", "csv"),
+    ("shapes", "KernelExplainer", "png"),
+])
+def test_a_method_that_cannot_explain_the_model_is_refused(model, method, body_kind, invoke, s3, deployment,
+                                                             tabular_models, samples):
+    from devtools import tabular_demo
+
+    key = f"incoming/shap/{model}/v1/mismatch/{method}.{body_kind}"
+    body = tabular_demo.sample_csv(tabular_demo.sample_rows(2)[0]) if body_kind == "csv" else png_bytes(samples[0][0])
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=body, Metadata={"methods": method})
+
+    assert invoke("shap", upload_event(key)) == {"batchItemFailures": []}
+
+    record = read_json(s3, deployment.bucket("ResultsBucket"), f"errors/{key.removeprefix('incoming/')}.json")
+    assert record["error"]["code"] == "unsupported_model"
+    assert method in record["error"]["message"]
+
+
+def test_deep_explainer_names_the_layer_it_cannot_handle(invoke, s3, deployment, tmp_path):
+    """A GELU layer (TensorFlow's Erf/Neg ops) has no DeepLIFT rule in shap: a typed error, not a trace."""
+    import keras
+
+    from devtools import tabular_demo
+
+    names = tabular_demo.feature_names()
+    inputs = keras.Input((len(names),))
+    hidden = keras.layers.Dense(8, activation="gelu", name="gelu_hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    model.save(tmp_path / "model.keras")
+    card = {"name": "gelu-mlp", "version": "v1", "modality": "tabular", "feature_names": names,
+            "class_names": ["malignant", "benign"], "output": "logits"}
+    models = deployment.bucket("ModelBucket")
+    s3.upload_file(str(tmp_path / "model.keras"), models, "models/gelu-mlp/v1/model.keras")
+    s3.put_object(Bucket=models, Key="models/gelu-mlp/v1/card.json", Body=json.dumps(card).encode())
+    key = "incoming/shap/gelu-mlp/v1/rows.csv"
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key,
+                  Body=tabular_demo.sample_csv(tabular_demo.sample_rows(3)[0]),
+                  Metadata={"methods": "DeepExplainer,KernelExplainer",
+                            "params": '{"KernelExplainer": {"nb_samples": 64}}'})
+
+    assert invoke("shap", upload_event(key)) == {"batchItemFailures": []}
+
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"), results_of(key) + "manifest.json")
+    assert manifest["status"] == "partial"  # Kernel SHAP still explains it
+    deep, kernel = manifest["methods"]
+    assert deep["status"] == "failed" and kernel["status"] == "succeeded"
+    assert deep["error"]["code"] == "unsupported_model"
+    assert deep["error"]["details"]["layer"] == "gelu_hidden"
+    assert "gelu_hidden" in deep["error"]["message"] and "Traceback" not in deep["error"]["message"]
+    # No background.npy: the upload's own rows were the background, and the manifest says so.
+    assert manifest["background"]["source"] == "default"
+
+
+def test_duplicate_tabular_event_is_not_recomputed(invoke, s3, deployment, tabular_models):
+    from devtools import tabular_demo
+
+    key = "incoming/shap/breast-cancer-xgb/v1/dup/rows.csv"
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key,
+                  Body=tabular_demo.sample_csv(tabular_demo.sample_rows(3)[0]))
+    event = upload_event(key)
+    invoke("shap", event)
+    manifest_key = results_of(key) + "manifest.json"
+    first = s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=manifest_key)["LastModified"]
+    invoke("shap", event)
+    assert s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=manifest_key)["LastModified"] == first

@@ -12,12 +12,16 @@ from explain_core.errors import (
     InvalidKeyError,
     InvalidModelError,
     InvalidParameterError,
+    InvalidTableError,
     InvalidTargetError,
     ModelCardError,
     OverTimeBudgetError,
+    TableTooLargeError,
     UnknownMethodError,
     UnknownModelError,
     UnsupportedFormatError,
+    UnsupportedModelError,
+    UnsupportedTableFormatError,
 )
 
 EXPECTED = [
@@ -34,6 +38,10 @@ EXPECTED = [
     (InvalidParameterError, "invalid_parameter", 422, ExplainError),
     (InvalidTargetError, "invalid_target", 422, ExplainError),
     (OverTimeBudgetError, "over_time_budget", 422, ExplainError),
+    (InvalidTableError, "invalid_table", 422, ExplainError),
+    (UnsupportedTableFormatError, "unsupported_table_format", 415, InvalidTableError),
+    (TableTooLargeError, "table_too_large", 413, InvalidTableError),
+    (UnsupportedModelError, "unsupported_model", 422, ExplainError),
 ]
 
 

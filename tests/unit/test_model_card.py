@@ -80,7 +80,7 @@ def test_class_name():
     assert card.class_name(-1) == "-1"
 
 
-@pytest.mark.parametrize("field", ["name", "version", "input_height", "input_width", "class_names"])
+@pytest.mark.parametrize("field", ["name", "version", "class_names"])
 def test_missing_required_field(field):
     card = {k: v for k, v in MINIMAL.items() if k != field}
     error = refused(card)
@@ -88,12 +88,48 @@ def test_missing_required_field(field):
     assert error.details == {"model": "shapes"}
 
 
+@pytest.mark.parametrize("field", ["input_height", "input_width"])
+def test_image_card_needs_its_input_size(field):
+    card = {k: v for k, v in MINIMAL.items() if k != field}
+    error = refused(card)
+    assert error.message == ("model card of shapes/v1 is invalid: <card>: Value error, an image model needs "
+                             "input_height and input_width")
+
+
 def test_several_problems_are_all_listed():
-    error = refused({"name": "shapes", "version": "v1", "class_names": ["a"], "colour": "blue"})
-    for part in ("input_height: Field required", "input_width: Field required", "class_names: List should have at "
+    error = refused({"name": "shapes", "version": "v1", "input_height": 4, "class_names": ["a"], "colour": "blue"})
+    for part in ("input_height: Input should be greater than or equal to 8", "class_names: List should have at "
                  "least 2 items", "colour: Extra inputs are not permitted"):
         assert part in error.message
-    assert error.message.count(";") == 3
+    assert error.message.count(";") == 2
+
+
+TABULAR = {"name": "shapes", "version": "v1", "modality": "tabular", "model_file": "model.json",
+           "output": "margin", "feature_names": ["age", "dose"], "class_names": ["no", "yes"]}
+
+
+def test_tabular_card():
+    card = load(TABULAR)
+    assert card.framework == "xgboost" and card.input_size is None
+    assert card.default_explained_classes() == [1]  # binary: the positive class
+    assert load({**TABULAR, "class_names": ["a", "b", "c"]}).default_explained_classes() == [0, 1, 2]
+    assert load({**TABULAR, "explained_classes": ["no"]}).default_explained_classes() == [0]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"feature_names": None}, "a tabular model needs feature_names"),
+    ({"feature_names": ["age", "age"]}, "feature_names must be unique"),
+    ({"explained_classes": ["maybe"]}, "explained_classes ['maybe'] are not in class_names"),
+    ({"model_file": "model.keras"}, 'output "margin" is for XGBoost models'),
+    ({"model_file": "model.pkl"}, "model_file: Input should be 'model.keras', 'model.json' or 'model.ubj'"),
+])
+def test_tabular_card_problems(change, message):
+    assert message in refused({**TABULAR, **change}).message
+
+
+def test_image_models_are_keras_only():
+    error = refused({**MINIMAL, "model_file": "model.ubj"})
+    assert "image models must be Keras models (model.keras)" in error.message
 
 
 @pytest.mark.parametrize(
@@ -152,7 +188,7 @@ def test_fewer_than_two_classes(classes):
         ({"input_width": 2048}, "input_width: Input should be less than or equal to 1024"),
         ({"input_height": "tall"}, "input_height: Input should be a valid integer"),
         ({"input_channels": 1}, "input_channels: Input should be 3"),
-        ({"output": "softmax"}, "output: Input should be 'logits' or 'probabilities'"),
+        ({"output": "softmax"}, "output: Input should be 'logits', 'probabilities' or 'margin'"),
         ({"preprocessing": {"mean": [0, 0]}}, "preprocessing.mean: List should have at least 3 items"),
         ({"preprocessing": {"std": [1, 1, 1, 1]}}, "preprocessing.std: List should have at most 3 items"),
         ({"target": {"mode": "all"}}, "target.mode: Input should be 'predicted' or 'top_k'"),

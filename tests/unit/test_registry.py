@@ -16,6 +16,7 @@ from explain_core.registry import (
     METHODS,
     PERTURBATION,
     REGISTRY,
+    SHAP,
     MethodSpec,
     Param,
     get_method,
@@ -28,6 +29,10 @@ GRADIENT_NAMES = [
 ]
 PERTURBATION_NAMES = [
     "Occlusion", "Rise", "Lime", "KernelShap", "SobolAttributionMethod", "HsicAttributionMethod",
+]
+SHAP_NAMES = [
+    "GradientExplainer", "DeepExplainer", "PartitionExplainer", "SuperpixelKernelExplainer", "KernelExplainer",
+    "TreeExplainer",
 ]
 ALL_PARAMS = [(spec, param) for spec in METHODS for param in spec.params]
 PAPER = re.compile(r"https://(arxiv\.org/abs/\d{4}\.\d{4,5}|doi\.org/10\.\d{4,9}/\S+)")
@@ -307,23 +312,40 @@ def test_get_method_unknown_name(name):
 def test_methods_of():
     assert [s.name for s in methods_of(GRADIENT)] == GRADIENT_NAMES
     assert [s.name for s in methods_of(PERTURBATION)] == PERTURBATION_NAMES
+    assert [s.name for s in methods_of(SHAP)] == SHAP_NAMES
     assert methods_of("tree") == []
+
+
+def test_methods_of_a_card_are_those_that_can_explain_it():
+    from explain_core.model_card import ModelCard
+
+    image = ModelCard(name="m", version="v", input_height=32, input_width=32, class_names=["a", "b"])
+    tabular_keras = ModelCard(name="m", version="v", modality="tabular", feature_names=["x"], class_names=["a", "b"])
+    xgboost = tabular_keras.model_copy(update={"model_file": "model.json", "output": "margin"})
+    assert [s.name for s in methods_of(SHAP, image)] == SHAP_NAMES[:4]
+    assert [s.name for s in methods_of(SHAP, tabular_keras)] == ["GradientExplainer", "DeepExplainer",
+                                                                 "KernelExplainer"]
+    assert [s.name for s in methods_of(SHAP, xgboost)] == ["TreeExplainer"]
+    assert methods_of(GRADIENT, tabular_keras) == [] and methods_of(GRADIENT, image) == methods_of(GRADIENT)
 
 
 # --------------------------------------------------------------------------- every entry
 
 
 def test_registry_is_consistent():
-    assert FAMILIES == (GRADIENT, PERTURBATION)
+    assert FAMILIES == (GRADIENT, PERTURBATION, SHAP)
     assert list(REGISTRY) == [s.name for s in METHODS]
     assert len({s.name.lower() for s in METHODS}) == len(METHODS), "names must be unique case-insensitively"
-    assert sorted(GRADIENT_NAMES + PERTURBATION_NAMES) == sorted(REGISTRY)
+    assert sorted(GRADIENT_NAMES + PERTURBATION_NAMES + SHAP_NAMES) == sorted(REGISTRY)
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=_id)
 def test_entry_metadata(spec):
     assert spec.family in FAMILIES
-    assert spec.explainer == f"xplique.attributions.{spec.name}"
+    if spec.family == SHAP:
+        assert spec.explainer.startswith("explain_core.shap_methods.")
+    else:
+        assert spec.explainer == f"xplique.attributions.{spec.name}"
     assert PAPER.search(spec.reference), f"{spec.name} must cite a paper URL or DOI: {spec.reference!r}"
     assert re.search(r"\((19|20)\d\d\)", spec.reference), "reference should give the year"
     assert spec.description
@@ -368,6 +390,8 @@ def test_explainer_classes_are_real_xplique_explainers(explainer_classes):
     from xplique.attributions.base import BlackBoxExplainer
 
     for spec in METHODS:
+        if spec.family == SHAP:
+            continue
         cls = explainer_classes[spec.name]
         assert inspect.isclass(cls)
         assert cls.__name__ == spec.name
@@ -375,8 +399,20 @@ def test_explainer_classes_are_real_xplique_explainers(explainer_classes):
         assert issubclass(cls, BlackBoxExplainer)
 
 
+def test_shap_explainer_classes_share_the_base_and_cite_their_paper(explainer_classes):
+    from explain_core.shap_methods import ShapMethod
+
+    for spec in methods_of(SHAP):
+        cls = explainer_classes[spec.name]
+        assert issubclass(cls, ShapMethod) and cls is not ShapMethod
+        assert "explain_class" in vars(cls)
+        assert PAPER.search(cls.__doc__), f"{cls.__name__} must cite its paper"
+
+
 def test_explainer_constructors_accept_the_registry_parameters(explainer_classes):
     for spec in METHODS:
+        if spec.family == SHAP:  # ShapMethod takes the parameters as keyword arguments (**params)
+            continue
         accepted = set(inspect.signature(explainer_classes[spec.name].__init__).parameters)
         passed = set(spec.param_names) | {"batch_size"}
         if spec.grid_segments:

@@ -48,7 +48,7 @@ def test_table_format_refuses_other_extensions(filename):
     with pytest.raises(UnsupportedTableFormatError) as info:
         table_format(filename)
     error = info.value
-    assert error.code == "unsupported_format"
+    assert error.code == "unsupported_table_format"
     assert error.status == 415
     for extension in SUPPORTED_EXTENSIONS:
         assert extension in error.message
@@ -66,7 +66,7 @@ def test_table_format_names_the_extension_or_its_absence():
 
 def test_parse_table_refuses_unsupported_format():
     error = refused("age,income,score\n1,2,3\n", "rows.parquet", error=UnsupportedTableFormatError)
-    assert error.code == "unsupported_format"
+    assert error.code == "unsupported_table_format"
 
 
 # --- CSV: values --------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class InvalidTableError(ExplainError):
 
 
 class UnsupportedTableFormatError(InvalidTableError):
-    code = "unsupported_format"
+    code = "unsupported_table_format"
     status = 415
 
 

@@ -368,8 +368,8 @@ METHODS: tuple[MethodSpec, ...] = (
     ),
     MethodSpec(
         "PartitionExplainer", SHAP, _SHAP + "PartitionShap",
-        "Owen, Values of Games with a Priori Unions (1977); shap's Partition explainer with an image masker, "
-        "https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html",
+        "Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7; "
+        "shap's Partition explainer, https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html",
         params=(
             Param("max_evals", int, 500, 50, 20000, doc="model evaluations per image"),
             Param("masker", str, "blur", choices=("blur", "inpaint_telea", "inpaint_ns"),
@@ -386,10 +386,12 @@ METHODS: tuple[MethodSpec, ...] = (
         params=(
             Param("nb_segments", int, 50, 4, 500, doc="SLIC super-pixels requested"),
             Param("compactness", float, 10.0, 0.01, 1000.0, doc="SLIC: higher gives squarer segments"),
+            Param("fill", str, "blur", choices=("blur", "mean"),
+                  doc="a hidden segment shows a blurred copy of the image, or the image's mean colour"),
             _SHAP_NB_SAMPLES,
         ),
         passes=_per_sample,
-        description="Kernel SHAP over SLIC super-pixels; a hidden segment takes the image's mean colour",
+        description="Kernel SHAP over SLIC super-pixels; hidden segments are blurred",
     ),
     MethodSpec(
         "KernelExplainer", SHAP, _SHAP + "KernelShap", _SHAP_REFERENCE,

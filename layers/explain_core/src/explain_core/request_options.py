@@ -66,7 +66,9 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
         specs = (list(dict.fromkeys(get_method(name, family) for name in defaults)) if defaults
                  else methods_of(family, card))
     if not specs:
-        raise UnknownMethodError(f"no {family} method can explain this model", family=family)
+        requested_none = raw_methods and raw_methods.lower() != "all"
+        raise UnknownMethodError("no methods requested" if requested_none else
+                                 f"no {family} method can explain this model", family=family)
     unsupported = [spec.name for spec in specs if not spec.supports(card)]
     if unsupported:
         raise UnsupportedModelError(

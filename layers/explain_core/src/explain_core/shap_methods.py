@@ -195,8 +195,9 @@ class DeepShap(ShapMethod):
 class PartitionShap(ShapMethod):
     """Owen values over a hierarchy of image regions, masked by blurring or inpainting.
 
-    Lundberg et al., shap's Partition explainer (Owen values; Owen, Values of Games with a Priori
-    Unions, 1977); masker ``shap.maskers.Image``. https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html
+    Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7 ;
+    shap's Partition explainer with ``shap.maskers.Image``,
+    https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html
     """
 
     def explain_class(self, inputs, cls):
@@ -223,7 +224,12 @@ class PartitionShap(ShapMethod):
 
 
 class SuperpixelKernelShap(ShapMethod):
-    """Kernel SHAP over SLIC super-pixels: a segment is present, or painted the image's mean colour.
+    """Kernel SHAP over SLIC super-pixels: a segment is present, or replaced by a blur of the image.
+
+    A hidden segment is filled from a heavily blurred copy of the image (``fill="blur"``, sigma a
+    tenth of the image side) or with its mean colour (``fill="mean"``, shap's VGG16 example). On
+    the demo model a flat fill reads as a shape, which spreads weight over background segments;
+    the blur keeps colours without creating edges (see tests/quality/test_shap_localisation.py).
 
     Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
     https://arxiv.org/abs/1705.07874 ; Achanta et al., SLIC Superpixels Compared to
@@ -234,24 +240,38 @@ class SuperpixelKernelShap(ShapMethod):
         super().__init__(*args, **kwargs)
         self.segment_counts: list[int] = []
 
+    def segment(self, pixels: np.ndarray) -> np.ndarray:
+        """SLIC super-pixel labels 0..n-1 of one image (0-255 pixels, (H, W, 3))."""
+        from skimage.segmentation import slic
+
+        return slic(pixels / 255.0, n_segments=self.params["nb_segments"], compactness=self.params["compactness"],
+                    start_label=0, channel_axis=-1)
+
+    def fill_image(self, pixels: np.ndarray) -> np.ndarray:
+        """What hidden segments show: a blurred copy of the image, or its mean colour everywhere."""
+        if self.params["fill"] == "mean":
+            return np.broadcast_to(pixels.reshape(-1, 3).mean(axis=0), pixels.shape)
+        import cv2
+
+        return cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), max(pixels.shape[:2]) / 10)
+
     def explain_class(self, inputs, cls):
         import shap
-        from skimage.segmentation import slic
 
         score = self.outputs.one_class(cls)
         values, bases = np.zeros(inputs.shape[:3]), np.zeros(len(inputs))
         for i, image in enumerate(inputs):
             pixels = np.clip(self.to_pixels(image), 0, 255)
-            segments = slic(pixels / 255.0, n_segments=self.params["nb_segments"],
-                            compactness=self.params["compactness"], start_label=0, channel_axis=-1)
+            segments = self.segment(pixels)
             count = int(segments.max()) + 1
             self.segment_counts.append(count)
-            fill = pixels.reshape(-1, 3).mean(axis=0)
+            fill = self.fill_image(pixels)
 
             def coalitions_to_score(z, pixels=pixels, segments=segments, fill=fill):
                 masked = np.repeat(pixels[None], len(z), axis=0)
                 for row, kept in enumerate(z):
-                    masked[row][np.isin(segments, np.flatnonzero(kept == 0))] = fill
+                    hidden = np.isin(segments, np.flatnonzero(kept == 0))
+                    masked[row][hidden] = fill[hidden]
                 return score(self.from_pixels(masked))
 
             explainer = shap.KernelExplainer(coalitions_to_score, np.zeros((1, count)))
