@@ -10,10 +10,12 @@ DEMO_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layers/requirements-nodeps.txt requirements-dev.txt layers/explain_core/pyproject.toml
+FUNCTION_REQUIREMENTS := $(wildcard functions/*/requirements.txt)
+
+$(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layers/requirements-nodeps.txt requirements-dev.txt layers/explain_core/pyproject.toml $(FUNCTION_REQUIREMENTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r layers/requirements-ml.txt -r layers/requirements-aws.txt
+	$(PY) -m pip install --quiet -r layers/requirements-ml.txt -r layers/requirements-aws.txt $(addprefix -r ,$(FUNCTION_REQUIREMENTS))
 	@# xplique declares tensorflow[and-cuda]: installed without its declared dependencies.
 	$(PY) -m pip install --quiet --no-deps -r layers/requirements-nodeps.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt

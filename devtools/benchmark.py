@@ -33,6 +33,9 @@ import gc
 import json
 import os
 import platform
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Callable
@@ -44,12 +47,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from devtools import demo_model, local_aws, local_lambda, shapes  # noqa: E402
+from devtools import demo_model, local_aws, local_lambda, shapes, tabular_demo  # noqa: E402
 from devtools.demo import encode_image, key_layout, outcome  # noqa: E402
-from explain_core.attribution import build_explainer, class_scores, run_method, to_model_input  # noqa: E402
+from explain_core.attribution import (  # noqa: E402
+    build_explainer,
+    class_scores,
+    preprocess,
+    raw_outputs,
+    run_method,
+    to_model_input,
+)
 from explain_core.errors import ExplainError  # noqa: E402
 from explain_core.model_card import ModelCard  # noqa: E402
-from explain_core.registry import FAMILIES, GRADIENT, METHODS, REGISTRY, MethodSpec  # noqa: E402
+from explain_core.registry import FAMILIES, GRADIENT, METHODS, PERTURBATION, REGISTRY, SHAP, MethodSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "benchmark"
@@ -68,7 +78,14 @@ QUICK_OVERRIDES: dict[str, dict] = {
     "KernelShap": {"nb_samples": 32},
     "SobolAttributionMethod": {"nb_design": 8, "grid_size": 4},
     "HsicAttributionMethod": {"nb_design": 32},
+    "GradientExplainer": {"nb_samples": 16},
+    "DeepExplainer": {"nb_background": 4},
+    "PartitionExplainer": {"max_evals": 100},
+    "SuperpixelKernelExplainer": {"nb_samples": 100},
+    "KernelExplainer": {"nb_samples": 100},
 }
+#: Files a model directory may hold, uploaded as they exist (MobileNetV2 has no SHAP background).
+MODEL_FILES = ("model.keras", "card.json", "background.npy")
 
 
 # ----------------------------------------------------------------------------- models
@@ -108,6 +125,23 @@ class Subject:
     def images(self, count: int, seed: int = IMAGE_SEED) -> np.ndarray:
         """``count`` generated source images (uint8, N x S x S x 3), deterministic."""
         return shapes.dataset(count, seed=seed, size=self.image_size)[0]
+
+    def background(self) -> np.ndarray | None:
+        """The SHAP background as the model store loads it (``background.npy`` pixels, preprocessed).
+
+        None when the model has none: the SHAP methods then use their default (flat grey images).
+        """
+        path = self.directory / "background.npy"
+        if not path.exists():
+            return None
+        return preprocess(np.load(path, allow_pickle=False).astype(np.float32), self.card)
+
+    def background_label(self) -> str:
+        """How the SHAP background of this model is described in the tables."""
+        path = self.directory / "background.npy"
+        if not path.exists():
+            return "default (5 flat grey images)"
+        return f"background.npy ({len(np.load(path, mmap_mode='r'))} images)"
 
 
 def demo_subject() -> Subject:
@@ -232,9 +266,15 @@ class Harness:
         self.log.close()
 
     def publish(self, subject: Subject) -> None:
-        """Upload the model and its card to the model bucket (models/<name>/<version>/), as a user would."""
-        demo_model.publish(self.s3, self.deployment.bucket("ModelBucket"), subject.directory,
-                           subject.name, subject.version)
+        """Upload the model, its card and its SHAP background if it has one (models/<name>/<version>/)."""
+        for filename in MODEL_FILES:
+            if (subject.directory / filename).exists():
+                self.s3.upload_file(str(subject.directory / filename), self.deployment.bucket("ModelBucket"),
+                                    self.keys.model_key(subject.name, subject.version, filename))
+
+    def publish_tabular(self, name: str, directory: Path) -> None:
+        """Upload a tabular demo model, its card and its background, as a user would."""
+        tabular_demo.publish(self.s3, self.deployment.bucket("ModelBucket"), directory, name)
 
     def handler(self, family: str) -> TimedHandler:
         """The family's real handler, imported once under its template environment."""
@@ -271,12 +311,18 @@ class Harness:
 
     def upload(self, family: str, subject: Subject, label: str, images: np.ndarray, metadata: dict) -> list[str]:
         """PUT the images as PNG under the family's input prefix; returns their keys."""
-        prefix = f"{self.keys.family_prefix(family)}{subject.name}/{subject.version}/bench-{self.run_id}/{label}"
+        files = [(f"{index:03d}.png", encode_image(pixels), "image/png") for index, pixels in enumerate(images)]
+        return self.upload_files(family, subject.name, subject.version, label, files, metadata)
+
+    def upload_files(self, family: str, model: str, version: str, label: str, files: list[tuple[str, bytes, str]],
+                     metadata: dict) -> list[str]:
+        """PUT (file name, body, content type) under incoming/<family>/<model>/<version>/; returns the keys."""
+        prefix = f"{self.keys.family_prefix(family)}{model}/{version}/bench-{self.run_id}/{label}"
         keys = []
-        for index, pixels in enumerate(images):
-            key = f"{prefix}/{index:03d}.png"
-            self.s3.put_object(Bucket=self.keys.settings.input_bucket, Key=key, Body=encode_image(pixels),
-                               ContentType="image/png", Metadata=metadata)
+        for filename, body, content_type in files:
+            key = f"{prefix}/{filename}"
+            self.s3.put_object(Bucket=self.keys.settings.input_bucket, Key=key, Body=body,
+                               ContentType=content_type, Metadata=metadata)
             keys.append(key)
         return keys
 
@@ -379,12 +425,13 @@ def measure_forward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repea
 
 
 def measure_raw(spec: MethodSpec, subject: Subject, params: dict, inputs, targets, batch_size: int,
-                repeats: int = 1) -> float:
+                repeats: int = 1, background: np.ndarray | None = None) -> float:
     """Seconds of a warm ``explainer.explain()`` on the batch, best of ``repeats``.
 
-    The explainer is built as the pipeline builds it and run once first, so tracing is excluded.
+    The explainer is built as the pipeline builds it (SHAP methods: with the model's background,
+    as ``LoadedModel.background``) and run once first, so tracing and numba compilation are excluded.
     """
-    explainer = build_explainer(spec, subject.model(), subject.card, params, batch_size)
+    explainer = build_explainer(spec, subject.model(), subject.card, params, batch_size, background)
     run_method(explainer, inputs, targets)  # warm-up: traces the TF functions for this batch shape
     seconds = min(run_method(explainer, inputs, targets).seconds for _ in range(repeats))
     del explainer
@@ -424,9 +471,11 @@ def ratio(numerator, denominator):
 
 
 def benchmark_methods(harness: Harness, subject: Subject, specs: list[MethodSpec], args) -> tuple[dict, list[dict]]:
-    """One row per method for this model; also returns the forward-pass measurement."""
+    """One row per method this model supports; also returns the forward-pass measurement."""
     harness.publish(subject)
     card, model = subject.card, subject.model()
+    specs = [spec for spec in specs if spec.supports(card)]  # the tabular-only SHAP methods are left out
+    background = subject.background()
     images = subject.images(args.images)
     inputs = model_inputs(subject, images)
     # The handler explains the predicted class (the cards' target policy), so the raw call does too.
@@ -445,11 +494,14 @@ def benchmark_methods(harness: Harness, subject: Subject, specs: list[MethodSpec
         passes = spec.passes(params, subject.input_size)
         row = {"method": spec.name, "family": spec.family, "model": subject.key, "images": len(images),
                "profile": profile, "params": params, "overrides": overrides, "passes": passes,
-               "forward_s_per_image": forward["s_per_image"], "floor_s": passes * forward["s_per_image"]}
+               "backward": spec.backward, "forward_s_per_image": forward["s_per_image"],
+               "floor_s": passes * forward["s_per_image"],
+               "background": subject.background_label() if spec.family == SHAP else None}
         started = time.perf_counter()
         try:
             batch_size = harness.pipeline_batch_size(spec.family)
-            raw_s = measure_raw(spec, subject, params, inputs, targets, batch_size, args.repeats)
+            raw_s = measure_raw(spec, subject, params, inputs, targets, batch_size, args.repeats,
+                                background if spec.family == SHAP else None)
             row["raw_s"] = raw_s / len(images)
         except Exception as exc:  # report and go on: one method failing must not end the benchmark
             row["raw_s"], row["error"] = None, f"raw call: {type(exc).__name__}: {exc}"[:300]
@@ -571,7 +623,9 @@ METHOD_COLUMNS = [
     Column("predict-in-handler s", lambda r: ratio(r["handler_timings"].get("predict_s"), r["images"]), "{:.4f}"),
     Column("handler/raw", lambda r: r["handler_over_raw"], "{:.2f}"),
     Column("raw/floor", lambda r: r["raw_over_floor"], "{:.1f}"),
-    Column("params used", lambda r: format_params(r["params"]) + (f"  FAILED {r['error']}" if r["error"] else "")),
+    Column("params used", lambda r: format_params(r["params"]) + (f" bg={r['background']}" if r.get("background")
+                                                                  else "")
+           + (f"  FAILED {r['error']}" if r["error"] else "")),
 ]
 
 BURST_COLUMNS = [
@@ -600,6 +654,9 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
         "All times are seconds per image: the batch of N images is processed at once, its time divided by N.",
         "raw s: Xplique explainer.explain() on the preprocessed batch (+ conversion to numpy), explainer built as",
         "  the pipeline builds it (same batch size), already built and warmed once on this batch: tracing excluded.",
+        "  shap family: the explain_core.shap_methods explainer that build_explainer gives the pipeline, with the",
+        "  model's background (bg=); its first call in a process also compiles shap's numba code (excluded here,",
+        "  see partition-profile). The shap library's own calls are compared in shap-vs-xplique and tabular.",
         "handler s: the real handler on one SQS event with N records (uploads with metadata methods=<method>, params=",
         "  <overrides>), warm (second upload after a warm-up invocation); includes S3 I/O on the in-process moto",
         "  emulator: model HEADs, image GET, decode, predict, explain, overlay PNGs and .npy, PUTs, manifest.",
@@ -610,8 +667,9 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
         "  and timings.predict_s, / N); the JSON has the rest of the manifest's timings (model_s, download_s, ...).",
         f"floor s: passes per image (MethodSpec.passes) x forward time per image (batch of {FORWARD_BATCH}, best of",
         f"  graph call and model.predict) -- {measured}.",
-        "  For gradient methods a pass is a forward AND a backward pass, yet the floor counts forward time only,",
-        "  so raw/floor of about 2-3 is expected there; FEM needs only a forward pass.",
+        "  For gradient methods, GradientExplainer and DeepExplainer a pass is a forward AND a backward pass, yet",
+        "  the floor counts forward time only, so raw/floor of about 2-3 is expected there; FEM needs only a",
+        "  forward pass. DeepExplainer's passes are its background references, run as one doubled batch.",
         f"Best of {repeats} timed run(s) per raw and handler cell; on a shared machine differences under ~20%"
         " are noise.",
     ]
@@ -718,7 +776,7 @@ def check_parameters(subjects: dict[str, Subject], args) -> None:
     plan = [(subjects[key], args.methods) for key in args.models if "methods" in args.sections]
     plan += [(subjects["demo"], args.burst_methods)] if "burst" in args.sections else []
     for subject, specs in plan:
-        for spec in specs:
+        for spec in (spec for spec in specs if spec.supports(subject.card)):
             try:
                 spec.resolve(profile_overrides(spec, profile_of(subject, args), subject.input_size, args.params),
                              subject.input_size)

@@ -6,7 +6,8 @@ real SQS events, prints a summary table, copies the results to ./local-results/,
 watching the bucket for your own uploads until Ctrl-C (``--once`` stops after the samples).
 
 ``python -m devtools.demo upload IMAGE --family gradient`` uploads an image of yours to a
-running demo.
+running demo; ``python -m devtools.demo upload rows.csv --family shap --model breast-cancer-xgb``
+uploads a table to a tabular model.
 """
 
 import argparse
@@ -20,13 +21,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from devtools import demo_model, local_aws
+from devtools import demo_model, local_aws, tabular_demo
 from devtools.local_lambda import SqsEventSource
 from explain_core.errors import InvalidKeyError
 from explain_core.keys import KeyLayout
+from explain_core.registry import FAMILIES
 from explain_core.settings import Settings
 
-FAMILIES = ("gradient", "perturbation")
+#: Held-out rows per tabular sample upload.
+TABULAR_SAMPLE_ROWS = 8
 DEFAULT_PORT = int(os.environ.get("LOCAL_AWS_PORT", "5055"))
 OUTPUT_DIR = Path(os.environ.get("DEMO_OUTPUT_DIR", "local-results"))
 
@@ -43,19 +46,27 @@ def encode_image(pixels, image_format: str = "PNG", **options) -> bytes:
 
 
 def upload_samples(deployment) -> list[str]:
-    """One held-out image per class and family, as PNG and JPEG."""
+    """Held-out images for every family (PNG and JPEG), and held-out patient rows for the tabular models."""
     s3 = deployment.client("s3")
+    bucket = deployment.bucket("InputBucket")
     images, labels, _ = demo_model.sample_images(6)
-    keys = []
+    uploads = []
     for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
-        family = FAMILIES[i % 2]
         image_format = "PNG" if i < 3 else "JPEG"
         name = f"{demo_model.shapes.CLASSES[label]}-{i}.{'png' if image_format == 'PNG' else 'jpg'}"
-        key = f"incoming/{family}/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}"
-        s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=encode_image(pixels, image_format))
-        keys.append(key)
-        log(f"uploaded s3://{deployment.bucket('InputBucket')}/{key}")
-    return keys
+        body = encode_image(pixels, image_format)
+        uploads.append((f"incoming/{FAMILIES[i % 2]}/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}", body))
+        if i < 3:  # one image per shape for the shap family (every image method runs on each)
+            uploads.append((f"incoming/shap/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}", body))
+    rows, _ = tabular_demo.sample_rows(TABULAR_SAMPLE_ROWS)
+    uploads.append((f"incoming/shap/{tabular_demo.XGB}/{tabular_demo.VERSION}/samples/patients.csv",
+                    tabular_demo.sample_csv(rows)))
+    uploads.append((f"incoming/shap/{tabular_demo.MLP}/{tabular_demo.VERSION}/samples/patients.jsonl",
+                    tabular_demo.sample_jsonl(rows)))
+    for key, body in uploads:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        log(f"uploaded s3://{bucket}/{key}")
+    return [key for key, _ in uploads]
 
 
 def outcome(s3, keys: KeyLayout, key: str) -> dict | None:
@@ -99,8 +110,17 @@ def process(sources: dict, s3, keys: KeyLayout, pending: set[str], timeout: floa
     return done
 
 
+def predicted(found: dict) -> str:
+    """The manifest's prediction in a few words: the top class of an image, the class counts of a table."""
+    if found["model"].get("modality") == "tabular":
+        counts = found["predictions"]["rows_per_class"]
+        return f"{found['input']['rows']} rows: " + ", ".join(f"{n} {name}" for name, n in counts.items())
+    top = found["predictions"][0]
+    return f"{top['class_name']} ({top['score']:.2f})"
+
+
 def summary_table(outcomes: dict) -> str:
-    rows = [("image", "family", "model", "class (score)", "methods", "outputs", "~s/image")]
+    rows = [("input", "family", "model", "prediction", "methods", "outputs", "~s/input")]
     for key, found in outcomes.items():
         name = key.split("/", 4)[-1]
         family = key.split("/")[1]
@@ -108,14 +128,13 @@ def summary_table(outcomes: dict) -> str:
             error = found["error"]
             rows.append((name, family, "-", f"ERROR {error['code']}", error["message"][:40], "-", "-"))
             continue
-        top = found["predictions"][0]
         timings = found["timings"]
         seconds = sum(v for k, v in timings.items() if k.endswith("_s")) + sum(
             m.get("seconds", 0) for m in found["methods"]) / max(1, timings.get("batch_images", 1))
         rows.append((
             name, family, f"{found['model']['name']}/{found['model']['version']}",
-            f"{top['class_name']} ({top['score']:.2f})",
-            ",".join(m["name"] for m in found["methods"]),
+            predicted(found),
+            ",".join(m["name"] + ("(failed)" if m["status"] == "failed" else "") for m in found["methods"]),
             str(len(found["output_keys"])) + f" in {found['results_prefix']}",
             f"{seconds:.1f}",
         ))
@@ -152,6 +171,10 @@ def run(args) -> int:
     s3 = deployment.client("s3")
     demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
     log(f"published models/{demo_model.NAME}/{demo_model.VERSION}/ (held-out accuracy {training['test_accuracy']:.1%})")
+    for name, directory in tabular_demo.ensure_tabular_models().items():
+        tabular_demo.publish(s3, deployment.bucket("ModelBucket"), directory, name)
+        accuracy = json.loads((directory / "training.json").read_text())["test_accuracy"]
+        log(f"published models/{name}/{tabular_demo.VERSION}/ (held-out accuracy {accuracy:.1%})")
 
     log("loading the functions (TensorFlow and Xplique import: a few seconds)")
     sources = {family: SqsEventSource(deployment, deployment.function_for_family(family)) for family in FAMILIES}
@@ -176,6 +199,7 @@ def run(args) -> int:
     print(f"""
 The emulator keeps running at {endpoint}. Explain your own image from another terminal:
   python -m devtools.demo upload my-image.jpg --family gradient
+  python -m devtools.demo upload my-rows.csv --family shap --model {tabular_demo.XGB}
 or with any S3 client, e.g. the AWS CLI (any credentials work locally):
   aws --endpoint-url {endpoint} s3 cp my-image.jpg s3://{input_bucket}/incoming/gradient/shapes/v1/my-image.jpg
 Results appear under s3://{results_bucket}/results/ and in {args.output}/. Ctrl-C stops.

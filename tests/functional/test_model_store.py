@@ -90,3 +90,105 @@ def test_lambda_layers_are_refused_by_safe_mode(store, s3, deployment, demo_mode
     put_model(s3, deployment, "shapes", "unsafe", path, card)
     with pytest.raises(InvalidModelError, match="could not be loaded safely"):
         store.get("shapes", "unsafe")
+
+
+# --------------------------------------------------------------------------- XGBoost and backgrounds
+
+
+def put_file(s3, deployment, key: str, body: bytes) -> None:
+    s3.put_object(Bucket=deployment.bucket("ModelBucket"), Key=key, Body=body)
+
+
+def npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=array.dtype == object)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def xgb_files(tabular_models):
+    directory = tabular_models["breast-cancer-xgb"]
+    return json.loads((directory / "card.json").read_text()), (directory / "model.json").read_bytes()
+
+
+def test_xgboost_json_and_ubj_models_load_with_their_background(store, s3, deployment, xgb_files, tmp_path):
+    import numpy as np
+    import xgboost
+
+    card, model_json = xgb_files
+    booster = xgboost.Booster()
+    booster.load_model(bytearray(model_json))
+    booster.save_model(str(tmp_path / "model.ubj"))
+    background = np.random.default_rng(0).normal(size=(5, len(card["feature_names"])))
+    for version, filename, body in (("json", "model.json", model_json),
+                                    ("ubj", "model.ubj", (tmp_path / "model.ubj").read_bytes())):
+        put_file(s3, deployment, f"models/xgb/{version}/{filename}", body)
+        put_file(s3, deployment, f"models/xgb/{version}/card.json",
+                 json.dumps({**card, "name": "xgb", "version": version, "model_file": filename}).encode())
+        put_file(s3, deployment, f"models/xgb/{version}/background.npy", npy(background))
+        loaded = store.get("xgb", version)
+        assert isinstance(loaded.model, xgboost.Booster) and loaded.card.framework == "xgboost"
+        assert loaded.model.num_features() == 30
+        np.testing.assert_array_equal(loaded.background, background)
+        assert store.get("xgb", version).source == "memory"
+
+    # A new background takes effect on the next request (the model is reloaded with it).
+    put_file(s3, deployment, "models/xgb/json/background.npy", npy(background[:2]))
+    assert len(store.get("xgb", "json").background) == 2
+
+
+@pytest.mark.parametrize(("array", "problem"), [
+    ("object", "not a numeric .npy array"),
+    ("wrong-width", "expected (n, 30)"),
+    ("nan", "non-finite values"),
+    ("not-npy", "not a numeric .npy array"),
+])
+def test_bad_backgrounds_are_refused(array, problem, store, s3, deployment, xgb_files):
+    import numpy as np
+
+    card, model_json = xgb_files
+    version = f"bg-{array}"
+    body = {
+        "object": npy(np.array([{"x": 1}], dtype=object)),
+        "wrong-width": npy(np.zeros((4, 29))),
+        "nan": npy(np.full((4, 30), np.nan)),
+        "not-npy": b"\x80\x04 a pickle, not an array",
+    }[array]
+    put_file(s3, deployment, f"models/xgb/{version}/model.json", model_json)
+    put_file(s3, deployment, f"models/xgb/{version}/card.json",
+             json.dumps({**card, "name": "xgb", "version": version}).encode())
+    put_file(s3, deployment, f"models/xgb/{version}/background.npy", body)
+    with pytest.raises(InvalidModelError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        store.get("xgb", version)
+
+
+def test_a_corrupt_xgboost_file_or_a_feature_mismatch_is_refused(store, s3, deployment, xgb_files):
+    card, model_json = xgb_files
+    put_file(s3, deployment, "models/xgb/corrupt/model.json", b'{"learner": "not a model"')
+    put_file(s3, deployment, "models/xgb/corrupt/card.json",
+             json.dumps({**card, "name": "xgb", "version": "corrupt"}).encode())
+    with pytest.raises(InvalidModelError, match="not a valid XGBoost model"):
+        store.get("xgb", "corrupt")
+    put_file(s3, deployment, "models/xgb/narrow/model.json", model_json)
+    put_file(s3, deployment, "models/xgb/narrow/card.json", json.dumps(
+        {**card, "name": "xgb", "version": "narrow", "feature_names": card["feature_names"][:5]}).encode())
+    with pytest.raises(InvalidModelError, match="30 features but the card names 5"):
+        store.get("xgb", "narrow")
+
+
+def test_image_background_is_preprocessed_like_the_inputs(store, s3, deployment, demo_model_dir):
+    import numpy as np
+
+    card = json.loads((demo_model_dir / "card.json").read_text())
+    card["version"] = "bg-image"
+    put_model(s3, deployment, "shapes", "bg-image", demo_model_dir / "model.keras", card)
+    pixels = np.full((2, 64, 64, 3), 255, dtype=np.uint8)
+    put_file(s3, deployment, "models/shapes/bg-image/background.npy", npy(pixels))
+    loaded = store.get("shapes", "bg-image")
+    # The demo card maps pixels p to (p / 255 - 0.5) / 0.5: white is 1.0.
+    np.testing.assert_allclose(loaded.background, 1.0, atol=1e-6)
+    assert loaded.background.shape == (2, 64, 64, 3)

@@ -415,9 +415,17 @@ def _layer_with_op(model, op_type: str) -> str | None:
 
 @contextlib.contextmanager
 def _quiet():
-    """shap prints progress bars and Keras warns about input names on every call: keep logs clean."""
+    """Keep the function's logs clean: shap prints progress bars, Keras warns about input names on
+    every call and TensorFlow about retracing (each class's explainer traces its own graph)."""
+    import logging
     import warnings
 
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tf_logger.setLevel(level)
