@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import io
 import json
 import os
 import platform
@@ -66,6 +67,7 @@ CACHE = REPO / ".cache" / "benchmark"
 DEFAULT_OUTPUT = REPO / "benchmark-results" / "benchmark.json"
 IMAGE_SEED, BURST_SEED = 4242, 4343
 FORWARD_BATCH = 32
+SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile")
 
 #: Smaller parameters for ``--quick``; Occlusion's patch is derived from the input size instead.
 QUICK_OVERRIDES: dict[str, dict] = {
@@ -579,6 +581,654 @@ def benchmark_burst(harness: Harness, subject: Subject, specs: list[MethodSpec],
     return rows
 
 
+# ----------------------------------------------------------------------------- SHAP vs Xplique
+
+
+class CountingForward:
+    """A model function that records what it is asked: rows per call and seconds spent.
+
+    With ``batch``, larger inputs are cut into slices of ``batch`` rows, each counted as a call.
+    """
+
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], batch: int | None = None):
+        self.forward = forward
+        self.batch = batch
+        self.sizes: list[int] = []
+        self.seconds = 0.0
+
+    def __call__(self, x):
+        if self.batch and len(x) > self.batch:
+            return np.concatenate([self(x[start:start + self.batch]) for start in range(0, len(x), self.batch)])
+        started = time.perf_counter()
+        outputs = np.asarray(self.forward(x))
+        self.seconds += time.perf_counter() - started
+        self.sizes.append(len(x))
+        return outputs
+
+    def reset(self) -> None:
+        self.sizes, self.seconds = [], 0.0
+
+
+def traced_forward(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The fast way: one traced ``tf.function`` (as KerasOutputs does); slice with ``CountingForward(batch=)``."""
+    import tensorflow as tf
+
+    graph = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    return lambda x: graph(np.asarray(x, dtype=np.float32))
+
+
+def predict_forward(model) -> Callable[[np.ndarray], np.ndarray]:
+    """The naive way: ``model.predict`` (a tf.data pipeline per call; verbose=0 only keeps the tables readable)."""
+    return lambda x: model.predict(np.asarray(x, dtype=np.float32), verbose=0)
+
+
+def to_pixels(inputs: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Model-space images back to 0-255 pixels (as the SHAP maskers need)."""
+    prep = card.preprocessing
+    pixels = (inputs * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / np.float32(prep.scale)
+    return np.clip(pixels, 0, 255)
+
+
+def slic_segments(pixels: np.ndarray, nb_segments: int, compactness: float) -> np.ndarray:
+    """SLIC super-pixels with the parameters SuperpixelKernelExplainer uses."""
+    from skimage.segmentation import slic
+
+    return slic(pixels / 255.0, n_segments=nb_segments, compactness=compactness, start_label=0, channel_axis=-1)
+
+
+def raw_kernel_docs(model, card: ModelCard, inputs, classes, nsamples: int, nb_segments: int = 50,
+                    compactness: float = 10.0) -> CountingForward:
+    """shap.KernelExplainer over SLIC segments as shap's image Kernel SHAP example writes it.
+
+    A per-segment masking loop, ``f = model.predict`` of every class, shap's default ``l1_reg``
+    (``num_features(10)``: a LARS selection per output).
+    """
+    import shap
+
+    forward = CountingForward(predict_forward(model))
+    for pixels, _ in zip(to_pixels(inputs, card), classes, strict=True):
+        segments = slic_segments(pixels, nb_segments, compactness)
+
+        def f(z, pixels=pixels, segments=segments):
+            background = pixels.mean((0, 1))
+            out = np.zeros((z.shape[0], *pixels.shape))
+            for i in range(z.shape[0]):
+                out[i] = pixels
+                for j in range(z.shape[1]):
+                    if z[i, j] == 0:
+                        out[i][segments == j, :] = background
+            return forward(preprocess(out, card))
+
+        count = int(segments.max()) + 1
+        explainer = shap.KernelExplainer(f, np.zeros((1, count)))
+        np.random.seed(0)
+        with quiet():
+            explainer.shap_values(np.ones((1, count)), nsamples=nsamples, silent=True)
+    return forward
+
+
+def raw_kernel_fast(model, card: ModelCard, inputs, classes, nsamples: int, batch: int, nb_segments: int = 50,
+                    compactness: float = 10.0) -> CountingForward:
+    """shap.KernelExplainer over SLIC segments written for speed: vectorised masks, traced forward, one class."""
+    import shap
+
+    forward = CountingForward(traced_forward(model), batch)
+    for pixels, cls in zip(to_pixels(inputs, card), classes, strict=True):
+        segments = slic_segments(pixels, nb_segments, compactness)
+        fill = pixels.reshape(-1, 3).mean(axis=0)
+
+        def f(z, pixels=pixels, segments=segments, fill=fill, cls=cls):
+            masked = np.repeat(pixels[None], len(z), axis=0)
+            for row, kept in enumerate(z):
+                masked[row][np.isin(segments, np.flatnonzero(kept == 0))] = fill
+            return forward(preprocess(masked, card))[:, cls]
+
+        count = int(segments.max()) + 1
+        explainer = shap.KernelExplainer(f, np.zeros((1, count)))
+        np.random.seed(0)
+        with quiet():
+            explainer.shap_values(np.ones((1, count)), nsamples=nsamples, l1_reg=False, silent=True)
+    return forward
+
+
+def raw_partition(forward: CountingForward, inputs, max_evals: int, batch_size, blur: int = 16) -> CountingForward:
+    """shap's Partition explainer with a blur Image masker, explaining each image's top class.
+
+    The masker blurs the model-space images directly (blurring commutes with the card's per-channel
+    affine preprocessing, so this equals blurring pixels).
+    """
+    import shap
+
+    masker = shap.maskers.Image(f"blur({blur},{blur})", inputs.shape[1:])
+    explainer = shap.Explainer(forward, masker, algorithm="partition", seed=0)
+    with quiet():
+        explainer(inputs, max_evals=max_evals, batch_size=batch_size, outputs=shap.Explanation.argsort.flip[:1],
+                  silent=True)
+    return forward
+
+
+@contextlib.contextmanager
+def quiet():
+    """shap's progress bars and Keras' input-name warnings out of the tables."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def best_of(repeats: int, run: Callable[[], object], min_total: float = 1.0, max_runs: int = 5) -> tuple[float, object]:
+    """(best seconds, last result) of at least ``repeats`` timed calls of ``run``.
+
+    Quick calls are repeated until ``min_total`` seconds were timed (at most ``max_runs`` calls):
+    on a shared machine one short timing is mostly noise.
+    """
+    best, result, total, runs = None, None, 0.0, 0
+    while runs < repeats or (total < min_total and runs < max(repeats, max_runs)):
+        started = time.perf_counter()
+        result = run()
+        elapsed = time.perf_counter() - started
+        best = elapsed if best is None else min(best, elapsed)
+        total, runs = total + elapsed, runs + 1
+    return best, result
+
+
+def predicted_targets(model, inputs, card: ModelCard, batch_size: int) -> np.ndarray:
+    """One-hot targets of the predicted classes (the cards' target policy)."""
+    predicted = class_scores(model, inputs, card, batch_size).argmax(axis=1)
+    targets = np.zeros((len(predicted), len(card.class_names)), np.float32)
+    targets[np.arange(len(predicted)), predicted] = 1.0
+    return targets
+
+
+@dataclasses.dataclass
+class ShapCase:
+    """What every shap-vs-xplique variant is given: the model, the batch, its targets, the batch sizes."""
+
+    subject: Subject
+    inputs: np.ndarray
+    targets: np.ndarray
+    batch: int  # the shap pipeline's batch size
+    perturbation_batch: int  # the perturbation pipeline's batch size (Xplique's KernelShap)
+    background: np.ndarray | None
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.targets.argmax(axis=1)
+
+    def ours(self, name: str, overrides: dict) -> Callable[[], CountingForward | None]:
+        """A warm-able run of a registry method built as the pipeline builds it (model rows counted for SHAP)."""
+        spec = REGISTRY[name]
+        shap_family = spec.family == SHAP
+        explainer = build_explainer(spec, self.subject.model(), self.subject.card,
+                                    spec.resolve(overrides, self.subject.input_size),
+                                    self.batch if shap_family else self.perturbation_batch,
+                                    self.background if shap_family else None)
+        counter = None
+        if shap_family:
+            counter = CountingForward(explainer.outputs._forward)
+            explainer.outputs._forward = counter
+
+        def run():
+            if counter:
+                counter.reset()
+            run_method(explainer, self.inputs, self.targets)
+            return counter
+
+        return run
+
+    def partition(self, forward: CountingForward, evaluations: int, batch_size) -> Callable[[], CountingForward]:
+        def run():
+            forward.reset()
+            return raw_partition(forward, self.inputs, evaluations, batch_size)
+
+        return run
+
+    def variants(self, evaluations: int) -> list[tuple[str, str, Callable, str | None]]:
+        """(label, library, run, label of the reference row) for N = ``evaluations``."""
+        model, card = self.subject.model(), self.subject.card
+        n = evaluations
+        return [
+            ("KernelShap (grid 8x8)", "xplique", self.ours("KernelShap", {"nb_samples": n, "grid_size": 8}),
+             "shap Kernel, fast"),
+            ("SuperpixelKernelExplainer", "ours", self.ours("SuperpixelKernelExplainer", {"nb_samples": n}),
+             "shap Kernel, fast"),
+            ("shap Kernel, docs way", "shap",
+             lambda: raw_kernel_docs(model, card, self.inputs, self.classes, n), "shap Kernel, fast"),
+            ("shap Kernel, fast", "shap",
+             lambda: raw_kernel_fast(model, card, self.inputs, self.classes, n, self.batch), None),
+            ("PartitionExplainer", "ours", self.ours("PartitionExplainer", {"max_evals": n}), "shap Partition, fast"),
+            ("shap Partition, naive", "shap", self.partition(CountingForward(predict_forward(model)), n, "auto"),
+             "shap Partition, fast"),
+            ("shap Partition, fast", "shap",
+             self.partition(CountingForward(traced_forward(model), self.batch), n, self.batch), None),
+        ]
+
+
+def measure_variant(run: Callable[[], CountingForward | None], images: int, repeats: int) -> dict:
+    """Seconds per image of a warm run (best of ``repeats``), with the model rows it asked for when counted."""
+    run()  # warm-up: tracing, numba compilation
+    seconds, counter = best_of(repeats, run)
+    measured = {"s_per_image": seconds / images}
+    if counter is not None:
+        measured["model_rows_per_image"] = sum(counter.sizes) / images
+        measured["model_calls_per_image"] = len(counter.sizes) / images
+        measured["forward_s_per_image_measured"] = counter.seconds / images
+    return measured
+
+
+def benchmark_shap_vs_xplique(harness: Harness, subject: Subject, args) -> list[dict]:
+    """Xplique's KernelShap, our SHAP image explainers and the raw shap calls, at the same evaluation counts."""
+    inputs = model_inputs(subject, subject.images(args.images))
+    batch = harness.pipeline_batch_size(SHAP)
+    case = ShapCase(subject, inputs, predicted_targets(subject.model(), inputs, subject.card, batch), batch,
+                    harness.pipeline_batch_size(PERTURBATION), subject.background())
+    forward = measure_forward(subject.model(), inputs)
+    rows = []
+    for evaluations in args.shap_evals:
+        measured = {}
+        for label, library, run, reference in case.variants(evaluations):
+            started = time.perf_counter()
+            row = {"evaluations": evaluations, "method": label, "library": library, "images": len(inputs),
+                   "reference": reference or "-", "forward_s_per_image": forward["s_per_image"],
+                   "floor_s": evaluations * forward["s_per_image"], "s_per_image": None, "error": None}
+            try:
+                row.update(measure_variant(run, len(inputs), args.repeats))
+            except Exception as exc:  # report and go on
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            measured[label] = row
+            rows.append(row)
+            print(f"[shap-vs-xplique] N={evaluations} {label}: {time.perf_counter() - started:.1f} s", flush=True)
+        for row in measured.values():
+            row["vs_reference"] = ratio(row["s_per_image"], measured.get(row["reference"], row)["s_per_image"])
+            row["over_floor"] = ratio(row["s_per_image"], row["floor_s"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- tabular
+
+
+#: The tabular demo models and the methods benchmarked on each.
+TABULAR_METHODS = {
+    tabular_demo.XGB: ("TreeExplainer",),
+    tabular_demo.MLP: ("KernelExplainer", "DeepExplainer", "GradientExplainer"),
+}
+
+
+def load_tabular(name: str, directory: Path):
+    """(card, model, background) of a tabular demo model, loaded as the model store loads them."""
+    card = ModelCard.model_validate_json((directory / "card.json").read_text())
+    if card.framework == "xgboost":
+        import xgboost
+
+        model = xgboost.Booster()
+        model.load_model(str(directory / card.model_file))
+    else:
+        import keras
+
+        model = keras.saving.load_model(directory / card.model_file, compile=False, safe_mode=True)
+    background = np.load(directory / "background.npy", allow_pickle=False).astype(np.float64)
+    return card, model, background
+
+
+def raw_tabular(spec: MethodSpec, model, background: np.ndarray, rows: np.ndarray, params: dict):
+    """The shap call a user would write for this method, on the whole model (every output)."""
+    import shap
+
+    if spec.name == "TreeExplainer":
+        return shap.TreeExplainer(model).shap_values(rows)
+    if spec.name == "KernelExplainer":
+        explainer = shap.KernelExplainer(predict_forward(model), background)
+        np.random.seed(0)
+        return explainer.shap_values(rows, nsamples=params["nb_samples"], l1_reg=False, silent=True)
+    if spec.name == "DeepExplainer":
+        return shap.DeepExplainer(model, background[: params["nb_background"]].astype(np.float32)).shap_values(
+            rows.astype(np.float32))
+    if spec.name == "GradientExplainer":
+        return shap.GradientExplainer(model, background.astype(np.float32)).shap_values(
+            rows.astype(np.float32), nsamples=params["nb_samples"], rseed=0)
+    raise ValueError(f"no raw shap call for {spec.name}")
+
+
+def tabular_explanation(spec: MethodSpec, card: ModelCard, model, rows, values, base_values, cls: int, batch: int):
+    """The TabularExplanation the pipeline builds for one explained class."""
+    from explain_core.attribution import probabilities
+    from explain_core.shap_methods import output_kind
+    from explain_core.tabular_report import TabularExplanation
+
+    outputs = raw_outputs(model, rows, card, batch)
+    predicted = np.argmax(probabilities(outputs, card), axis=1)
+    return TabularExplanation(
+        method=spec.name, class_index=cls, class_name=card.class_name(cls), output_kind=output_kind(card),
+        feature_names=list(card.feature_names), data=rows, values=np.asarray(values, dtype=np.float64),
+        base_values=base_values, model_output=outputs[:, cls], line_numbers=list(range(2, len(rows) + 2)),
+        predicted=[card.class_name(int(p)) for p in predicted],
+    )
+
+
+def measure_tabular_handler(harness: Harness, name: str, spec: MethodSpec, overrides: dict, rows: np.ndarray,
+                            repeats: int) -> dict:
+    """Warm handler time for one CSV upload of ``rows`` asking for ``spec`` (first upload warms it)."""
+    source = harness.source(SHAP)
+    metadata = upload_metadata(spec, overrides)
+    runs = []
+    for phase in ["warm"] + [f"timed{i}" for i in range(repeats)]:
+        files = [(f"rows-{len(rows)}.csv", tabular_demo.sample_csv(rows), "text/csv")]
+        keys = harness.upload_files(SHAP, name, tabular_demo.VERSION, f"{phase}-{spec.name}-{len(rows)}", files,
+                                    metadata)
+        source.invoke(harness.receive(SHAP, keys))
+        found = harness.outcome(keys[0])
+        runs.append((source.handler.durations[-1], found))
+    seconds, found = min(runs[1:], key=lambda run: run[0])
+    problem = failure(found)
+    method = (found.get("methods") or [{}])[0]
+    outputs = method.get("outputs") or [{}]
+    return {"handler_s": seconds, "error": problem, "explain_s": method.get("seconds"),
+            "additivity": outputs[0].get("additivity_max_error"), "timings": found.get("timings", {})}
+
+
+def measure_tabular_in_process(spec: MethodSpec, card: ModelCard, model, background, rows, params: dict,
+                               batch: int, repeats: int) -> dict:
+    """Raw shap call, our explainer and the report (plots), each warm, best of ``repeats``."""
+    from explain_core.tabular_report import report_files
+    from explain_core.tabular_report import summary as tabular_summary
+
+    cls = card.default_explained_classes()[0]
+    targets = np.zeros((len(rows), len(card.class_names)), np.float32)
+    targets[:, cls] = 1.0
+    raw_tabular(spec, model, background, rows, params)  # warm-up (tracing)
+    raw_s, _ = best_of(repeats, lambda: raw_tabular(spec, model, background, rows, params))
+    explainer = build_explainer(spec, model, card, params, batch, background)
+    explainer.explain(rows, targets)  # warm-up
+    ours_s, values = best_of(repeats, lambda: explainer.explain(rows, targets))
+    explanation = tabular_explanation(spec, card, model, rows, values, explainer.base_values, cls, batch)
+    report_s, files = best_of(repeats, lambda: report_files(explanation))
+    return {"raw_s": raw_s, "ours_s": ours_s, "report_s": report_s,
+            "plots": sum(f.name.endswith(".png") for f in files),
+            "additivity": tabular_summary(explanation)["additivity"]["max_abs_error"]}
+
+
+def benchmark_tabular(harness: Harness, args) -> list[dict]:
+    """TreeExplainer on the XGBoost demo model; Kernel, Deep and Gradient explainers on the MLP."""
+    directories = tabular_demo.ensure_tabular_models()
+    batch = harness.pipeline_batch_size(SHAP)
+    profile = "full" if args.profile == "auto" else args.profile
+    results = []
+    for name, methods in TABULAR_METHODS.items():
+        harness.publish_tabular(name, directories[name])
+        card, model, background = load_tabular(name, directories[name])
+        for spec in (REGISTRY[method] for method in methods):
+            overrides = profile_overrides(spec, profile, (0, 0), args.params)
+            params = spec.resolve(overrides, (0, 0))
+            for count in args.tabular_rows:
+                started = time.perf_counter()
+                rows = tabular_demo.sample_rows(count)[0]
+                row = {"model": name, "method": spec.name, "rows": count, "params": params, "profile": profile,
+                       "error": None}
+                try:
+                    row.update(measure_tabular_in_process(spec, card, model, background, rows, params, batch,
+                                                          args.repeats))
+                except Exception as exc:  # report and go on
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                handler = measure_tabular_handler(harness, name, spec, overrides, rows, args.repeats)
+                row["handler_s"] = handler["handler_s"]
+                row["in_handler_explain_s"] = handler["explain_s"]
+                row["handler_additivity"] = handler["additivity"]
+                row["handler_timings"] = handler["timings"]
+                row["error"] = row["error"] or handler["error"]
+                row["ours_over_raw"] = ratio(row.get("ours_s"), row.get("raw_s"))
+                if row.get("ours_s") is not None:
+                    row["handler_other_s"] = row["handler_s"] - row["ours_s"] - row["report_s"]
+                results.append(row)
+                status = f"  FAILED {row['error']}" if row["error"] else ""
+                print(f"[tabular] {name} {spec.name} {count} rows: {time.perf_counter() - started:.1f} s{status}",
+                      flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- Partition profile
+
+#: The case of the issue: 4 small images, 200 evaluations, the demo CNN.
+PROFILE_IMAGES, PROFILE_EVALS = 4, 200
+
+
+class SelfTimer:
+    """Exclusive (self) seconds and call counts of wrapped functions, nested calls subtracted from their callers."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._children: list[float] = []
+
+    def wrap(self, label: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            self._children.append(0.0)
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                children = self._children.pop()
+                self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - children
+                self.calls[label] = self.calls.get(label, 0) + 1
+                if self._children:
+                    self._children[-1] += elapsed
+
+        return timed
+
+    @contextlib.contextmanager
+    def patch(self, owner, name: str, label: str):
+        """Time ``owner.name`` (a module, class or instance attribute) while the block runs."""
+        own = vars(owner).get(name, _MISSING)
+        # A function found on a class stays a plain function, so that it still binds to instances.
+        setattr(owner, name, self.wrap(label, getattr(owner, name) if own is _MISSING else own))
+        try:
+            yield
+        finally:
+            if own is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+
+
+_MISSING = object()
+
+#: What the warm profile times, and the label each piece is reported under.
+PROFILE_PIECES = (
+    ("model forward (traced tf.function)", "explainer.outputs", "_forward"),
+    ("pixels <-> model input (to/from_pixels)", "explainer", "from_pixels"),
+    ("pixels <-> model input (to/from_pixels)", "explainer", "to_pixels"),
+    ("masking (Image masker: blur once, copy per mask)", "shap.maskers.Image", "__call__"),
+    ("partition tree + mask matrix (per explainer)", "shap.maskers.Image", "build_partition_tree"),
+    ("partition tree + mask matrix (per explainer)", "shap.explainers._partition", "make_masks"),
+    ("MaskedModel: batching, output averaging", "shap.utils._masked_model.MaskedModel", "_full_masking_call"),
+    ("owen: priority queue, mask building, values", "shap.explainers._partition.PartitionExplainer", "owen"),
+)
+
+
+def candidate_partition_class():
+    """PartitionShap with the change proposed in the module docstring, measured here only.
+
+    (1) the shap masker and Partition explainer are kept per (class, image shape), so the
+    partition tree and mask matrix are built once instead of on every call and class; (2) with
+    the blur masker the images are masked in the model's input space, which is exact (a box blur
+    commutes with the card's per-channel affine preprocessing) and saves the pixel round trip on
+    every masked batch. Inpainting still masks pixels.
+    """
+    import shap
+
+    from explain_core import shap_methods
+
+    class CandidatePartitionShap(shap_methods.PartitionShap):
+        def explain_class(self, inputs, cls):
+            blur = self.params["masker"] == "blur"
+            key = ("partition", cls, inputs.shape[1:])
+            if key not in self._explainers:
+                score = self.outputs.one_class(cls)
+                masker = shap.maskers.Image(self.mask_value(), inputs.shape[1:])
+                model_fn = score if blur else (lambda pixels: score(self.from_pixels(pixels)))
+                self._explainers[key] = shap.Explainer(model_fn, masker, algorithm="partition")
+            with shap_methods._quiet():
+                result = self._explainers[key](inputs if blur else self.to_pixels(inputs),
+                                               max_evals=self.params["max_evals"], batch_size=self.batch_size,
+                                               silent=True)
+            return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64)
+
+    return CandidatePartitionShap
+
+
+COLD_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    clock = time.perf_counter
+    started = clock()
+    import numpy as np
+    import keras
+    from explain_core.attribution import build_explainer, run_method, to_model_input
+    from explain_core.model_card import ModelCard
+    from explain_core.registry import REGISTRY
+    from devtools import shapes
+    directory, count, evals, seed, batch = sys.argv[1], *map(int, sys.argv[2:])
+    times = {"import TensorFlow, Keras, explain_core": clock() - started}
+    card = ModelCard.model_validate_json(open(os.path.join(directory, "card.json")).read())
+    model = keras.saving.load_model(os.path.join(directory, "model.keras"), compile=False, safe_mode=True)
+    inputs = to_model_input(shapes.dataset(count, seed=seed, size=card.input_height)[0], card)
+    targets = np.eye(len(card.class_names), dtype=np.float32)[model.predict_on_batch(inputs).argmax(axis=1)]
+    step = clock()
+    import shap
+    times["import shap"] = clock() - step
+    spec = REGISTRY["PartitionExplainer"]
+    explainer = build_explainer(spec, model, card, spec.resolve({"max_evals": evals}, inputs.shape[1:3]), batch)
+    step = clock()
+    masker = shap.maskers.Image("blur(16,16)", inputs.shape[1:])
+    times["numba: partition tree (first Image masker)"] = clock() - step
+    step = clock()
+    shap.Explainer(lambda x: np.zeros((len(x), 1)), masker, algorithm="partition")
+    times["numba: mask matrix (first Partition explainer)"] = clock() - step
+    step = clock()
+    for size in (1, 2, batch):  # the traced forward's first shapes (reduce_retracing relaxes them after)
+        explainer.outputs(np.zeros((size, *inputs.shape[1:]), np.float32))
+    times["TensorFlow tracing of the forward"] = clock() - step
+    step = clock()
+    run_method(explainer, inputs, targets)
+    times["first explain() (numba: output averaging, rest)"] = clock() - step
+    step = clock()
+    run_method(explainer, inputs, targets)
+    times["second explain() (warm)"] = clock() - step
+    print(json.dumps(times))
+""")
+
+
+def partition_cold(subject: Subject, batch: int) -> dict:
+    """First use in a fresh process (what a cold Lambda start pays), measured in a subprocess."""
+    command = [sys.executable, "-c", COLD_SCRIPT, str(subject.directory), str(PROFILE_IMAGES), str(PROFILE_EVALS),
+               str(IMAGE_SEED), str(batch)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode:
+        raise RuntimeError(f"cold-start probe failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def profile_partition_warm(explainer, inputs, targets) -> dict:
+    """Exclusive seconds per piece of one warm explain() (see PROFILE_PIECES), plus the model calls."""
+    import importlib
+
+    timer = SelfTimer()
+    counter = CountingForward(explainer.outputs._forward)
+    explainer.outputs._forward = counter
+    owners = {"explainer": explainer, "explainer.outputs": explainer.outputs}
+    try:
+        with contextlib.ExitStack() as stack:
+            for label, where, name in PROFILE_PIECES:
+                if where not in owners:
+                    module, _, attribute = where.rpartition(".")
+                    try:
+                        owners[where] = importlib.import_module(where)
+                    except ImportError:
+                        owners[where] = getattr(importlib.import_module(module), attribute)
+                stack.enter_context(timer.patch(owners[where], name, label))
+            started = time.perf_counter()
+            with quiet():
+                run_method(explainer, inputs, targets)
+            total = time.perf_counter() - started
+    finally:
+        explainer.outputs._forward = counter.forward
+    pieces = dict(timer.seconds)
+    pieces["other (explain_row, lower_credit, Explanation, wrapper)"] = total - sum(pieces.values())
+    return {"total_s": total, "pieces": pieces, "calls": timer.calls, "sizes": counter.sizes}
+
+
+def benchmark_partition_profile(harness: Harness, subject: Subject, args) -> dict:
+    """Where PartitionExplainer's time goes on 4 demo images at 200 evaluations: cold, warm split, variants."""
+    card, model = subject.card, subject.model()
+    inputs = model_inputs(subject, subject.images(PROFILE_IMAGES))
+    batch = harness.pipeline_batch_size(SHAP)
+    targets = predicted_targets(model, inputs, card, batch)
+    spec = REGISTRY["PartitionExplainer"]
+    params = spec.resolve({"max_evals": PROFILE_EVALS}, subject.input_size)
+    result = {"images": PROFILE_IMAGES, "evaluations": PROFILE_EVALS,
+              "classes": sorted({int(c) for c in targets.argmax(axis=1)})}
+
+    started = time.perf_counter()
+    try:
+        result["cold"] = partition_cold(subject, batch)
+    except Exception as exc:  # report and go on
+        result["cold"], result["cold_error"] = {}, f"{type(exc).__name__}: {exc}"[:300]
+    print(f"[partition-profile] cold start probe: {time.perf_counter() - started:.1f} s", flush=True)
+
+    explainer = build_explainer(spec, model, card, params, batch)
+    run_method(explainer, inputs, targets)  # warm-up
+    result["warm"] = profile_partition_warm(explainer, inputs, targets)
+
+    candidate = candidate_partition_class()
+    variants = [("ours: PartitionShap", batch, lambda b: build_explainer(spec, model, card, params, b)),
+                ("ours: PartitionShap", 256, lambda b: build_explainer(spec, model, card, params, b)),
+                ("candidate: cached explainer, model-space blur", batch,
+                 lambda b: candidate(model, b, card=card, **params)),
+                ("candidate: cached explainer, model-space blur", 256,
+                 lambda b: candidate(model, b, card=card, **params))]
+    rows = []
+    for label, batch_size, make in variants:
+        explainer = make(batch_size)
+        counter = CountingForward(explainer.outputs._forward)
+        explainer.outputs._forward = counter
+        run_method(explainer, inputs, targets)  # warm-up
+
+        def run(explainer=explainer, counter=counter):
+            counter.reset()
+            return run_method(explainer, inputs, targets).attributions
+
+        seconds, attributions = best_of(args.repeats, run)
+        rows.append({"variant": label, "batch_size": batch_size, "seconds": seconds, "calls": len(counter.sizes),
+                     "rows": sum(counter.sizes), "forward_s": counter.seconds, "attributions": attributions})
+    reference = rows[0]["attributions"]
+    for row in rows:
+        row["max_abs_diff"] = float(np.max(np.abs(row.pop("attributions") - reference)))
+    forwards = {"model.predict": lambda: predict_forward(model),
+                "predict_on_batch": lambda: (lambda x: model.predict_on_batch(np.asarray(x, np.float32))),
+                "tf.function": lambda: traced_forward(model)}
+    for name, batch_size in (("model.predict", "auto"), ("model.predict", batch), ("predict_on_batch", batch),
+                             ("tf.function", "auto"), ("tf.function", batch), ("tf.function", 256)):
+        counter = CountingForward(forwards[name]())
+        raw_partition(counter, inputs[:1], PROFILE_EVALS, batch_size)  # warm-up
+
+        def run(counter=counter, batch_size=batch_size):
+            counter.reset()
+            return raw_partition(counter, inputs, PROFILE_EVALS, batch_size)
+
+        seconds, _ = best_of(args.repeats, run)
+        rows.append({"variant": f"raw shap, f = {name}", "batch_size": batch_size, "seconds": seconds,
+                     "calls": len(counter.sizes), "rows": sum(counter.sizes), "forward_s": counter.seconds,
+                     "max_abs_diff": None})
+    for row in rows:
+        row["s_per_image"] = row["seconds"] / PROFILE_IMAGES
+        row["vs_ours"] = ratio(row["seconds"], rows[0]["seconds"])
+    result["variants"] = rows
+    print(f"[partition-profile] done in {time.perf_counter() - started:.1f} s", flush=True)
+    return result
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -675,6 +1325,130 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
     ]
 
 
+def best_note(repeats: int) -> str:
+    return f"best of {repeats} run(s), quick ones repeated until 1 s was timed (at most {max(repeats, 5)})"
+
+
+SHAP_VS_XPLIQUE_COLUMNS = [
+    Column("N", lambda r: r["evaluations"]),
+    Column("method", lambda r: r["method"]),
+    Column("library", lambda r: r["library"]),
+    Column("rows/img", lambda r: r.get("model_rows_per_image"), "{:.0f}"),
+    Column("calls/img", lambda r: r.get("model_calls_per_image"), "{:.1f}"),
+    Column("s/image", lambda r: r["s_per_image"], "{:.4f}"),
+    Column("vs ref", lambda r: r.get("vs_reference"), "{:.2f}"),
+    Column("floor s", lambda r: r["floor_s"], "{:.4f}"),
+    Column("s/floor", lambda r: r.get("over_floor"), "{:.1f}"),
+    Column("reference", lambda r: r["reference"] + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+def shap_vs_xplique_notes(rows: list[dict], repeats: int) -> list[str]:
+    forward = rows[0]["forward_s_per_image"] if rows else 0.0
+    return [
+        "Demo CNN, the same images for every row, each explaining its predicted class; N = model evaluations per",
+        "  image (KernelShap/SuperpixelKernel nb_samples=N, PartitionExplainer max_evals=N). s/image: warm (a first",
+        f"  run traces and compiles), {best_note(repeats)}. floor s: N x {forward * 1e3:.2f} ms, the batched",
+        "  forward time per image. rows/img, calls/img: model rows and calls actually made (counted; '-' where",
+        "  Xplique calls the model itself; a call is one model.predict or one tf.function call). vs ref: s/image",
+        "  over the reference row's.",
+        "xplique KernelShap: the registry's Xplique method (8x8 grid cells, LinearRegression surrogate).",
+        "ours: explain_core.shap_methods via build_explainer, as the shap function runs them (batch size of the",
+        "  pipeline, one class, the model's background.npy). SuperpixelKernel: ~50 SLIC segments, mean-colour fill.",
+        "shap Kernel, docs way: shap's image Kernel SHAP example: a per-segment masking loop, f = model.predict of",
+        "  every class, default l1_reg='num_features(10)'. fast: vectorised masks, traced tf.function, one class,",
+        "  l1_reg=False (what ours does).",
+        "shap Partition: shap.Explainer(f, shap.maskers.Image('blur(16,16)', shape), algorithm='partition'),",
+        "  outputs=top class; naive: f = model.predict, batch_size='auto' (10 masks per call); fast: f = a traced",
+        "  tf.function, batch_size = the pipeline's.",
+    ]
+
+
+TABULAR_COLUMNS = [
+    Column("model", lambda r: r["model"]),
+    Column("method", lambda r: r["method"]),
+    Column("rows", lambda r: r["rows"]),
+    Column("raw s", lambda r: r.get("raw_s"), "{:.4f}"),
+    Column("ours s", lambda r: r.get("ours_s"), "{:.4f}"),
+    Column("ours/raw", lambda r: r.get("ours_over_raw"), "{:.2f}"),
+    Column("report s", lambda r: r.get("report_s"), "{:.3f}"),
+    Column("plots", lambda r: r.get("plots")),
+    Column("handler s", lambda r: r.get("handler_s"), "{:.3f}"),
+    Column("handler rest s", lambda r: r.get("handler_other_s"), "{:.3f}"),
+    Column("additivity", lambda r: r.get("additivity"), "{:.1e}"),
+    Column("params used", lambda r: format_params(r["params"]) + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+def tabular_notes(repeats: int) -> list[str]:
+    return [
+        f"Seconds for the whole upload (all its rows), warm, {best_note(repeats)}; rows: held-out breast",
+        "  cancer rows, explained class malignant (the cards' explained_classes); background: the published",
+        "  background.npy (32 training rows).",
+        "raw s: the shap call a user writes, on the whole model: shap.TreeExplainer(booster).shap_values(X)",
+        "  (explainer built in the timed call); KernelExplainer(model.predict, background).shap_values(X, nsamples,",
+        "  l1_reg=False); DeepExplainer(model, background[:nb_background]); GradientExplainer(model, background)",
+        "  .shap_values(X, nsamples). Keras models have 2 outputs, so raw Deep/Gradient explain both classes.",
+        "ours s: explain_core.shap_methods via build_explainer (cached explainer, one class, the pipeline's batch).",
+        "report s: explain_core.tabular_report.report_files: values.csv + bar, beeswarm and 3 waterfall PNGs",
+        "  (plots column). handler s: the real shap handler on one SQS event for a CSV upload of the same rows",
+        "  (warm), with S3 I/O on the emulator; handler rest s = handler - ours - report (parsing, predict, summary",
+        "  JSON, PUTs, manifest). additivity: max |sum(values) + base - output| of ours.",
+    ]
+
+
+PROFILE_COLD_NOTES = [
+    "A fresh Python process (as a cold Lambda start) on the same 4 images: shap's numba functions",
+    "  (_jit_build_partition_tree, make_masks' _init_masks/_rec_fill_masks, _build_fixed_multi_output) are",
+    "  compiled on first use, per process: shap does not cache them on disk (no cache=True).",
+]
+
+
+def profile_tables(profile: dict, repeats: int) -> list[str]:
+    """The three tables of the partition-profile section."""
+    images, evals = profile["images"], profile["evaluations"]
+    tables = []
+    cold = profile.get("cold") or {}
+    if cold or profile.get("cold_error"):
+        steps = [{"step": step, "s": seconds} for step, seconds in cold.items()]
+        notes = PROFILE_COLD_NOTES + ([f"FAILED: {profile['cold_error']}"] if profile.get("cold_error") else [])
+        tables.append(format_table(f"Partition explainer, cold: first use in a new process ({images} images, "
+                                   f"max_evals={evals})", [Column("step", lambda r: r["step"]),
+                                                           Column("seconds", lambda r: r["s"], "{:.3f}")],
+                                   steps, notes))
+    warm = profile["warm"]
+    pieces = sorted(warm["pieces"].items(), key=lambda item: -item[1])
+    rows = [{"piece": piece, "s": seconds, "share": seconds / warm["total_s"], "calls": warm["calls"].get(piece)}
+            for piece, seconds in pieces]
+    sizes = warm["sizes"]
+    per_image = len(sizes) // images if images else 0
+    tables.append(format_table(
+        f"Partition explainer, warm: where {warm['total_s']:.3f} s go ({images} images, max_evals={evals}, "
+        f"classes {profile['classes']})",
+        [Column("piece (exclusive time)", lambda r: r["piece"]), Column("seconds", lambda r: r["s"], "{:.3f}"),
+         Column("share", lambda r: r["share"], "{:.0%}"), Column("calls", lambda r: r["calls"])],
+        rows,
+        [f"Model calls: {len(sizes)} for {sum(sizes)} rows; batch sizes of the first image: "
+         f"{', '.join(map(str, sizes[:per_image]))} (owen's queue widens 1, 2, 8, 32, ... up to batch_size).",
+         "One PartitionShap.explain() as the pipeline runs it (warm); each piece timed exclusive of the others."],
+    ))
+    tables.append(format_table(
+        f"Partition explainer variants ({images} images, max_evals={evals}, warm, {best_note(repeats)})",
+        [Column("variant", lambda r: r["variant"]), Column("batch", lambda r: r["batch_size"]),
+         Column("calls", lambda r: r["calls"]), Column("rows", lambda r: r["rows"]),
+         Column("forward s", lambda r: r["forward_s"], "{:.3f}"), Column("total s", lambda r: r["seconds"], "{:.3f}"),
+         Column("s/image", lambda r: r["s_per_image"], "{:.4f}"), Column("vs ours", lambda r: r["vs_ours"], "{:.2f}"),
+         Column("max |diff|", lambda r: r["max_abs_diff"], "{:.1e}")],
+        profile["variants"],
+        ["ours: explain_core PartitionShap (traced tf.function, the pipeline's batch_size, one class per group,",
+         "  pixel round trip per masked batch, masker + explainer rebuilt per class and call). candidate: the",
+         "  change proposed in the module docstring. raw shap: the top class, model-space blur, f as named;",
+         "  batch 'auto' is shap's default (10). max |diff|: largest attribution difference from ours' first row.",
+         "forward s: time inside the model function (includes model.predict's per-call tf.data set-up)."],
+    ))
+    return tables
+
+
 BURST_NOTES = [
     "One message per invocation: the gradient function wired with BatchSize 1 (no batching window);",
     "  template BatchSize: wired as template.yaml says (BatchSize, MaximumBatchingWindowInSeconds).",
@@ -711,6 +1485,17 @@ def comma_list(choices):
     return parse
 
 
+def positive_ints(value: str) -> list[int]:
+    """argparse type: comma-separated positive integers."""
+    try:
+        items = [int(item) for item in value.split(",") if item.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {exc}") from exc
+    if not items or min(items) < 1:
+        raise argparse.ArgumentTypeError("expected comma-separated positive integers")
+    return items
+
+
 def json_object(value: str) -> dict:
     """argparse type for ``--params``: ``{"<Method>": {"<param>": value}}``, method names normalised."""
     try:
@@ -734,7 +1519,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", type=comma_list(SUBJECTS), default=list(SUBJECTS),
                         help="models to benchmark (default: demo,mobilenet)")
     parser.add_argument("--methods", type=selected_methods, default=list(METHODS),
-                        help="comma-separated registry methods of either family, or 'all' (default)")
+                        help="comma-separated registry methods of any family, or 'all' (default); methods a model "
+                             "cannot explain (tabular-only SHAP methods on image models) are left out")
     parser.add_argument("--images", type=int, default=2, help="images per batch in the methods section (default: 2)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per raw and handler measurement, the best kept (default: 1)")
@@ -746,8 +1532,12 @@ def parse_args(argv=None):
     parser.set_defaults(profile="auto")
     parser.add_argument("--params", type=json_object, default={},
                         help='extra overrides on top of the profile, e.g. \'{"Rise": {"nb_samples": 500}}\'')
-    parser.add_argument("--sections", type=comma_list(("methods", "burst")), default=["methods", "burst"],
-                        help="what to run (default: methods,burst)")
+    parser.add_argument("--sections", type=comma_list(SECTIONS), default=list(SECTIONS),
+                        help=f"what to run (default: {','.join(SECTIONS)})")
+    parser.add_argument("--shap-evals", type=positive_ints, default=[100, 300],
+                        help="model evaluations per image in shap-vs-xplique (default: 100,300)")
+    parser.add_argument("--tabular-rows", type=positive_ints, default=[8, 64],
+                        help="rows per CSV upload in the tabular section (default: 8,64)")
     parser.add_argument("--burst-images", type=int, default=32, help="images in the burst section (default: 32)")
     parser.add_argument("--burst-methods", type=selected_methods, default="GradCAM,IntegratedGradients",
                         help="gradient methods for the burst section (default: GradCAM,IntegratedGradients)")
@@ -782,11 +1572,20 @@ def check_parameters(subjects: dict[str, Subject], args) -> None:
                              subject.input_size)
             except ExplainError as exc:
                 raise SystemExit(f"parameters refused for {spec.name} on {subject.key}: {exc}") from exc
+    if "shap-vs-xplique" in args.sections:
+        for evaluations in args.shap_evals:
+            for name, param in (("KernelShap", "nb_samples"), ("SuperpixelKernelExplainer", "nb_samples"),
+                                ("PartitionExplainer", "max_evals")):
+                try:
+                    REGISTRY[name].resolve({param: evaluations}, subjects["demo"].input_size)
+                except ExplainError as exc:
+                    raise SystemExit(f"--shap-evals {evaluations} refused: {exc}") from exc
 
 
 def run_sections(harness: Harness, args, results: dict) -> None:
     """Run the requested sections, adding rows to ``results`` as they are measured."""
-    subjects = {key: SUBJECTS[key]() for key in dict.fromkeys(args.models + ["demo"] * ("burst" in args.sections))}
+    demo_sections = {"burst", "shap-vs-xplique", "partition-profile"} & set(args.sections)
+    subjects = {key: SUBJECTS[key]() for key in dict.fromkeys(args.models + ["demo"] * bool(demo_sections))}
     check_parameters(subjects, args)
     if "methods" in args.sections:
         for key in args.models:
@@ -794,6 +1593,12 @@ def run_sections(harness: Harness, args, results: dict) -> None:
             results["methods"] += rows
     if "burst" in args.sections:
         results["burst"] += benchmark_burst(harness, subjects["demo"], args.burst_methods, args)
+    if "shap-vs-xplique" in args.sections:
+        results["shap_vs_xplique"] += benchmark_shap_vs_xplique(harness, subjects["demo"], args)
+    if "tabular" in args.sections:
+        results["tabular"] += benchmark_tabular(harness, args)
+    if "partition-profile" in args.sections:
+        results["partition_profile"] = benchmark_partition_profile(harness, subjects["demo"], args)
 
 
 def tables_of(results: dict, args) -> list[str]:
@@ -809,6 +1614,17 @@ def tables_of(results: dict, args) -> list[str]:
             f"Burst: {args.burst_images} demo images through the gradient function", BURST_COLUMNS,
             results["burst"], BURST_NOTES,
         ))
+    if results["shap_vs_xplique"]:
+        tables.append(format_table(
+            f"SHAP vs Xplique on the demo CNN ({args.images} images, same N evaluations per image)",
+            SHAP_VS_XPLIQUE_COLUMNS, results["shap_vs_xplique"],
+            shap_vs_xplique_notes(results["shap_vs_xplique"], args.repeats),
+        ))
+    if results["tabular"]:
+        tables.append(format_table("Tabular SHAP (breast cancer demo models)", TABULAR_COLUMNS, results["tabular"],
+                                   tabular_notes(args.repeats)))
+    if results["partition_profile"]:
+        tables += profile_tables(results["partition_profile"], args.repeats)
     return tables
 
 
@@ -822,12 +1638,13 @@ def main(argv=None) -> None:
             "models": args.models, "methods": [s.name for s in args.methods], "images": args.images,
             "repeats": args.repeats, "profile": args.profile, "params": args.params, "sections": args.sections,
             "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods],
+            "shap_evals": args.shap_evals, "tabular_rows": args.tabular_rows,
         },
         "environment": {
             "cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
             "template_batch_sizes": harness.batch_sizes(),
         },
-        "forward": {}, "methods": [], "burst": [],
+        "forward": {}, "methods": [], "burst": [], "shap_vs_xplique": [], "tabular": [], "partition_profile": {},
     }
     try:
         run_sections(harness, args, results)

@@ -183,11 +183,11 @@ def test_tree_explainer_is_exact_for_xgboost(tabular_event_results, tabular_mode
     # Class 0 (malignant) is explained: its log-odds are the negated margin of class 1.
     base = np.array([float(r["base_value"]) for r in leading])
     error = np.abs(values.sum(axis=1) + base + margin)
-    assert error.max() < 1e-4, error
+    assert error.max() < 1e-5, error  # measured 2.5e-6 (XGBoost sums its trees in float32)
     assert [r["line"] for r in leading] == [str(line) for line in range(2, 10)]
     # The summary's additivity matches what we recomputed, and predictions agree with the model.
     summary = read_json(s3, bucket, output["summary"])
-    assert summary["additivity"]["max_abs_error"] < 1e-4
+    assert summary["additivity"]["max_abs_error"] < 1e-5
     predicted = ["benign" if m > 0 else "malignant" for m in margin]
     assert [r["predicted_class"] for r in leading] == predicted
     assert np.mean(np.array(predicted) == np.array(["malignant", "benign"])[labels]) >= 0.75
