@@ -365,3 +365,33 @@ def test_duplicate_tabular_event_is_not_recomputed(invoke, s3, deployment, tabul
     first = s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=manifest_key)["LastModified"]
     invoke("shap", event)
     assert s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=manifest_key)["LastModified"] == first
+
+
+def test_a_new_background_is_not_mistaken_for_a_duplicate(invoke, s3, deployment, tabular_models):
+    from devtools import tabular_demo
+
+    directory = tabular_models["breast-cancer-xgb"]
+    models = deployment.bucket("ModelBucket")
+    tabular_demo.publish(s3, models, directory, "xgb-background")
+    card = {**json.loads((directory / "card.json").read_text()), "name": "xgb-background"}
+    s3.put_object(Bucket=models, Key="models/xgb-background/v1/card.json", Body=json.dumps(card).encode())
+    key = "incoming/shap/xgb-background/v1/rows.csv"
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key,
+                  Body=tabular_demo.sample_csv(tabular_demo.sample_rows(3)[0]),
+                  Metadata={"methods": "TreeExplainer",
+                            "params": '{"TreeExplainer": {"feature_perturbation": "interventional"}}'})
+    event = upload_event(key)
+    invoke("shap", event)
+    manifest_key = results_of(key) + "manifest.json"
+    first = read_json(s3, deployment.bucket("ResultsBucket"), manifest_key)
+
+    background = np.load(directory / "background.npy")[:8]
+    buffer = io.BytesIO()
+    np.save(buffer, background, allow_pickle=False)
+    s3.put_object(Bucket=models, Key="models/xgb-background/v1/background.npy", Body=buffer.getvalue())
+    invoke("shap", event)
+
+    second = read_json(s3, deployment.bucket("ResultsBucket"), manifest_key)
+    assert (first["background"]["rows"], second["background"]["rows"]) == (32, 8)
+    # Interventional Tree SHAP integrates over the background: another background, another base value.
+    assert first["methods"][0]["outputs"][0]["base_value"] != second["methods"][0]["outputs"][0]["base_value"]

@@ -14,6 +14,7 @@ Failure policy (nothing is silently lost, the function never crashes on user dat
 - a message whose body is not an S3 notification is reported as failed, so it ends in the DLQ.
 """
 
+import hashlib
 import json
 import platform
 import time
@@ -272,7 +273,9 @@ class ExplanationPipeline:
 
     @staticmethod
     def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:
-        return f"{upload.options.fingerprint}-{loaded.model_etag[:16]}"
+        # Everything the results depend on: the request, the model, its card and its SHAP background.
+        model = hashlib.sha256(f"{loaded.model_etag}/{loaded.card_etag}/{loaded.background_etag}".encode())
+        return f"{upload.options.fingerprint}-{model.hexdigest()[:16]}"
 
     @tracer.capture_method
     def _explain(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[tuple[list, dict]]:
