@@ -19,15 +19,23 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     table = [line for line in completed.stdout.splitlines() if line.startswith("samples/")]
-    assert len(table) == 6
-    for line in table:
+    images = [line for line in table if "shapes/v1" in line]
+    tables = [line for line in table if "breast-cancer" in line]
+    assert len(images) == 9 and len(tables) == 2  # 6 for gradient/perturbation, 3 for shap; 2 tables
+    for line in images:
         name, family = line.split()[:2]
-        assert family in ("gradient", "perturbation")
+        assert family in ("gradient", "perturbation", "shap")
         # Each sample's file name starts with its true class; the summary shows the prediction.
         assert line.split()[3] == name.removeprefix("samples/").split("-")[0], line
-    manifests = sorted(tmp_path.glob("results/*/shapes/v1/samples/*/manifest.json"))
-    assert len(manifests) == 6
+    for line in tables:
+        assert line.split()[1] == "shap" and " 8 rows: " in line and "failed" not in line, line
+    manifests = sorted(tmp_path.glob("results/*/*/v1/samples/*/manifest.json"))
+    assert len(manifests) == 11
     for path in manifests:
         manifest = json.loads(path.read_text())
+        assert manifest["status"] == "succeeded", path
         for key in manifest["output_keys"]:
             assert (tmp_path / key).stat().st_size > 0
+    # The tabular results carry SHAP values, a summary and plots.
+    csv_files = sorted(tmp_path.glob("results/shap/breast-cancer-*/v1/samples/*/*/*.values.csv"))
+    assert len(csv_files) == 4  # TreeExplainer; Kernel, Deep and Gradient explainers

@@ -194,3 +194,11 @@ def test_deep_explainer_names_a_layer_without_a_rule():
     assert info.value.details["layer"] == "smooth"
     assert "layer 'smooth' (Dense)" in info.value.message
     assert info.value.code == "unsupported_model"
+    # The failure leaves TensorFlow as it found it: gradients still work in this (warm) process.
+    import tensorflow as tf
+
+    x = tf.constant(rng.normal(size=(2, 4)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(model(x))
+    assert np.all(np.isfinite(tape.gradient(total, x).numpy()))

@@ -183,7 +183,7 @@ class DeepShap(ShapMethod):
                                       background[: self.params["nb_background"]].astype(np.float32))
 
         try:
-            with _quiet():
+            with _quiet(), _restored_gradient_recording():
                 explainer = self.shap_explainer(cls, inputs, build)
                 values = explainer.shap_values(inputs, check_additivity=True)
         except Exception as exc:  # shap fails deep inside TensorFlow: name the layer instead
@@ -355,6 +355,23 @@ def _reduce_max(explainer, op, *grads):
     x_part, r_part = tf.split(grad_in[0], 2)
     multiplier = tf.where(tf.abs(delta) < 1e-7, tf.zeros_like(delta), (x_part + r_part) / delta)
     return [tf.tile(multiplier, tile), None]
+
+
+@contextlib.contextmanager
+def _restored_gradient_recording():
+    """Undo shap's process-wide patch of TensorFlow's gradient recording, even when it fails.
+
+    DeepExplainer swaps ``tensorflow.python.eager.execute.record_gradient`` for its own and puts
+    it back only on success: after one failure (a layer it cannot handle) every later gradient in
+    the warm Lambda process would look for ``shap_<op>`` gradients and fail.
+    """
+    from tensorflow.python.eager import execute
+
+    original = execute.record_gradient
+    try:
+        yield
+    finally:
+        execute.record_gradient = original
 
 
 def _patch_deep_max_reduction() -> None:
