@@ -1,28 +1,92 @@
-"""Benchmark the explanation methods and the functions' batching, on the local emulator.
+"""Benchmark the explanation methods, the functions' batching and the SHAP family, on the local emulator.
 
-Two sections, both printed as plain-text tables and written to ``benchmark-results/benchmark.json``:
+Sections (``--sections``, all by default), printed as plain-text tables and written to
+``benchmark-results/benchmark.json``:
 
 ``methods``
-    For each registry method (both families) and each model: the raw Xplique call
-    (``explainer.explain()`` on the preprocessed batch, with an explainer built like the
-    pipeline builds it and warmed once on the same batch, so TensorFlow tracing is excluded),
+    For each registry method a model supports (all three families) and each model: the raw
+    library call (``explainer.explain()`` on the preprocessed batch, with an explainer built like
+    the pipeline builds it -- SHAP methods with the model's background, as ``LoadedModel.background``
+    -- and warmed once on the same batch, so TensorFlow tracing and numba compilation are excluded),
     the real handler on an SQS event for uploads that name that single method (warm: a first
     upload warms it, a second one is timed), and the method's floor: model passes per image
-    (``MethodSpec.passes``) x measured batched forward time per image.
+    (``MethodSpec.passes``) x measured batched forward time per image. MobileNetV2 has no
+    ``background.npy``, so the SHAP methods use their default background there; they stay in
+    under ``--quick`` (measured 0.4-2 s per image with ``QUICK_OVERRIDES``; DeepExplainer fails
+    on MobileNetV2, which uses Relu6, with a typed error).
 
 ``burst``
     Demo images uploaded under ``incoming/gradient/...``, processed one message per invocation
     vs batched as the template's SQS event source does (its ``BatchSize``).
 
+``shap-vs-xplique``
+    On the demo CNN, the same images and N model evaluations per image (``--shap-evals``):
+    Xplique's KernelShap, our SuperpixelKernelExplainer and PartitionExplainer, and the raw shap
+    calls they stand for (Kernel SHAP over SLIC segments as shap's example writes it and written
+    for speed; the Partition explainer with ``f = model.predict`` and with a traced function).
+
+``tabular``
+    TreeExplainer on ``breast-cancer-xgb``; Kernel, Deep and Gradient explainers on
+    ``breast-cancer-mlp``: the raw shap call, ours (via ``build_explainer``), the report's plots
+    (``tabular_report.report_files``) and the handler on a CSV upload of the same rows
+    (``--tabular-rows``).
+
+``partition-profile``
+    Where the Partition explainer's time goes on 4 demo images at max_evals=200 (the issue's
+    "6.6 s"): first use in a fresh process, a warm call split into pieces, and variants (model
+    function, batch size, the change proposed below).
+
+Findings of ``partition-profile`` (2 shared cores; shap 0.51, TensorFlow 2.20, 4 images, 200
+evaluations, 3 explained classes; seconds for the 4 images):
+
+    ======================================================  =========  ==============================
+    what                                                    seconds    why
+    ======================================================  =========  ==============================
+    shap's naive call: f = model.predict, batch_size auto   5.1-6.8    92 predict calls of <= 10
+                                                                       masks; predict's per-call
+                                                                       set-up is ~95% of the time
+    first use in a process (cold start), before the call    ~4-5       numba JIT of shap's partition
+                                                                       tree (1.6-1.8) and mask matrix
+                                                                       (2.3-2.8), not cached on disk
+    ... and inside the first call                           1.4-2.1    numba JIT of the output
+                                                                       averaging, TF tracing (0.1-0.2)
+    PartitionShap, warm                                     0.41-0.51  (floor: 800 rows, 0.13-0.20)
+      model forward: traced tf.function, 32 calls           0.19-0.26  44-51%; batches 1, 1, 2, 8,
+                                                                       32, 64, 64, 28 per image
+      partition tree + mask matrix, rebuilt per class/call  0.07-0.09  14-20%
+      owen: priority queue, masks, values                   0.05-0.06  12-13%
+      pixels <-> model input round trip per masked batch    0.04-0.05  9-10%
+      masking (blur computed once per image, copy per mask) 0.04       8%
+      MaskedModel batching and output averaging             0.02       4%
+    raw shap with f = tf.function, batch 64                 0.30-0.41  what PartitionShap wraps
+    candidate PartitionShap (below)                         0.24-0.32  0.55-0.71x ours
+    ======================================================  =========  ==============================
+
+What PartitionShap already does about it: a traced tf.function instead of ``model.predict``
+(the 14x), the pipeline's batch_size (64) instead of shap's 10 (1.3x with a traced function),
+one explained class per group of rows. What it does not: (1) it rebuilds the shap masker and
+explainer for every class on every call, and (2) it converts every masked batch from pixels to
+model inputs. Proposed (measured by the ``candidate`` rows, not applied): keep the masker and
+``shap.Explainer`` per (class, input shape) in ``self._explainers``, and with ``masker="blur"``
+give shap the model-space images and the class score directly (a box blur commutes with the
+card's per-channel affine preprocessing: attributions equal to 2e-9); 0.55-0.71x at 200
+evaluations, 0.48x at 500 (1.10 -> 0.53 s for 4 images). A larger batch_size barely matters
+once that is done: owen's queue rarely holds more than 64 masks at these budgets, and changing
+it changes which regions are refined first (attributions move by up to 5.7e-3). The cold start
+(4-7 s of numba compilation per process) goes to the init phase if the function compiles shap's
+numba code at import, e.g. one tiny Partition explanation of an 8x8 image with a float64 1-D
+model function (4.7 s once; the first real call then takes 0.63 s instead of ~7 s).
+
 Models: ``demo`` is the project's demo CNN (64x64, a few shape classes, ``devtools.demo_model``);
 ``mobilenet`` is a MobileNetV2 (224x224, 1000 classes) with random weights, built here and
 cached under ``.cache/benchmark/``. Parameter profiles: ``full`` uses the registry defaults,
 ``quick`` smaller overrides (``QUICK_OVERRIDES``) sent through the upload's ``params`` metadata;
-``auto`` (the default) is ``full`` on the demo model and ``quick`` on MobileNetV2.
+``auto`` (the default) is ``full`` on the demo model and the tabular models, ``quick`` on
+MobileNetV2.
 
-Run from the repository root::
+Run from the repository root (about 3.5 minutes on 2 cores)::
 
-    PYTHONPATH=.:layers/explain_core/src .venv/bin/python -m devtools.benchmark --models demo --images 2 --quick
+    PYTHONPATH=.:layers/explain_core/src .venv/bin/python -m devtools.benchmark --models demo --quick
 """
 
 import argparse
@@ -636,8 +700,8 @@ def slic_segments(pixels: np.ndarray, nb_segments: int, compactness: float) -> n
     return slic(pixels / 255.0, n_segments=nb_segments, compactness=compactness, start_label=0, channel_axis=-1)
 
 
-def raw_kernel_docs(model, card: ModelCard, inputs, classes, nsamples: int, nb_segments: int = 50,
-                    compactness: float = 10.0) -> CountingForward:
+def raw_kernel_docs(forward: CountingForward, card: ModelCard, inputs, classes, nsamples: int,
+                    nb_segments: int = 50, compactness: float = 10.0) -> CountingForward:
     """shap.KernelExplainer over SLIC segments as shap's image Kernel SHAP example writes it.
 
     A per-segment masking loop, ``f = model.predict`` of every class, shap's default ``l1_reg``
@@ -645,7 +709,7 @@ def raw_kernel_docs(model, card: ModelCard, inputs, classes, nsamples: int, nb_s
     """
     import shap
 
-    forward = CountingForward(predict_forward(model))
+    forward.reset()
     for pixels, _ in zip(to_pixels(inputs, card), classes, strict=True):
         segments = slic_segments(pixels, nb_segments, compactness)
 
@@ -667,20 +731,29 @@ def raw_kernel_docs(model, card: ModelCard, inputs, classes, nsamples: int, nb_s
     return forward
 
 
-def raw_kernel_fast(model, card: ModelCard, inputs, classes, nsamples: int, batch: int, nb_segments: int = 50,
-                    compactness: float = 10.0) -> CountingForward:
-    """shap.KernelExplainer over SLIC segments written for speed: vectorised masks, traced forward, one class."""
+def raw_kernel_fast(forward: CountingForward, card: ModelCard, inputs, classes, nsamples: int) -> CountingForward:
+    """shap.KernelExplainer over SLIC segments written for speed: vectorised masks, traced forward, one class.
+
+    Segments and fill as SuperpixelKernelExplainer's registry defaults (``fill``: a Gaussian blur
+    of sigma a tenth of the side, or the mean colour).
+    """
+    import cv2
     import shap
 
-    forward = CountingForward(traced_forward(model), batch)
+    defaults = REGISTRY["SuperpixelKernelExplainer"].defaults
+    forward.reset()
     for pixels, cls in zip(to_pixels(inputs, card), classes, strict=True):
-        segments = slic_segments(pixels, nb_segments, compactness)
-        fill = pixels.reshape(-1, 3).mean(axis=0)
+        segments = slic_segments(pixels, defaults["nb_segments"], defaults["compactness"])
+        if defaults.get("fill", "mean") == "mean":
+            fill = np.broadcast_to(pixels.reshape(-1, 3).mean(axis=0), pixels.shape)
+        else:
+            fill = cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), max(pixels.shape[:2]) / 10)
 
         def f(z, pixels=pixels, segments=segments, fill=fill, cls=cls):
             masked = np.repeat(pixels[None], len(z), axis=0)
             for row, kept in enumerate(z):
-                masked[row][np.isin(segments, np.flatnonzero(kept == 0))] = fill
+                hidden = np.isin(segments, np.flatnonzero(kept == 0))
+                masked[row][hidden] = fill[hidden]
             return forward(preprocess(masked, card))[:, cls]
 
         count = int(segments.max()) + 1
@@ -788,20 +861,19 @@ class ShapCase:
         """(label, library, run, label of the reference row) for N = ``evaluations``."""
         model, card = self.subject.model(), self.subject.card
         n = evaluations
+        # Each model function is made once, so that its tf.function is traced by the warm-up run only.
+        predict, traced = CountingForward(predict_forward(model)), CountingForward(traced_forward(model), self.batch)
         return [
             ("KernelShap (grid 8x8)", "xplique", self.ours("KernelShap", {"nb_samples": n, "grid_size": 8}),
              "shap Kernel, fast"),
             ("SuperpixelKernelExplainer", "ours", self.ours("SuperpixelKernelExplainer", {"nb_samples": n}),
              "shap Kernel, fast"),
             ("shap Kernel, docs way", "shap",
-             lambda: raw_kernel_docs(model, card, self.inputs, self.classes, n), "shap Kernel, fast"),
-            ("shap Kernel, fast", "shap",
-             lambda: raw_kernel_fast(model, card, self.inputs, self.classes, n, self.batch), None),
+             lambda: raw_kernel_docs(predict, card, self.inputs, self.classes, n), "shap Kernel, fast"),
+            ("shap Kernel, fast", "shap", lambda: raw_kernel_fast(traced, card, self.inputs, self.classes, n), None),
             ("PartitionExplainer", "ours", self.ours("PartitionExplainer", {"max_evals": n}), "shap Partition, fast"),
-            ("shap Partition, naive", "shap", self.partition(CountingForward(predict_forward(model)), n, "auto"),
-             "shap Partition, fast"),
-            ("shap Partition, fast", "shap",
-             self.partition(CountingForward(traced_forward(model), self.batch), n, self.batch), None),
+            ("shap Partition, naive", "shap", self.partition(predict, n, "auto"), "shap Partition, fast"),
+            ("shap Partition, fast", "shap", self.partition(traced, n, self.batch), None),
         ]
 
 
@@ -916,7 +988,8 @@ def measure_tabular_handler(harness: Harness, name: str, spec: MethodSpec, overr
     source = harness.source(SHAP)
     metadata = upload_metadata(spec, overrides)
     runs = []
-    for phase in ["warm"] + [f"timed{i}" for i in range(repeats)]:
+    # Plots make a CSV upload take about a second: at least two timed runs, or one is all noise.
+    for phase in ["warm"] + [f"timed{i}" for i in range(max(repeats, 2))]:
         files = [(f"rows-{len(rows)}.csv", tabular_demo.sample_csv(rows), "text/csv")]
         keys = harness.upload_files(SHAP, name, tabular_demo.VERSION, f"{phase}-{spec.name}-{len(rows)}", files,
                                     metadata)
@@ -1305,7 +1378,22 @@ BURST_COLUMNS = [
 ]
 
 
-def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
+def shap_notes(rows: list[dict]) -> list[str]:
+    """What the methods table says about the SHAP rows: backgrounds, and their cost on MobileNetV2."""
+    shap_rows = [row for row in rows if row["family"] == SHAP]
+    if not shap_rows:
+        return []
+    notes = ["bg=: the SHAP background the function uses: the model's background.npy (demo: 16 training images),",
+             "  else the default, 5 flat grey images (MobileNetV2 has none)."]
+    mobilenet = [row for row in shap_rows if row["model"] == "mobilenet" and row["raw_s"] is not None]
+    if mobilenet:
+        profiles = ", ".join(sorted({row["profile"] for row in mobilenet}))
+        notes.append(f"SHAP on MobileNetV2 ({profiles} parameters): {min(r['raw_s'] for r in mobilenet):.1f}-"
+                     f"{max(r['raw_s'] for r in mobilenet):.1f} s per image raw, so it stays in the quick profile.")
+    return notes
+
+
+def method_notes(forwards: dict, repeats: int, batch_sizes: dict, rows: list[dict]) -> list[str]:
     """Footnotes of the methods table: what each column measures."""
     measured = "; ".join(
         f"{key}: {f['s_per_image'] * 1e3:.2f} ms/image (graph call {f['graph_s'] * 1e3:.2f}, "
@@ -1333,11 +1421,12 @@ def method_notes(forwards: dict, repeats: int, batch_sizes: dict) -> list[str]:
         "  forward pass. DeepExplainer's passes are its background references, run as one doubled batch.",
         f"Best of {repeats} timed run(s) per raw and handler cell; on a shared machine differences under ~20%"
         " are noise.",
+        *shap_notes(rows),
     ]
 
 
 def best_note(repeats: int) -> str:
-    return f"best of {repeats} run(s), quick ones repeated until 1 s was timed (at most {max(repeats, 5)})"
+    return f"best of {repeats} run(s), quick ones repeated until 1 s was timed (at most {max(repeats, 5)} runs)"
 
 
 SHAP_VS_XPLIQUE_COLUMNS = [
@@ -1358,17 +1447,18 @@ def shap_vs_xplique_notes(rows: list[dict], repeats: int) -> list[str]:
     forward = rows[0]["forward_s_per_image"] if rows else 0.0
     return [
         "Demo CNN, the same images for every row, each explaining its predicted class; N = model evaluations per",
-        "  image (KernelShap/SuperpixelKernel nb_samples=N, PartitionExplainer max_evals=N). s/image: warm (a first",
-        f"  run traces and compiles), {best_note(repeats)}. floor s: N x {forward * 1e3:.2f} ms, the batched",
-        "  forward time per image. rows/img, calls/img: model rows and calls actually made (counted; '-' where",
-        "  Xplique calls the model itself; a call is one model.predict or one tf.function call). vs ref: s/image",
-        "  over the reference row's.",
+        "  image (KernelShap/SuperpixelKernel nb_samples=N, PartitionExplainer max_evals=N).",
+        f"s/image: warm (a first run traces and compiles), {best_note(repeats)}.",
+        f"floor s: N x {forward * 1e3:.2f} ms, the batched forward time per image. rows/img, calls/img: model rows",
+        "  and calls actually made (counted; '-' where Xplique calls the model itself; a call is one model.predict",
+        "  or one tf.function call). vs ref: s/image over the reference row's.",
         "xplique KernelShap: the registry's Xplique method (8x8 grid cells, LinearRegression surrogate).",
         "ours: explain_core.shap_methods via build_explainer, as the shap function runs them (batch size of the",
-        "  pipeline, one class, the model's background.npy). SuperpixelKernel: ~50 SLIC segments, mean-colour fill.",
+        "  pipeline, one class, the model's background.npy). SuperpixelKernel: registry defaults (SLIC segments,",
+        "  fill) with nb_samples=N.",
         "shap Kernel, docs way: shap's image Kernel SHAP example: a per-segment masking loop, f = model.predict of",
-        "  every class, default l1_reg='num_features(10)'. fast: vectorised masks, traced tf.function, one class,",
-        "  l1_reg=False (what ours does).",
+        "  every class, mean-colour fill, default l1_reg='num_features(10)'. fast: vectorised masks, the registry's",
+        "  fill, traced tf.function, one class, l1_reg=False (what ours does).",
         "shap Partition: shap.Explainer(f, shap.maskers.Image('blur(16,16)', shape), algorithm='partition'),",
         "  outputs=top class; naive: f = model.predict, batch_size='auto' (10 masks per call); fast: f = a traced",
         "  tf.function, batch_size = the pipeline's.",
@@ -1394,9 +1484,9 @@ TABULAR_COLUMNS = [
 
 def tabular_notes(repeats: int) -> list[str]:
     return [
-        f"Seconds for the whole upload (all its rows), warm, {best_note(repeats)}; rows: held-out breast",
-        "  cancer rows, explained class malignant (the cards' explained_classes); background: the published",
-        "  background.npy (32 training rows).",
+        "Seconds for the whole upload (all its rows); rows: held-out breast cancer rows, explained class",
+        "  malignant (the cards' explained_classes); background: the published background.npy (32 training rows).",
+        f"Warm, {best_note(repeats)}; report and handler: best of at least 2.",
         "raw s: the shap call a user writes, on the whole model: shap.TreeExplainer(booster).shap_values(X)",
         "  (explainer built in the timed call); KernelExplainer(model.predict, background).shap_values(X, nsamples,",
         "  l1_reg=False); DeepExplainer(model, background[:nb_background]); GradientExplainer(model, background)",
@@ -1446,14 +1536,15 @@ def profile_tables(profile: dict, repeats: int) -> list[str]:
          "One PartitionShap.explain() as the pipeline runs it (warm); each piece timed exclusive of the others."],
     ))
     tables.append(format_table(
-        f"Partition explainer variants ({images} images, max_evals={evals}, warm, {best_note(repeats)})",
+        f"Partition explainer variants ({images} images, max_evals={evals}, warm)",
         [Column("variant", lambda r: r["variant"]), Column("batch", lambda r: r["batch_size"]),
          Column("calls", lambda r: r["calls"]), Column("rows", lambda r: r["rows"]),
          Column("forward s", lambda r: r["forward_s"], "{:.3f}"), Column("total s", lambda r: r["seconds"], "{:.3f}"),
          Column("s/image", lambda r: r["s_per_image"], "{:.4f}"), Column("vs ours", lambda r: r["vs_ours"], "{:.2f}"),
          Column("max |diff|", lambda r: r["max_abs_diff"], "{:.1e}")],
         profile["variants"],
-        ["ours: explain_core PartitionShap (traced tf.function, the pipeline's batch_size, one class per group,",
+        [f"Each row: {best_note(repeats)}.",
+         "ours: explain_core PartitionShap (traced tf.function, the pipeline's batch_size, one class per group,",
          "  pixel round trip per masked batch, masker + explainer rebuilt per class and call). candidate: the",
          "  change proposed in the module docstring. raw shap: the top class, model-space blur, f as named;",
          "  batch 'auto' is shap's default (10). max |diff|: largest attribution difference from ours' first row.",
@@ -1534,7 +1625,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", type=selected_methods, default=list(METHODS),
                         help="comma-separated registry methods of any family, or 'all' (default); methods a model "
                              "cannot explain (tabular-only SHAP methods on image models) are left out")
-    parser.add_argument("--images", type=int, default=2, help="images per batch in the methods section (default: 2)")
+    parser.add_argument("--images", type=int, default=2,
+                        help="images per batch in the methods and shap-vs-xplique sections (default: 2)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per raw and handler measurement, the best kept (default: 1)")
     profile = parser.add_mutually_exclusive_group()
@@ -1620,7 +1712,8 @@ def tables_of(results: dict, args) -> list[str]:
     if results["methods"]:
         tables.append(format_table(
             f"Explanation methods (N={args.images} images per batch)", METHOD_COLUMNS, results["methods"],
-            method_notes(results["forward"], args.repeats, results["environment"]["template_batch_sizes"]),
+            method_notes(results["forward"], args.repeats, results["environment"]["template_batch_sizes"],
+                         results["methods"]),
         ))
     if results["burst"]:
         tables.append(format_table(

@@ -362,7 +362,7 @@ METHODS: tuple[MethodSpec, ...] = (
         "DeepExplainer", SHAP, _SHAP + "DeepShap",
         "Shrikumar et al., Learning Important Features Through Propagating Activation Differences (2017), "
         "https://arxiv.org/abs/1704.02685; " + _SHAP_REFERENCE,
-        params=(Param("nb_background", int, 16, 1, 256, doc="background samples used as DeepLIFT references"),),
+        params=(Param("nb_background", int, 32, 1, 256, doc="background samples used as DeepLIFT references"),),
         passes=lambda p, s: p["nb_background"], backward=True, modalities=("image", "tabular"),
         description="Deep SHAP: DeepLIFT multipliers averaged over background references",
     ),
