@@ -34,7 +34,7 @@ Sections (``--sections``, all by default), printed as plain-text tables and writ
 ``partition-profile``
     Where the Partition explainer's time goes on 4 demo images at max_evals=200 (the issue's
     "6.6 s"): first use in a fresh process, a warm call split into pieces, and variants (model
-    function, batch size, the change proposed below).
+    function, batch size).
 
 Findings of ``partition-profile`` (2 shared cores; shap 0.51, TensorFlow 2.20, 4 images, 200
 evaluations, 3 explained classes; seconds for the 4 images):
@@ -59,23 +59,22 @@ evaluations, 3 explained classes; seconds for the 4 images):
       masking (blur computed once per image, copy per mask) 0.04       8%
       MaskedModel batching and output averaging             0.02       4%
     raw shap with f = tf.function, batch 64                 0.30-0.41  what PartitionShap wraps
-    candidate PartitionShap (below)                         0.24-0.32  0.55-0.71x ours
+    PartitionShap after the two changes below               0.24-0.33  0.55-0.71x the version above
     ======================================================  =========  ==============================
 
-What PartitionShap already does about it: a traced tf.function instead of ``model.predict``
-(the 14x), the pipeline's batch_size (64) instead of shap's 10 (1.3x with a traced function),
-one explained class per group of rows. What it does not: (1) it rebuilds the shap masker and
-explainer for every class on every call, and (2) it converts every masked batch from pixels to
-model inputs. Proposed (measured by the ``candidate`` rows, not applied): keep the masker and
-``shap.Explainer`` per (class, input shape) in ``self._explainers``, and with ``masker="blur"``
-give shap the model-space images and the class score directly (a box blur commutes with the
-card's per-channel affine preprocessing: attributions equal to 2e-9); 0.55-0.71x at 200
-evaluations, 0.48x at 500 (1.10 -> 0.53 s for 4 images). A larger batch_size barely matters
-once that is done: owen's queue rarely holds more than 64 masks at these budgets, and changing
-it changes which regions are refined first (attributions move by up to 5.7e-3). The cold start
-(4-7 s of numba compilation per process) goes to the init phase if the function compiles shap's
-numba code at import, e.g. one tiny Partition explanation of an 8x8 image with a float64 1-D
-model function (4.7 s once; the first real call then takes 0.63 s instead of ~7 s).
+What PartitionShap does about it: a traced tf.function instead of ``model.predict`` (the 14x),
+the pipeline's batch_size (64) instead of shap's 10 (1.3x with a traced function), one explained
+class per group of rows, and, since this profile: (1) the shap masker and explainer are kept per
+image shape (the partition tree and mask matrix were rebuilt for every class on every call), and
+(2) with ``masker="blur"`` shap masks the model-space images directly (a box blur commutes with
+the card's per-channel affine preprocessing: attributions equal to 2e-9; inpainting still masks
+pixels): 0.55-0.71x at 200 evaluations, 0.48x at 500 (1.10 -> 0.53 s for 4 images). A larger
+batch_size barely matters now: owen's queue rarely holds more than 64 masks at these budgets, and
+changing it changes which regions are refined first (attributions move by up to 5.7e-3). Not
+done: the cold start (4-7 s of numba compilation per process) would move to the init phase if
+the function compiled shap's numba code at import, e.g. one tiny Partition explanation of an 8x8
+image (4.7 s once; the first real call then takes 0.63 s instead of ~7 s), a cost every cold
+start of the shap function would pay whether or not it uses PartitionExplainer.
 
 Models: ``demo`` is the project's demo CNN (64x64, a few shape classes, ``devtools.demo_model``);
 ``mobilenet`` is a MobileNetV2 (224x224, 1000 classes) with random weights, built here and
@@ -1131,37 +1130,6 @@ PROFILE_PIECES = (
 )
 
 
-def candidate_partition_class():
-    """PartitionShap with the change proposed in the module docstring, measured here only.
-
-    (1) the shap masker and Partition explainer are kept per (class, image shape), so the
-    partition tree and mask matrix are built once instead of on every call and class; (2) with
-    the blur masker the images are masked in the model's input space, which is exact (a box blur
-    commutes with the card's per-channel affine preprocessing) and saves the pixel round trip on
-    every masked batch. Inpainting still masks pixels.
-    """
-    import shap
-
-    from explain_core import shap_methods
-
-    class CandidatePartitionShap(shap_methods.PartitionShap):
-        def explain_class(self, inputs, cls):
-            blur = self.params["masker"] == "blur"
-            key = ("partition", cls, inputs.shape[1:])
-            if key not in self._explainers:
-                score = self.outputs.one_class(cls)
-                masker = shap.maskers.Image(self.mask_value(), inputs.shape[1:])
-                model_fn = score if blur else (lambda pixels: score(self.from_pixels(pixels)))
-                self._explainers[key] = shap.Explainer(model_fn, masker, algorithm="partition")
-            with shap_methods._quiet():
-                result = self._explainers[key](inputs if blur else self.to_pixels(inputs),
-                                               max_evals=self.params["max_evals"], batch_size=self.batch_size,
-                                               silent=True)
-            return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64)
-
-    return CandidatePartitionShap
-
-
 COLD_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1265,13 +1233,8 @@ def benchmark_partition_profile(harness: Harness, subject: Subject, args) -> dic
     run_method(explainer, inputs, targets)  # warm-up
     result["warm"] = profile_partition_warm(explainer, inputs, targets)
 
-    candidate = candidate_partition_class()
     variants = [("ours: PartitionShap", batch, lambda b: build_explainer(spec, model, card, params, b)),
-                ("ours: PartitionShap", 256, lambda b: build_explainer(spec, model, card, params, b)),
-                ("candidate: cached explainer, model-space blur", batch,
-                 lambda b: candidate(model, b, card=card, **params)),
-                ("candidate: cached explainer, model-space blur", 256,
-                 lambda b: candidate(model, b, card=card, **params))]
+                ("ours: PartitionShap", 256, lambda b: build_explainer(spec, model, card, params, b))]
     rows = []
     for label, batch_size, make in variants:
         explainer = make(batch_size)
@@ -1545,8 +1508,8 @@ def profile_tables(profile: dict, repeats: int) -> list[str]:
         profile["variants"],
         [f"Each row: {best_note(repeats)}.",
          "ours: explain_core PartitionShap (traced tf.function, the pipeline's batch_size, one class per group,",
-         "  pixel round trip per masked batch, masker + explainer rebuilt per class and call). candidate: the",
-         "  change proposed in the module docstring. raw shap: the top class, model-space blur, f as named;",
+         "  explainer kept per image shape, model-space blur). raw shap: the top class, model-space blur, f as",
+         "  named;",
          "  batch 'auto' is shap's default (10). max |diff|: largest attribution difference from ours' first row.",
          "forward s: time inside the model function (includes model.predict's per-call tf.data set-up)."],
     ))

@@ -147,6 +147,23 @@ def test_deep_explainer_is_additive_through_global_max_pooling(max_pooling_cnn):
     np.testing.assert_allclose(values.sum(axis=(1, 2, 3)) + method.base_values, logits, atol=1e-4)
 
 
+@pytest.mark.parametrize("activation", ["relu6", "leaky_relu"])
+def test_deep_explainer_is_additive_through_relu6_and_leaky_relu(activation):
+    """MobileNet's ReLU6 and LeakyReLU have no DeepLIFT rule in shap; the rescale rule is registered."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation=activation, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    rng = np.random.default_rng(5)
+    rows = rng.normal(scale=3.0, size=(4, 4))
+    method = explainer("DeepExplainer", model, tabular_card(), rng.normal(scale=3.0, size=(8, 4)))
+    values = method.explain(rows, one_hot([0, 1, 1, 0]))
+    logits = np.asarray(model.predict_on_batch(rows.astype(np.float32)))[np.arange(4), [0, 1, 1, 0]]
+    np.testing.assert_allclose(values.sum(axis=1) + method.base_values, logits, atol=1e-4)
+
+
 def test_default_image_background_is_flat_grey_levels(max_pooling_cnn):
     card = image_card(preprocessing={"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3})
     method = explainer("GradientExplainer", max_pooling_cnn, card)

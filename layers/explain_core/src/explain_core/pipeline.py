@@ -316,10 +316,7 @@ class ExplanationPipeline:
                         "base_value": None if result.base_values is None else float(result.base_values[row]),
                     }
             except Exception as exc:  # a method failing on this model must not sink the others
-                logger.exception("method failed", extra={"method": name, "model": card.name})
-                error = exc.to_dict() if isinstance(exc, ExplainError) else {
-                    "type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]
-                }
+                error = self._method_error(exc, name, card)
                 for i, cls in rows:
                     method_results[(i, name, params_json, cls)] = {"error": error}
 
@@ -467,11 +464,8 @@ class ExplanationPipeline:
                 entry["seconds"] = round(seconds, 4)
                 metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
             except Exception as exc:  # a method failing on this model must not sink the others
-                logger.exception("method failed", extra={"method": spec.name, "model": card.name})
                 entry["status"] = "failed"
-                entry["error"] = exc.to_dict() if isinstance(exc, ExplainError) else {
-                    "type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]
-                }
+                entry["error"] = self._method_error(exc, spec.name, card)
             methods.append(entry)
 
         counts = np.bincount(predicted, minlength=len(card.class_names))
@@ -483,6 +477,15 @@ class ExplanationPipeline:
             timings={"predict_s": round(predict_seconds, 4), "rows": len(table.values)},
         )
         return objects, manifest
+
+    @staticmethod
+    def _method_error(exc: Exception, method: str, card) -> dict:
+        """The manifest's error entry of a failed method; a typed error is logged without a trace."""
+        if isinstance(exc, ExplainError):
+            logger.warning("method refused", extra={"method": method, "model": card.name, "error": exc.to_dict()})
+            return exc.to_dict()
+        logger.exception("method failed", extra={"method": method, "model": card.name})
+        return {"type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]}
 
     @staticmethod
     def _check_time_budget(spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card, context) -> None:

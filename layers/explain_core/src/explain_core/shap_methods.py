@@ -46,7 +46,7 @@ class KerasOutputs:
         self.batch_size = batch_size
         # One traced function instead of model.predict: predict builds a tf.data pipeline per
         # call (0.1-0.3 s), and the sampling explainers call the model hundreds of times.
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -76,8 +76,8 @@ def output_kind(card) -> str:
 class ShapMethod:
     """Shared base: group rows by target class, explain each group, keep base values.
 
-    Subclasses implement :meth:`explain_class` for one class and say which modalities and
-    frameworks they support (checked by the registry against the model card).
+    Subclasses implement :meth:`explain_class` for one class; their registry entries say which
+    modalities and frameworks they support (checked against the model card before they run).
     """
 
     def __init__(self, model, batch_size: int = 64, *, card, background: np.ndarray | None = None, **params):
@@ -104,7 +104,8 @@ class ShapMethod:
             attributions[rows] = values.reshape(inputs[rows].shape)
             base_values[rows] = base
         self.base_values = base_values
-        return attributions.astype(np.float32)
+        # Images: float32 arrays (.npy outputs of pixel size); tables keep float64 for the CSV.
+        return attributions.astype(np.float32) if self.card.modality == "image" else attributions
 
     def explain_class(self, inputs: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray | float]:
         raise NotImplementedError
@@ -133,7 +134,7 @@ class ShapMethod:
         return inputs[:MAX_UPLOAD_BACKGROUND_ROWS]
 
     def to_pixels(self, inputs: np.ndarray) -> np.ndarray:
-        """Model-space images back to 0-255 pixels (the maskers blur and inpaint pixels)."""
+        """Model-space images back to 0-255 pixels (SLIC and OpenCV's inpainting work on pixels)."""
         prep = self.card.preprocessing
         return (inputs * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / np.float32(prep.scale)
 
@@ -181,7 +182,7 @@ class DeepShap(ShapMethod):
     def explain_class(self, inputs, cls):
         import shap
 
-        _patch_deep_max_reduction()
+        _patch_deep_rules()
 
         def build(background):
             return shap.DeepExplainer(self.outputs.class_model(cls),
@@ -386,10 +387,18 @@ def _restored_gradient_recording():
         execute.record_gradient = original
 
 
-def _patch_deep_max_reduction() -> None:
+def _patch_deep_rules() -> None:
+    """DeepLIFT rules shap lacks or gets wrong under Keras 3 / TensorFlow 2.
+
+    - ``Max`` (GlobalMaxPooling2D): the max rule above instead of an element-wise one;
+    - ``Relu6`` (MobileNet's ReLU(max_value=6)) and ``LeakyRelu``: element-wise nonlinearities,
+      so DeepLIFT's rescale rule applies as it does to ``Relu``.
+    """
     from shap.explainers._deep import deep_tf
 
     deep_tf.op_handlers["Max"] = _reduce_max
+    for op_type in ("Relu6", "LeakyRelu"):
+        deep_tf.op_handlers.setdefault(op_type, deep_tf.nonlinearity_1d(0))
 
 
 _OP_TYPE = re.compile(r"(?:no entry for: (?:shap_)?|KeyError: '|^')(\w+)'?")
@@ -433,7 +442,7 @@ def _layer_with_op(model, op_type: str) -> str | None:
 
     layers = [layer.name for layer in model.layers]
     spec = tf.TensorSpec([1, *model.inputs[0].shape[1:]], tf.float32)
-    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    graph = tf.function(lambda x: model(x, training=False), autograph=False).get_concrete_function(spec).graph
     for op in graph.get_operations():
         if op.type == op_type:
             found = _layer_in_name(op.name, layers)
