@@ -219,3 +219,23 @@ def test_deep_explainer_names_a_layer_without_a_rule():
         tape.watch(x)
         total = tf.reduce_sum(model(x))
     assert np.all(np.isfinite(tape.gradient(total, x).numpy()))
+
+
+def test_deep_explainer_handles_depthwise_convolutions_and_batch_norm():
+    """MobileNet's blocks: DepthwiseConv2D, BatchNormalization and ReLU6, through GlobalAveragePooling."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(max_value=6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    card = ModelCard(name="m", version="v", input_height=8, input_width=8, class_names=["a", "b"])
+    method = explainer("DeepExplainer", model, card, rng.normal(size=(4, 8, 8, 3)))
+    values = method.explain(images, one_hot([0, 1]))
+    logits = np.asarray(model.predict_on_batch(images))[np.arange(2), [0, 1]]
+    np.testing.assert_allclose(values.sum(axis=(1, 2, 3)) + method.base_values, logits, atol=1e-4)

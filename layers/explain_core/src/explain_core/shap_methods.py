@@ -392,13 +392,16 @@ def _patch_deep_rules() -> None:
 
     - ``Max`` (GlobalMaxPooling2D): the max rule above instead of an element-wise one;
     - ``Relu6`` (MobileNet's ReLU(max_value=6)) and ``LeakyRelu``: element-wise nonlinearities,
-      so DeepLIFT's rescale rule applies as it does to ``Relu``.
+      so DeepLIFT's rescale rule applies as it does to ``Relu``;
+    - ``DepthwiseConv2dNative`` (MobileNet, EfficientNet): linear in its input, like ``Conv2D``.
+      (Keras 3's BatchNormalization is plain Mul/Add/Rsqrt arithmetic, which shap handles.)
     """
     from shap.explainers._deep import deep_tf
 
     deep_tf.op_handlers["Max"] = _reduce_max
     for op_type in ("Relu6", "LeakyRelu"):
         deep_tf.op_handlers.setdefault(op_type, deep_tf.nonlinearity_1d(0))
+    deep_tf.op_handlers.setdefault("DepthwiseConv2dNative", deep_tf.linearity_1d(0))
 
 
 _OP_TYPE = re.compile(r"(?:no entry for: (?:shap_)?|KeyError: '|^')(\w+)'?")
