@@ -395,3 +395,26 @@ def test_a_new_background_is_not_mistaken_for_a_duplicate(invoke, s3, deployment
     assert (first["background"]["rows"], second["background"]["rows"]) == (32, 8)
     # Interventional Tree SHAP integrates over the background: another background, another base value.
     assert first["methods"][0]["outputs"][0]["base_value"] != second["methods"][0]["outputs"][0]["base_value"]
+
+
+def test_a_tabular_method_that_would_outlast_the_invocation_is_refused(handlers, deployment, s3, tabular_models):
+    """1000 rows x 10000 coalitions x 32 background rows cannot fit the 10 s a 30 s invocation leaves."""
+    from devtools import local_lambda, tabular_demo
+
+    rows, _ = tabular_demo.sample_rows(8)
+    key = "incoming/shap/breast-cancer-mlp/v1/budget/many.csv"
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key,
+                  Body=tabular_demo.sample_csv(np.repeat(rows, 125, axis=0)),
+                  Metadata={"methods": "DeepExplainer,KernelExplainer",
+                            "params": '{"KernelExplainer": {"nb_samples": 10000}}'})
+    wiring = deployment.function_for_family("shap")
+    context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, timeout_seconds=30)
+    with local_lambda.function_environment(deployment, wiring):
+        assert handlers["shap"](upload_event(key), context) == {"batchItemFailures": []}
+
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"), results_of(key) + "manifest.json")
+    deep, kernel = manifest["methods"]
+    assert manifest["input"]["rows"] == 1000 and manifest["status"] == "partial"
+    assert deep["status"] == "succeeded"
+    assert kernel["status"] == "failed" and kernel["error"]["code"] == "over_time_budget"
+    assert kernel["error"]["details"]["estimated_seconds"] > kernel["error"]["details"]["available_seconds"]

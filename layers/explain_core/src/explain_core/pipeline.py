@@ -398,6 +398,22 @@ class ExplanationPipeline:
             "results_prefix": self.keys.results_base(upload.ref),
         }
 
+    def _tabular_files(self, ref: InputRef, explanation: TabularExplanation, card) -> tuple[list, dict]:
+        """One method's outputs for one class: values CSV, plots and summary JSON; and its manifest entry."""
+        label = class_label(explanation.class_index, card.class_names)
+        summary = tabular_summary(explanation)
+        files = [(self.keys.output_key(ref, explanation.method, label, f.name), f.body, f.content_type)
+                 for f in report_files(explanation)]
+        summary_key = self.keys.output_key(ref, explanation.method, label, "summary.json")
+        entry = {
+            "output_kind": explanation.output_kind,
+            "base_value": summary["base_value"],
+            "additivity_max_error": summary["additivity"]["max_abs_error"],
+            "summary": summary_key,
+            "files": [key for key, _, _ in files],
+        }
+        return [*files, (summary_key, json.dumps(summary, indent=2).encode(), "application/json")], entry
+
     @staticmethod
     def _background_description(loaded: LoadedModel) -> dict:
         """Where the SHAP background came from (see explain_core.shap_methods for the defaults)."""
@@ -431,7 +447,9 @@ class ExplanationPipeline:
                 # Kernel SHAP evaluates every coalition against every background row.
                 background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
                 evaluations = background_rows if spec.name == "KernelExplainer" else 1
-                self._check_time_budget(spec, params, len(table.values), row_seconds * evaluations, card, context)
+                # Each explained class is a separate pass over the rows.
+                self._check_time_budget(spec, params, len(table.values) * len(classes), row_seconds * evaluations,
+                                        card, context)
                 explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size, loaded.background)
                 seconds = 0.0
                 for cls in classes:
@@ -443,24 +461,12 @@ class ExplanationPipeline:
                     explanation = TabularExplanation(
                         method=spec.name, class_index=cls, class_name=card.class_name(cls),
                         output_kind=output_kind(card), feature_names=list(card.feature_names), data=table.values,
-                        values=np.asarray(values, dtype=np.float64), base_values=explainer.base_values,
-                        model_output=outputs[:, cls], line_numbers=table.line_numbers,
-                        predicted=[card.class_name(int(p)) for p in predicted],
+                        values=values, base_values=explainer.base_values, model_output=outputs[:, cls],
+                        line_numbers=table.line_numbers, predicted=[card.class_name(int(p)) for p in predicted],
                     )
-                    label = class_label(cls, card.class_names)
-                    summary = tabular_summary(explanation)
-                    files = [(self.keys.output_key(ref, spec.name, label, f.name), f.body, f.content_type)
-                             for f in report_files(explanation)]
-                    summary_key = self.keys.output_key(ref, spec.name, label, "summary.json")
-                    objects += [*files, (summary_key, json.dumps(summary, indent=2).encode(), "application/json")]
-                    entry["outputs"].append({
-                        **described(cls),
-                        "output_kind": explanation.output_kind,
-                        "base_value": summary["base_value"],
-                        "additivity_max_error": summary["additivity"]["max_abs_error"],
-                        "summary": summary_key,
-                        "files": [key for key, _, _ in files],
-                    })
+                    files, output = self._tabular_files(ref, explanation, card)
+                    objects += files
+                    entry["outputs"].append({**described(cls), **output})
                 entry["seconds"] = round(seconds, 4)
                 metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
             except Exception as exc:  # a method failing on this model must not sink the others
