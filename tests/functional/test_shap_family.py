@@ -418,3 +418,53 @@ def test_a_tabular_method_that_would_outlast_the_invocation_is_refused(handlers,
     assert deep["status"] == "succeeded"
     assert kernel["status"] == "failed" and kernel["error"]["code"] == "over_time_budget"
     assert kernel["error"]["details"]["estimated_seconds"] > kernel["error"]["details"]["available_seconds"]
+
+
+def test_feature_names_from_an_xgboost_model_or_from_the_upload(invoke, s3, deployment, tabular_models, tmp_path):
+    """Cards without feature_names: an XGBoost model trained on a DataFrame keeps its names; a Keras
+    model takes the upload's header, in the file's order, checked against its input width."""
+    import pandas as pd
+    import xgboost
+
+    from devtools import tabular_demo
+
+    rows, labels = tabular_demo.sample_rows(40)
+    names = [name.replace(" ", "_") for name in tabular_demo.feature_names()]
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 2, "seed": 0},
+                            xgboost.DMatrix(pd.DataFrame(rows, columns=names), label=labels), num_boost_round=10)
+    booster.save_model(str(tmp_path / "model.ubj"))
+    models = deployment.bucket("ModelBucket")
+    s3.upload_file(str(tmp_path / "model.ubj"), models, "models/named-xgb/v1/model.ubj")
+    s3.put_object(Bucket=models, Key="models/named-xgb/v1/card.json", Body=json.dumps({
+        "name": "named-xgb", "version": "v1", "modality": "tabular", "model_file": "model.ubj", "output": "margin",
+        "class_names": ["malignant", "benign"]}).encode())
+    mlp = tabular_models["breast-cancer-mlp"]
+    card = {**json.loads((mlp / "card.json").read_text()), "name": "unnamed-mlp", "feature_names": None}
+    s3.upload_file(str(mlp / "model.keras"), models, "models/unnamed-mlp/v1/model.keras")
+    s3.put_object(Bucket=models, Key="models/unnamed-mlp/v1/card.json", Body=json.dumps(card).encode())
+
+    # The upload's columns in another order than the model's: matched by name for the XGBoost model.
+    shuffled = list(reversed(range(len(names))))
+    header = ",".join(names[i] for i in shuffled)
+    lines = [",".join(repr(float(v)) for v in row[shuffled]) for row in rows[:4]]
+    body = "\n".join([header, *lines, ""]).encode()
+    inputs = deployment.bucket("InputBucket")
+    s3.put_object(Bucket=inputs, Key="incoming/shap/named-xgb/v1/rows.csv", Body=body)
+    s3.put_object(Bucket=inputs, Key="incoming/shap/unnamed-mlp/v1/rows.csv", Body=tabular_demo.sample_csv(rows[:4]),
+                  Metadata={"methods": "DeepExplainer"})
+    for key in ("incoming/shap/named-xgb/v1/rows.csv", "incoming/shap/unnamed-mlp/v1/rows.csv"):
+        assert invoke("shap", upload_event(key)) == {"batchItemFailures": []}
+
+    results = deployment.bucket("ResultsBucket")
+    named = read_json(s3, results, "results/shap/named-xgb/v1/rows.csv/manifest.json")
+    assert named["status"] == "succeeded" and named["input"]["feature_names_from"] == "model"
+    columns, values, leading = values_table(s3, results, next(
+        f for f in named["methods"][0]["outputs"][0]["files"] if f.endswith("values.csv")))
+    assert columns == names  # the model's order, whatever the file's
+    margin = booster.predict(xgboost.DMatrix(pd.DataFrame(rows[:4], columns=names)), output_margin=True)
+    base = np.array([float(r["base_value"]) for r in leading])
+    np.testing.assert_allclose(values.sum(axis=1) + base, margin, atol=1e-5)  # class 1 (benign) by default
+
+    unnamed = read_json(s3, results, "results/shap/unnamed-mlp/v1/rows.csv/manifest.json")
+    assert unnamed["status"] == "succeeded" and unnamed["input"]["feature_names_from"] == "upload"
+    assert unnamed["model"]["features"] == 30

@@ -117,7 +117,6 @@ def test_tabular_card():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"feature_names": None}, "a tabular model needs feature_names"),
     ({"feature_names": ["age", "age"]}, "feature_names must be unique"),
     ({"explained_classes": ["maybe"]}, "explained_classes ['maybe'] are not in class_names"),
     ({"model_file": "model.keras"}, 'output "margin" is for XGBoost models'),
@@ -125,6 +124,10 @@ def test_tabular_card():
 ])
 def test_tabular_card_problems(change, message):
     assert message in refused({**TABULAR, **change}).message
+
+
+def test_tabular_card_may_leave_the_feature_names_to_the_model_or_the_upload():
+    assert load({**TABULAR, "feature_names": None}).feature_names is None
 
 
 def test_image_models_are_keras_only():

@@ -421,3 +421,33 @@ def test_errors_serialise():
     record = error.to_dict()
     assert record["code"] == "invalid_table" and record["type"] == "InvalidTableError"
     assert json.loads(json.dumps(record))["details"] == {"line": 2, "column": "income", "value": "x"}
+
+
+# --------------------------------------------------------------------------- names from the upload
+
+
+def test_csv_header_names_the_features_when_the_card_does_not():
+    table = parse_table(b"b,a\n1,2\n3,4\n", "t.csv", None, feature_count=2, max_bytes=1000, max_rows=10)
+    assert table.feature_names == ["b", "a"]  # the file's order
+    np.testing.assert_array_equal(table.values, [[1, 2], [3, 4]])
+
+
+def test_jsonl_names_come_from_the_first_object_or_are_numbered_for_arrays():
+    table = parse_table(b'{"y": 1, "x": 2}\n{"x": 4, "y": 3}\n', "t.jsonl", None, feature_count=2,
+                        max_bytes=1000, max_rows=10)
+    assert table.feature_names == ["y", "x"]
+    np.testing.assert_array_equal(table.values, [[1, 2], [3, 4]])
+    arrays = parse_table(b"[1, 2]\n[3, 4]\n", "t.jsonl", None, feature_count=2, max_bytes=1000, max_rows=10)
+    assert arrays.feature_names == ["feature_0", "feature_1"]
+
+
+@pytest.mark.parametrize(("data", "name", "message"), [
+    (b"a,b,c\n1,2,3\n", "t.csv", "the header has 3 features; the model takes 2"),
+    (b"1,2\n3,4\n", "t.csv", "a header row naming the columns is required"),
+    (b'{"a": 1}\n', "t.jsonl", "the object has 1 features; the model takes 2"),
+    (b'{"a": 1, "b": 2}\n{"a": 1, "c": 2}\n', "t.jsonl", "c"),
+])
+def test_upload_names_must_match_the_model_width_and_stay_consistent(data, name, message):
+    with pytest.raises(InvalidTableError) as info:
+        parse_table(data, name, None, feature_count=2, max_bytes=1000, max_rows=10)
+    assert message in info.value.message

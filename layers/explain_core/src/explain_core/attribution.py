@@ -33,8 +33,9 @@ def raw_outputs(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> 
     if card.framework == "xgboost":
         import xgboost
 
-        margin = np.asarray(model.predict(xgboost.DMatrix(np.asarray(inputs, dtype=np.float64)), output_margin=True),
-                            dtype=np.float64)
+        # A model trained on a DataFrame stores its feature names and refuses unnamed data.
+        data = xgboost.DMatrix(np.asarray(inputs, dtype=np.float64), feature_names=model.feature_names)
+        margin = np.asarray(model.predict(data, output_margin=True), dtype=np.float64)
         return np.stack([-margin, margin], axis=1) if margin.ndim == 1 else margin
     # predict_on_batch, not predict: predict builds and traces a tf.data pipeline on every call
     # (0.1-0.3 s, more than a whole Grad-CAM on a small model).

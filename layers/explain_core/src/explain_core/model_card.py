@@ -56,7 +56,8 @@ class ModelCard(BaseModel):
     input_channels: Literal[3] = 3
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     #: Tabular models: the features, in the model's column order. Uploaded files may order their
-    #: columns freely; they are matched by name.
+    #: columns freely; they are matched by name. Without them, an XGBoost model's stored names are
+    #: used, else the upload's (CSV header, JSON keys) in the file's order.
     feature_names: list[str] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
     #: Tabular models: the classes explained when the upload names no target; default: the
     #: positive class (index 1) of a binary model, every class of a multi-class one.
@@ -80,9 +81,7 @@ class ModelCard(BaseModel):
             if self.framework != "keras":
                 raise ValueError("image models must be Keras models (model.keras)")
         else:
-            if not self.feature_names:
-                raise ValueError("a tabular model needs feature_names")
-            if len(set(self.feature_names)) != len(self.feature_names):
+            if self.feature_names and len(set(self.feature_names)) != len(self.feature_names):
                 raise ValueError("feature_names must be unique")
             unknown = [c for c in self.explained_classes or () if c not in self.class_names]
             if unknown:

@@ -49,6 +49,25 @@ class LoadedModel:
     background: np.ndarray | None = None
     background_etag: str | None = None
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        """Tabular: the card's feature names, else those an XGBoost model stores, else None (the upload's)."""
+        return self.card.feature_names or _stored_feature_names(self.model, self.card)
+
+    @property
+    def feature_count(self) -> int | None:
+        return _feature_count(self.model, self.card) if self.card.modality == "tabular" else None
+
+
+def _stored_feature_names(model, card: ModelCard) -> list[str] | None:
+    return list(model.feature_names) if card.framework == "xgboost" and model.feature_names else None
+
+
+def _feature_count(model, card: ModelCard) -> int:
+    if card.framework == "xgboost":
+        return model.num_features()
+    return int(model.inputs[0].shape[-1])
+
 
 def _is_missing(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
@@ -139,11 +158,11 @@ class ModelStore:
         else:
             model = self._load_keras(path, name, version)
         self._check_card(model, card)
-        background = self._load_background(name, version, card, background_etag) if background_etag else None
+        background = self._load_background(name, version, card, model, background_etag) if background_etag else None
         return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
                            background, background_etag)
 
-    def _load_background(self, name: str, version: str, card: ModelCard, etag: str) -> np.ndarray:
+    def _load_background(self, name: str, version: str, card: ModelCard, model, etag: str) -> np.ndarray:
         from explain_core.attribution import preprocess
 
         key = self.keys.model_key(name, version, BACKGROUND_FILE)
@@ -160,7 +179,7 @@ class ModelStore:
         if card.modality == "image":
             expected = (card.input_height, card.input_width, card.input_channels)
         else:
-            expected = (len(card.feature_names),)
+            expected = (_feature_count(model, card),)
         problem = None
         if array.dtype.kind not in "uif" or array.ndim != 1 + len(expected) or tuple(array.shape[1:]) != expected:
             problem = f"shape {array.shape} and dtype {array.dtype}; expected (n, {', '.join(map(str, expected))})"
@@ -202,15 +221,21 @@ class ModelStore:
     @staticmethod
     def _check_card(model, card: ModelCard):
         if card.framework == "xgboost":
-            features = model.num_features()
-            if features != len(card.feature_names):
+            features, stored = model.num_features(), _stored_feature_names(model, card)
+            if card.feature_names and features != len(card.feature_names):
                 raise InvalidModelError(
                     f"the XGBoost model has {features} features but the card names {len(card.feature_names)}",
                     model=card.name,
                 )
+            if card.feature_names and stored and stored != card.feature_names:
+                raise InvalidModelError(
+                    "the card's feature_names differ from those stored in the XGBoost model (names or order)",
+                    model=card.name,
+                )
             return
         if card.modality == "tabular":
-            expected_input = (None, len(card.feature_names))
+            width = len(card.feature_names) if card.feature_names else model.inputs[0].shape[-1]
+            expected_input = (None, width)
         else:
             expected_input = (None, card.input_height, card.input_width, card.input_channels)
         input_shape = tuple(model.inputs[0].shape)

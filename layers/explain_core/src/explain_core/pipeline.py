@@ -263,7 +263,7 @@ class ExplanationPipeline:
 
         started = time.perf_counter()
         if tabular:
-            upload.table = parse_table(data, upload.ref.name, loaded.card.feature_names,
+            upload.table = parse_table(data, upload.ref.name, loaded.feature_names, feature_count=loaded.feature_count,
                                        max_bytes=self.settings.max_table_bytes, max_rows=self.settings.max_table_rows)
         else:
             upload.image = decode_image(
@@ -386,7 +386,7 @@ class ExplanationPipeline:
                 "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
                 "card_etag": loaded.card_etag, "modality": card.modality, "framework": card.framework,
                 **({"input_size": [card.input_height, card.input_width]} if card.modality == "image"
-                   else {"features": len(card.feature_names)}),
+                   else {"features": loaded.feature_count}),
                 "loaded_from": loaded.source,
             },
             "predictions": predictions,
@@ -460,7 +460,7 @@ class ExplanationPipeline:
                     seconds += time.perf_counter() - method_started
                     explanation = TabularExplanation(
                         method=spec.name, class_index=cls, class_name=card.class_name(cls),
-                        output_kind=output_kind(card), feature_names=list(card.feature_names), data=table.values,
+                        output_kind=output_kind(card), feature_names=table.feature_names, data=table.values,
                         values=values, base_values=explainer.base_values, model_output=outputs[:, cls],
                         line_numbers=table.line_numbers, predicted=[card.class_name(int(p)) for p in predicted],
                     )
@@ -477,7 +477,8 @@ class ExplanationPipeline:
         counts = np.bincount(predicted, minlength=len(card.class_names))
         manifest = self._manifest(
             upload, loaded, methods,
-            input_description={"format": table.format, "rows": len(table.values), "columns": len(card.feature_names)},
+            input_description={"format": table.format, "rows": len(table.values), "columns": len(table.feature_names),
+                               "feature_names_from": "model" if loaded.feature_names else "upload"},
             predictions={"rows_per_class": {card.class_name(i): int(n) for i, n in enumerate(counts)}},
             explained_classes=[described(c) for c in classes],
             timings={"predict_s": round(predict_seconds, 4), "rows": len(table.values)},

@@ -3,7 +3,9 @@
 Limits are checked before any work: the byte size first, then the row count while reading
 (parsing stops at the first row over the limit, so no more than ``max_rows`` rows are ever
 built). Columns are matched to the model card's ``feature_names`` by name, in any order, and
-the result is in the card's order. Every refusal is an :class:`InvalidTableError` (or
+the result is in the card's order. A card without feature names takes them from the upload
+(the CSV header, the keys of the first JSON object, or ``feature_0`` ... for JSON arrays), in
+the file's order, and only their number is checked against the model. Every refusal is an :class:`InvalidTableError` (or
 subclass) whose message says where (line, column, value) and what was expected.
 """
 
@@ -39,7 +41,7 @@ _MAX_LISTED_DETAILS = 100
 @dataclass
 class Table:
     values: np.ndarray  # float64, (rows, features), columns in the card's feature order
-    feature_names: list[str]  # the card's order
+    feature_names: list[str]  # the card's order, or the file's when the card names none
     format: str  # "csv" or "jsonl"
     line_numbers: list[int]  # 1-based line in the file where each data row starts
 
@@ -61,8 +63,12 @@ def table_format(filename: str) -> str:
     )
 
 
-def parse_table(data: bytes, filename: str, feature_names: list[str], *, max_bytes: int, max_rows: int) -> Table:
-    """Parse an uploaded table into float64 values in ``feature_names`` order, or raise a typed error."""
+def parse_table(data: bytes, filename: str, feature_names: list[str] | None, *, max_bytes: int, max_rows: int,
+                feature_count: int | None = None) -> Table:
+    """Parse an uploaded table into float64 values in ``feature_names`` order, or raise a typed error.
+
+    ``feature_names=None``: the file names the features; there must be ``feature_count`` of them.
+    """
     if len(data) > max_bytes:
         raise TableTooLargeError(
             f"the file is {len(data)} bytes; the limit is {max_bytes}", size=len(data), limit=max_bytes
@@ -71,12 +77,35 @@ def parse_table(data: bytes, filename: str, feature_names: list[str], *, max_byt
     if not data:
         raise InvalidTableError("the file is empty (0 bytes): it has no data rows")
     text = _decode(data)
+    names = _Names(feature_names, feature_count)
     if fmt == "csv":
-        rows, lines = _parse_csv(text, feature_names, max_rows)
+        rows, lines = _parse_csv(text, names, max_rows)
     else:
-        rows, lines = _parse_jsonl(text, feature_names, max_rows)
+        rows, lines = _parse_jsonl(text, names, max_rows)
+    feature_names = names.resolved
     values = np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
     return Table(values=values, feature_names=list(feature_names), format=fmt, line_numbers=lines)
+
+
+class _Names:
+    """The feature names: the card's, or the first ones the file gives (checked against the model's count)."""
+
+    def __init__(self, card_names: list[str] | None, count: int | None):
+        if card_names is None and count is None:
+            raise ValueError("parse_table needs feature_names or feature_count")
+        self.resolved = list(card_names) if card_names is not None else None
+        self.count = count
+
+    def get(self, file_names: list[str], *, line: int, where: str) -> list[str]:
+        if self.resolved is None:
+            if len(file_names) != self.count:
+                raise InvalidTableError(
+                    f"line {line}: {where} has {len(file_names)} features; the model takes {self.count} "
+                    "(its card names none, so the file's names are used in the file's order)",
+                    line=line, expected=self.count, got=len(file_names),
+                )
+            self.resolved = list(file_names)
+        return self.resolved
 
 
 # --- text ---------------------------------------------------------------------------------
@@ -193,7 +222,7 @@ def _csv_value(cell: str, *, line: int, column: str) -> float:
     return value
 
 
-def _parse_csv(text: str, feature_names: list[str], max_rows: int) -> tuple[list[list[float]], list[int]]:
+def _parse_csv(text: str, names: _Names, max_rows: int) -> tuple[list[list[float]], list[int]]:
     # newline="" keeps quoted line breaks and lets the csv module handle \r\n and \r itself;
     # skipinitialspace reads `a, "b"` as two fields; strict refuses stray quotes.
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
@@ -216,7 +245,13 @@ def _parse_csv(text: str, feature_names: list[str], max_rows: int) -> tuple[list
             continue  # blank line (or a row of empty cells, as spreadsheets leave at the end)
         if header is None:
             header = [cell.strip() for cell in cells]
-            order = _csv_header(header, feature_names, line=start)
+            if names.resolved is None and all(_is_float(cell) for cell in header):
+                raise InvalidTableError(
+                    f"line {start} looks like data ({_show(','.join(header))}): the model card names no features, "
+                    "so a header row naming the columns is required as the first row",
+                    line=start,
+                )
+            order = _csv_header(header, names.get(header, line=start, where="the header"), line=start)
             continue
         _check_row_limit(len(rows) + 1, max_rows, start)
         if len(cells) != len(header):
@@ -311,7 +346,7 @@ def _json_value(value: object, *, line: int, column: str) -> float:
     )
 
 
-def _parse_jsonl(text: str, feature_names: list[str], max_rows: int) -> tuple[list[list[float]], list[int]]:
+def _parse_jsonl(text: str, names: _Names, max_rows: int) -> tuple[list[list[float]], list[int]]:
     rows: list[list[float]] = []
     lines: list[int] = []
     # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r
@@ -342,9 +377,11 @@ def _parse_jsonl(text: str, feature_names: list[str], max_rows: int) -> tuple[li
                 line=number,
             ) from None
         if isinstance(item, dict):
+            feature_names = names.get(list(item), line=number, where="the object")
             _match_names(list(item), feature_names, where=f"line {number}", kind="keys")
             rows.append([_json_value(item[f], line=number, column=f) for f in feature_names])
         elif isinstance(item, list):
+            feature_names = names.get([f"feature_{i}" for i in range(len(item))], line=number, where="the array")
             if len(item) != len(feature_names):
                 raise InvalidTableError(
                     f"line {number}: the array has {len(item)} values; expected {len(feature_names)}, "
