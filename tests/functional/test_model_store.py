@@ -192,3 +192,16 @@ def test_image_background_is_preprocessed_like_the_inputs(store, s3, deployment,
     # The demo card maps pixels p to (p / 255 - 0.5) / 0.5: white is 1.0.
     np.testing.assert_allclose(loaded.background, 1.0, atol=1e-6)
     assert loaded.background.shape == (2, 64, 64, 3)
+
+
+def test_a_function_without_xgboost_refuses_xgboost_models_clearly(store, s3, deployment, xgb_files, monkeypatch):
+    """The gradient and perturbation images do not install XGBoost: a typed error, not a retried ImportError."""
+    import sys
+
+    card, model_json = xgb_files
+    put_file(s3, deployment, "models/xgb/no-xgboost/model.json", model_json)
+    put_file(s3, deployment, "models/xgb/no-xgboost/card.json",
+             json.dumps({**card, "name": "xgb", "version": "no-xgboost"}).encode())
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # import xgboost now raises ImportError
+    with pytest.raises(InvalidModelError, match="explained by the shap family"):
+        store.get("xgb", "no-xgboost")

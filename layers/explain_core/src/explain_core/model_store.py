@@ -195,7 +195,13 @@ class ModelStore:
 
     @staticmethod
     def _load_xgboost(path: str, name: str, version: str):
-        import xgboost
+        try:
+            import xgboost
+        except ImportError as exc:  # only the shap function's image installs XGBoost
+            raise InvalidModelError(
+                f"model {name}/{version} is an XGBoost model, which this function cannot load; XGBoost models are "
+                "explained by the shap family (upload under incoming/shap/)", model=name,
+            ) from exc
 
         booster = xgboost.Booster()
         try:
