@@ -26,16 +26,19 @@ def results_of(key: str) -> str:
     return f"results/{key.removeprefix('incoming/')}/"
 
 
-def upload_event(key: str, etag: str = "etag") -> dict:
-    """An SQS event for one upload, built from the shap family's event file."""
+def upload_event(*keys: str) -> dict:
+    """An SQS event with one message per upload (keys URL-encoded as S3 sends them), from the family's event file."""
     from urllib.parse import quote_plus
 
     event = load_event("shap-upload.json")
-    body = json.loads(event["Records"][0]["body"])
-    body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
-    body["Records"][0]["s3"]["object"]["eTag"] = etag
-    event["Records"] = event["Records"][:1]
-    event["Records"][0]["body"] = json.dumps(body)
+    template = event["Records"][0]
+    event["Records"] = []
+    for i, key in enumerate(keys):
+        record = json.loads(json.dumps(template))
+        body = json.loads(record["body"])
+        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
+        record["body"], record["messageId"] = json.dumps(body), f"00000000-0000-4000-8000-{i:012d}"
+        event["Records"].append(record)
     return event
 
 
@@ -61,19 +64,7 @@ def image_results(invoke, s3, deployment, samples):
         s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[i]),
                       Metadata={"methods": ",".join(IMAGE_METHODS), "params": json.dumps(IMAGE_PARAMS)})
         keys.append(key)
-    event = upload_event(keys[0])
-    template = event["Records"][0]
-    event["Records"] = []
-    for i, key in enumerate(keys):
-        record = json.loads(json.dumps(template))
-        body = json.loads(record["body"])
-        from urllib.parse import quote_plus
-
-        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
-        record["body"] = json.dumps(body)
-        record["messageId"] = f"00000000-0000-4000-8000-00000000010{i}"
-        event["Records"].append(record)
-    response = invoke("shap", event)
+    response = invoke("shap", upload_event(*keys))
     results = deployment.bucket("ResultsBucket")
     manifests = [read_json(s3, results, results_of(key) + "manifest.json") for key in keys]
     return response, keys, manifests
@@ -269,19 +260,7 @@ def test_bad_tables_get_error_records_and_never_crash(invoke, s3, deployment, ta
         key = f"incoming/shap/breast-cancer-xgb/v1/bad/{name}"
         s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=body)
         keys[name] = key
-    event = upload_event(keys["empty.csv"])
-    template = event["Records"][0]
-    event["Records"] = []
-    for i, key in enumerate(keys.values()):
-        record = json.loads(json.dumps(template))
-        body = json.loads(record["body"])
-        from urllib.parse import quote_plus
-
-        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
-        record["body"], record["messageId"] = json.dumps(body), f"bad-{i}"
-        event["Records"].append(record)
-
-    response = invoke("shap", event)
+    response = invoke("shap", upload_event(*keys.values()))
 
     assert response == {"batchItemFailures": []}  # user errors are final: no retry
     results = deployment.bucket("ResultsBucket")
