@@ -205,3 +205,18 @@ def test_a_function_without_xgboost_refuses_xgboost_models_clearly(store, s3, de
     monkeypatch.setitem(sys.modules, "xgboost", None)  # import xgboost now raises ImportError
     with pytest.raises(InvalidModelError, match="explained by the shap family"):
         store.get("xgb", "no-xgboost")
+
+
+def test_families_without_shap_ignore_the_background(s3, deployment, demo_model_dir, tmp_path):
+    """Gradient and perturbation never HEAD or load background.npy, so a bad one cannot break them."""
+    card = json.loads((demo_model_dir / "card.json").read_text())
+    card["version"] = "bg-ignored"
+    put_model(s3, deployment, "shapes", "bg-ignored", demo_model_dir / "model.keras", card)
+    put_file(s3, deployment, "models/shapes/bg-ignored/background.npy", b"not an array")
+    settings = Settings(input_bucket=deployment.bucket("InputBucket"),
+                        results_bucket=deployment.bucket("ResultsBucket"),
+                        model_bucket=deployment.bucket("ModelBucket"), model_cache_dir=str(tmp_path))
+    loaded = ModelStore(s3, settings, with_background=False).get("shapes", "bg-ignored")
+    assert loaded.background is None and loaded.background_etag is None
+    with pytest.raises(InvalidModelError, match="not a numeric .npy array"):
+        ModelStore(s3, settings).get("shapes", "bg-ignored")

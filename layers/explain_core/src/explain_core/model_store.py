@@ -74,9 +74,11 @@ def _is_missing(error: ClientError) -> bool:
 
 
 class ModelStore:
-    def __init__(self, s3_client, settings: Settings):
+    def __init__(self, s3_client, settings: Settings, with_background: bool = True):
         self.s3 = s3_client
         self.settings = settings
+        #: Only the shap family uses backgrounds: the others neither HEAD nor load background.npy.
+        self.with_background = with_background
         self.keys = KeyLayout(settings)
         self._memory: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -97,17 +99,17 @@ class ModelStore:
     def models_in_memory(self) -> list:
         return [loaded.model for loaded in self._memory.values()]
 
-    def _etag(self, key: str, model: str, version: str, required: bool = True) -> str | None:
+    def _background_head(self, name: str, version: str) -> dict | None:
+        if not self.with_background:
+            return None
         try:
-            return self._head(key, model, version)["ETag"].strip('"')
-        except UnknownModelError:
-            if required:
-                raise
+            return self._head(self.keys.model_key(name, version, BACKGROUND_FILE), name, version)
+        except UnknownModelError:  # optional: the documented default background applies
             return None
 
     def get(self, name: str, version: str) -> LoadedModel:
         card_key = self.keys.model_key(name, version, CARD_FILE)
-        card_etag = self._etag(card_key, name, version)
+        card_etag = self._head(card_key, name, version)["ETag"].strip('"')
         with self._lock:
             cached = self._memory.get((name, version))
             card = cached.card if cached and cached.card_etag == card_etag else self._read_card(card_key, card_etag,
@@ -115,14 +117,16 @@ class ModelStore:
             model_key = self.keys.model_key(name, version, card.model_file)
             model_head = self._head(model_key, name, version)
             model_etag = model_head["ETag"].strip('"')
-            background_etag = self._etag(self.keys.model_key(name, version, BACKGROUND_FILE), name, version,
-                                         required=False)
+            background_head = self._background_head(name, version)
+            background_etag = background_head["ETag"].strip('"') if background_head else None
             etags = (model_etag, card_etag, background_etag)
             if cached and (cached.model_etag, cached.card_etag, cached.background_etag) == etags:
                 self._memory.move_to_end((name, version))
                 cached.source = "memory"
                 return cached
             loaded = self._load(name, version, card, model_key, etags, model_head["ContentLength"])
+            if background_head:
+                loaded.background = self._load_background(name, version, card, loaded.model, background_head)
             self._memory[(name, version)] = loaded
             while len(self._memory) > self.settings.max_cached_models:
                 self._memory.popitem(last=False)
@@ -158,17 +162,16 @@ class ModelStore:
         else:
             model = self._load_keras(path, name, version)
         self._check_card(model, card)
-        background = self._load_background(name, version, card, model, background_etag) if background_etag else None
         return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
-                           background, background_etag)
+                           background_etag=background_etag)
 
-    def _load_background(self, name: str, version: str, card: ModelCard, model, etag: str) -> np.ndarray:
+    def _load_background(self, name: str, version: str, card: ModelCard, model, head: dict) -> np.ndarray:
         from explain_core.attribution import preprocess
 
         key = self.keys.model_key(name, version, BACKGROUND_FILE)
-        head = self._head(key, name, version)
         if head["ContentLength"] > self.settings.max_model_bytes:
             raise InvalidModelError(f"{BACKGROUND_FILE} of {name}/{version} is too large", model=name)
+        etag = head["ETag"].strip('"')
         body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=key, IfMatch=etag)["Body"].read()
         try:
             array = np.load(io.BytesIO(body), allow_pickle=False)

@@ -102,7 +102,7 @@ class ExplanationPipeline:
         self.settings = settings
         self.s3 = s3_client
         self.keys = KeyLayout(settings)
-        self.store = ModelStore(s3_client, settings)
+        self.store = ModelStore(s3_client, settings, with_background=family == SHAP)
         self.writer = ResultWriter(s3_client, settings)
         self.explainers = ExplainerCache()
         self.batch_size = batch_size
@@ -444,9 +444,8 @@ class ExplanationPipeline:
         for spec, params in upload.options.methods:
             entry = self._method_entry(spec, params, card)
             try:
-                # Kernel SHAP evaluates every coalition against every background row.
                 background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
-                evaluations = background_rows if spec.name == "KernelExplainer" else 1
+                evaluations = background_rows if spec.passes_per_background_row else 1
                 # Each explained class is a separate pass over the rows.
                 self._check_time_budget(spec, params, len(table.values) * len(classes), row_seconds * evaluations,
                                         card, context)

@@ -109,6 +109,8 @@ class MethodSpec:
     frameworks: tuple[str, ...] = ("keras",)
     #: Each pass is a forward and a backward pass (gradient methods).
     backward: bool = False
+    #: Each pass evaluates the model on every background row (Kernel SHAP's coalitions).
+    passes_per_background_row: bool = False
     param_names: frozenset = field(init=False)
 
     def __post_init__(self):
@@ -395,7 +397,7 @@ METHODS: tuple[MethodSpec, ...] = (
     ),
     MethodSpec(
         "KernelExplainer", SHAP, _SHAP + "KernelShap", _SHAP_REFERENCE,
-        params=(_SHAP_NB_SAMPLES,), passes=_per_sample, modalities=("tabular",),
+        params=(_SHAP_NB_SAMPLES,), passes=_per_sample, modalities=("tabular",), passes_per_background_row=True,
         description="Kernel SHAP over tabular features against a background sample",
     ),
     MethodSpec(
