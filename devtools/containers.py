@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "devtools" / "docker"
 MOTO_IMAGE = "explain-moto:local"
 MOTO_PORT_IN_NETWORK = 5000
+#: The family functions (one image each per explanation family); ApiFunction and AuthorizerFunction explain nothing.
 FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation", "ShapFunction": "shap"}
 #: One cheap method per family for the figures: each explains a PNG of the image demo model.
 FIGURE_METHODS = {"gradient": "GradCAM", "perturbation": "Occlusion", "shap": "GradientExplainer"}
@@ -132,11 +133,15 @@ def _wait_for_http(url: str, timeout: float = 60) -> None:
 
 
 def env_vars_file(deployment: local_aws.Deployment, emulator: Emulator, directory: Path) -> Path:
-    """``sam local invoke --env-vars``: the template's variables with local names and the emulator."""
+    """``sam local invoke|start-api --env-vars``: every function's variables with local names and the emulator.
+
+    Presigned upload URLs go to clients on the host, so they name the emulator's host endpoint.
+    """
     path = directory / "env-vars.json"
     path.write_text(json.dumps({
-        function: {**deployment.functions[function].environment, "AWS_ENDPOINT_URL": emulator.network_endpoint}
-        for function in FUNCTIONS
+        function: {**wiring.environment, "AWS_ENDPOINT_URL": emulator.network_endpoint,
+                   "PRESIGN_ENDPOINT_URL": emulator.host_endpoint}
+        for function, wiring in deployment.functions.items()
     }, indent=2))
     return path
 

@@ -1,9 +1,9 @@
 """The AWS side on loopback: a moto server wired as template.yaml describes.
 
-Buckets, queues (with their dead-letter redrive), the input bucket's S3 -> SQS notifications and
-each function's SQS event source (batch size, batching window, environment) are read from
-template.yaml, so the local wiring cannot drift from what is deployed. Local names are derived
-from logical ids: ``InputBucket`` -> ``explain-input-bucket-local``.
+Buckets, queues (with their dead-letter redrive), DynamoDB tables, the input bucket's S3 -> SQS
+notifications, each function's SQS event source (batch size, batching window), API routes and
+environment are read from template.yaml, so the local wiring cannot drift from what is deployed.
+Local names are derived from logical ids: ``InputBucket`` -> ``explain-input-bucket-local``.
 """
 
 import json
@@ -58,12 +58,13 @@ def local_name(logical_id: str) -> str:
 class FunctionWiring:
     logical_id: str
     module: str  # the handler module, e.g. functions.gradient.app
-    queue: str  # logical id of its SQS source
-    batch_size: int
+    queue: str | None  # logical id of its SQS source; None for API-only functions
+    batch_size: int  # 0 without an SQS source
     batching_window: int
     timeout: int
     memory: int
     environment: dict = field(default_factory=dict)
+    api_routes: list[tuple[str, str]] = field(default_factory=list)  # (METHOD, path) of its Api events
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Deployment:
     queue_urls: dict  # logical id -> queue URL
     queue_arns: dict
     functions: dict  # logical id -> FunctionWiring
+    tables: dict  # logical id -> table name
 
     def client(self, service: str):
         return client(service, self.endpoint)
@@ -142,12 +144,20 @@ def _resolve(value, names: dict, arns: dict, parameters: dict):
 
 
 def deploy(endpoint: str, template: dict | None = None) -> Deployment:
-    """Create the template's buckets, queues, notifications on the emulator; describe the functions."""
+    """Create the template's buckets, queues, tables, notifications on the emulator; describe the functions."""
     template = template or load_template()
     resources = template["Resources"]
     parameters = {name: spec.get("Default") for name, spec in template.get("Parameters", {}).items()}
-    s3, sqs = client("s3", endpoint), client("sqs", endpoint)
+    s3, sqs, dynamodb = client("s3", endpoint), client("sqs", endpoint), client("dynamodb", endpoint)
     names, arns, queue_urls = {}, {}, {}
+    tables = {
+        logical_id: _create_table(dynamodb, local_name(logical_id), resource.get("Properties", {}))
+        for logical_id, resource in resources.items()
+        if resource["Type"] == "AWS::DynamoDB::Table"
+    }
+    for logical_id, name in tables.items():
+        names[logical_id] = name
+        arns[logical_id] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
 
     for logical_id, resource in resources.items():
         if resource["Type"] == "AWS::S3::Bucket":
@@ -214,18 +224,20 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
             **props.get("Environment", {}).get("Variables", {}),
         }
         environment = {k: str(_resolve(v, names, arns, parameters)) for k, v in environment.items()}
-        source = next(e["Properties"] for e in props["Events"].values() if e["Type"] == "SQS")
-        queue_logical_id = source["Queue"]["Fn::GetAtt"][0]
+        events = list(props.get("Events", {}).values())
+        source = next((e["Properties"] for e in events if e["Type"] == "SQS"), None)
         module = str(Path(resource["Metadata"]["Dockerfile"]).parent / "app").replace("/", ".")
         functions[logical_id] = FunctionWiring(
             logical_id=logical_id,
             module=module,
-            queue=queue_logical_id,
-            batch_size=int(source.get("BatchSize", 10)),
-            batching_window=int(source.get("MaximumBatchingWindowInSeconds", 0)),
+            queue=source["Queue"]["Fn::GetAtt"][0] if source else None,
+            batch_size=int(source.get("BatchSize", 10)) if source else 0,
+            batching_window=int(source.get("MaximumBatchingWindowInSeconds", 0)) if source else 0,
             timeout=int(props.get("Timeout", globals_fn.get("Timeout", 3))),
             memory=int(props.get("MemorySize", globals_fn.get("MemorySize", 128))),
             environment=environment,
+            api_routes=[(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events
+                        if e["Type"] == "Api"],
         )
     return Deployment(
         endpoint=endpoint,
@@ -233,7 +245,35 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
         queue_urls=queue_urls,
         queue_arns={lid: arns[lid] for lid in queue_urls},
         functions=functions,
+        tables=tables,
     )
+
+
+def _create_table(dynamodb, name: str, props: dict) -> str:
+    """Create a table as its AWS::DynamoDB::Table properties describe it (kept if it already exists)."""
+    arguments = {
+        "TableName": name,
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+    }
+    if "SSESpecification" in props:  # CloudFormation says SSEEnabled, the API Enabled
+        arguments["SSESpecification"] = {"Enabled": bool(props["SSESpecification"].get("SSEEnabled", False))}
+    try:
+        dynamodb.create_table(**arguments)
+    except dynamodb.exceptions.ResourceInUseException:
+        return name  # a second deploy() on the same emulator
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl:
+        dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification={
+            "AttributeName": ttl["AttributeName"], "Enabled": bool(ttl.get("Enabled", True)),
+        })
+    pitr = props.get("PointInTimeRecoverySpecification")
+    if pitr:
+        dynamodb.update_continuous_backups(TableName=name, PointInTimeRecoverySpecification={
+            "PointInTimeRecoveryEnabled": bool(pitr.get("PointInTimeRecoveryEnabled", False)),
+        })
+    return name
 
 
 def main():

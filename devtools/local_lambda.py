@@ -91,6 +91,8 @@ def sqs_event(messages: list[dict], queue_arn: str) -> dict:
 
 class SqsEventSource:
     def __init__(self, deployment: Deployment, wiring: FunctionWiring, handler=None):
+        if wiring.queue is None:
+            raise ValueError(f"{wiring.logical_id} has no SQS event in template.yaml")
         self.deployment = deployment
         self.wiring = wiring
         self.sqs = deployment.client("sqs")

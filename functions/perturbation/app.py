@@ -1,9 +1,9 @@
 """The perturbation family: black-box perturbation attributions (Occlusion, RISE, LIME, Kernel SHAP, Sobol, HSIC).
 
-Triggered by S3 uploads under ``incoming/perturbation/`` through SQS; writes heatmaps, raw attributions
-and a manifest per image to the results bucket (see explain_core.pipeline).
+Triggered by S3 uploads under ``incoming/perturbation/`` through SQS and by POST /explanations/perturbation;
+writes heatmaps, raw attributions and a manifest per image to the results bucket (see explain_core.pipeline).
 """
 
-from explain_core.handler import sqs_lambda_handler
+from explain_core.handler import family_lambda_handler
 
-lambda_handler = sqs_lambda_handler("perturbation")
+lambda_handler = family_lambda_handler("perturbation")

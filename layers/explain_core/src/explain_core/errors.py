@@ -99,3 +99,38 @@ class UnsupportedModelError(ExplainError):
 
     code = "unsupported_model"
     status = 422
+
+
+# ---------------------------------------------------------------------- the REST API's own errors
+class MalformedRequestError(ExplainError):
+    """A request body that is not JSON or does not match the request schema."""
+
+    code = "malformed_request"
+
+
+class RequestTooLargeError(ImageTooLargeError):
+    """An inline (base64) input over the request limit: upload it with POST /uploads instead."""
+
+    code = "request_too_large"
+
+
+class UnknownInputError(ExplainError):
+    code = "unknown_input"
+    status = 404
+
+
+class UnknownJobError(ExplainError):
+    code = "unknown_job"
+    status = 404
+
+
+class RouteNotFoundError(ExplainError):
+    code = "not_found"
+    status = 404
+
+
+class RequestInProgressError(ExplainError):
+    """The same job request is being created by another call right now (idempotency)."""
+
+    code = "request_in_progress"
+    status = 409

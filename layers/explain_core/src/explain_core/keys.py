@@ -1,6 +1,8 @@
 """S3 key layout.
 
 Inputs:  ``s3://INPUT_BUCKET/incoming/<family>/<model>/<version>/<path/to/image.png>``
+API:     synchronous requests store their input under ``requests/<family>/...`` (never notified),
+         jobs under ``incoming/<family>/<model>/<version>/jobs/<job id>/<file>`` (the S3 path).
 Results: ``s3://RESULTS_BUCKET/results/<family>/<model>/<version>/<path/to/image.png>/``
          ``manifest.json`` and ``<method>/<class>.png`` + ``<method>/<class>.npy``
 Errors:  ``s3://RESULTS_BUCKET/errors/<family>/<model>/<version>/<path/to/image.png>.json``
@@ -57,10 +59,17 @@ class KeyLayout:
         """True for objects this family's function must process (the retrigger guard)."""
         return bucket == self.settings.input_bucket and key.startswith(self.family_prefix(family))
 
+    def request_prefix(self, family: str) -> str:
+        return f"{self.settings.request_prefix}{family}/"
+
     def parse_input(self, bucket: str, key: str, family: str) -> InputRef:
+        """The model, version and name an input key selects (under the family's input or request prefix)."""
         if len(key.encode()) > MAX_KEY_LENGTH:
             raise InvalidKeyError("object key is longer than 1024 bytes")
-        rest = key[len(self.family_prefix(family)) :]
+        prefix = self.request_prefix(family)
+        if not key.startswith(prefix):
+            prefix = self.family_prefix(family)
+        rest = key[len(prefix) :]
         parts = rest.split("/", 2)
         if len(parts) < 3 or not parts[2] or parts[2].endswith("/"):
             raise InvalidKeyError(
@@ -81,7 +90,11 @@ class KeyLayout:
 
     def error_key(self, key: str) -> str:
         """Error record for an input key, even one that does not parse."""
-        relative = key[len(self.settings.input_prefix) :] if key.startswith(self.settings.input_prefix) else key
+        relative = key
+        for prefix in (self.settings.input_prefix, self.settings.request_prefix):
+            if key.startswith(prefix):
+                relative = key[len(prefix) :]
+                break
         return f"{self.settings.errors_prefix}{relative}.json"
 
     def model_key(self, model: str, version: str, filename: str) -> str:

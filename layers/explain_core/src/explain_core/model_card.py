@@ -36,6 +36,8 @@ class TargetPolicy(BaseModel):
     k: int = Field(default=1, ge=1, le=10)
 
 
+#: The card's file name beside the model: models/<name>/<version>/card.json.
+CARD_FILE = "card.json"
 #: Model files the store loads, and the framework each one means.
 MODEL_FILES = {"model.keras": "keras", "model.json": "xgboost", "model.ubj": "xgboost"}
 MAX_FEATURES = 2000

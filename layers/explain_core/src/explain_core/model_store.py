@@ -26,10 +26,9 @@ from botocore.exceptions import ClientError
 
 from explain_core.errors import InvalidModelError, UnknownModelError
 from explain_core.keys import KeyLayout
-from explain_core.model_card import ModelCard
+from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
 
-CARD_FILE = "card.json"
 BACKGROUND_FILE = "background.npy"
 #: Background rows kept at most (they multiply the cost of every SHAP explanation).
 MAX_BACKGROUND_ROWS = 1000

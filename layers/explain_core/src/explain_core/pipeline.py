@@ -59,6 +59,10 @@ from explain_core.tabular_report import summary as tabular_summary
 GRADIENT_PASS_COST = 3.0
 #: Seconds kept in reserve at the end of an invocation for writing results.
 TIME_RESERVE_S = 20.0
+#: Per method, on top of its model passes: building the explainer, tracing, rendering outputs.
+METHOD_OVERHEAD_S = 1.0
+#: Copies of an input timed together to measure a batched model pass.
+TIMING_BATCH = 16
 
 logger = Logger(child=True)
 tracer = Tracer()
@@ -240,6 +244,11 @@ class ExplanationPipeline:
                 self._fail(upload, exc, retry, request_id)
 
     def _prepare(self, upload: Upload, loaded: LoadedModel) -> None:
+        data, metadata = self._download(upload, loaded)
+        self.accept(upload, loaded, data, metadata)
+
+    def _download(self, upload: Upload, loaded: LoadedModel) -> tuple[bytes, dict]:
+        """The object's bytes and user metadata; its size is checked before the body is read."""
         started = time.perf_counter()
         tabular = loaded.card.modality == "tabular"
         response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key)
@@ -252,8 +261,11 @@ class ExplanationPipeline:
         data = response["Body"].read()
         upload.etag = response["ETag"].strip('"')
         upload.timings["download_s"] = time.perf_counter() - started
+        return data, response.get("Metadata", {})
 
-        upload.options = parse_options(response.get("Metadata", {}), loaded.card, self.family)
+    def accept(self, upload: Upload, loaded: LoadedModel, data: bytes, metadata: dict) -> None:
+        """Parse the request options, recognise a duplicate, decode the image or parse the table."""
+        upload.options = parse_options(metadata, loaded.card, self.family)
         existing = self.writer.manifest_metadata(self.keys.manifest_key(upload.ref))
         if existing and existing.get(SOURCE_ETAG) == upload.etag and existing.get(
             REQUEST_FINGERPRINT
@@ -262,7 +274,7 @@ class ExplanationPipeline:
             return
 
         started = time.perf_counter()
-        if tabular:
+        if loaded.card.modality == "tabular":
             upload.table = parse_table(data, upload.ref.name, loaded.feature_names, feature_count=loaded.feature_count,
                                        max_bytes=self.settings.max_table_bytes, max_rows=self.settings.max_table_rows)
         else:
@@ -270,6 +282,47 @@ class ExplanationPipeline:
                 data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
             )
         upload.timings["decode_s"] = time.perf_counter() - started
+
+    # ----------------------------------------------------------------- one input, now (the API)
+    def estimate_seconds(self, upload: Upload, loaded: LoadedModel) -> float:
+        """Predicted seconds to explain one accepted input with every requested method.
+
+        The model's per-input pass time is measured on a batch of copies of the input (methods run
+        batched), each method's cost is its registry pass count times that time (times three with a
+        backward pass), plus METHOD_OVERHEAD_S per method for building the explainer and the outputs.
+        """
+        card, options = loaded.card, upload.options
+        if card.modality == "tabular":
+            rows = upload.table.values
+            sample = rows[: self.batch_size]
+            raw_outputs(loaded.model, sample, card, self.batch_size)  # the first call may trace
+            started = time.perf_counter()
+            raw_outputs(loaded.model, sample, card, self.batch_size)
+            row_seconds = (time.perf_counter() - started) / len(sample)
+            classes = 1 if options.target is not None else len(card.default_explained_classes())
+            background_rows = len(loaded.background) if loaded.background is not None else len(rows)
+            seconds = sum(
+                self._method_seconds(spec, params, len(rows) * classes,
+                                     row_seconds * (background_rows if spec.passes_per_background_row else 1), card)
+                for spec, params in options.methods
+            )
+        else:
+            inputs = to_model_input([upload.image.pixels] * min(self.batch_size, TIMING_BATCH), card)
+            loaded.model.predict_on_batch(inputs)  # the first call may trace
+            pass_seconds = forward_seconds_per_image(loaded.model, inputs, self.batch_size)
+            classes = 1 if options.target is not None else options.top_k
+            seconds = sum(self._method_seconds(spec, params, classes, pass_seconds, card)
+                          for spec, params in options.methods)
+        return seconds + METHOD_OVERHEAD_S * len(options.methods)
+
+    def explain_and_write(self, upload: Upload, loaded: LoadedModel, context) -> dict:
+        """Explain one accepted input and write its outputs; returns the manifest. Errors propagate."""
+        if loaded.card.modality == "tabular":
+            objects, manifest = self._explain_table(upload, loaded, context)
+        else:
+            (objects, manifest), = self._explain([upload], loaded, context)
+        self._write(upload, loaded, objects, manifest, getattr(context, "aws_request_id", None))
+        return manifest
 
     @staticmethod
     def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:
@@ -494,15 +547,21 @@ class ExplanationPipeline:
         return {"type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]}
 
     @staticmethod
-    def _check_time_budget(spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card, context) -> None:
+    def _method_seconds(spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card) -> float:
+        """Registry cost of a method on ``rows`` inputs at ``pass_seconds`` per model pass."""
+        passes = spec.passes(params, (card.input_height, card.input_width))
+        return passes * rows * pass_seconds * (GRADIENT_PASS_COST if spec.backward else 1.0)
+
+    @classmethod
+    def _check_time_budget(cls, spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card,
+                           context) -> None:
         """Refuse a method that would outlast the invocation: a timeout would fail the whole batch."""
         if context is None or not hasattr(context, "get_remaining_time_in_millis"):
             return
-        passes = spec.passes(params, (card.input_height, card.input_width))
-        cost = GRADIENT_PASS_COST if spec.backward else 1.0
-        estimate = passes * rows * pass_seconds * cost
+        estimate = cls._method_seconds(spec, params, rows, pass_seconds, card)
         available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
         if estimate > available:
+            passes = spec.passes(params, (card.input_height, card.input_width))
             raise OverTimeBudgetError(
                 f"{spec.name} needs about {estimate:.0f} s for {rows} input(s) ({passes} model passes each at "
                 f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "

@@ -15,6 +15,10 @@ class Settings:
     results_bucket: str
     model_bucket: str
     input_prefix: str = "incoming/"
+    #: Inputs of synchronous API requests: not under input_prefix, so no notification retriggers a function.
+    request_prefix: str = "requests/"
+    #: Presigned uploads of large images, referenced by later API requests.
+    upload_prefix: str = "uploads/"
     results_prefix: str = "results/"
     errors_prefix: str = "errors/"
     models_prefix: str = "models/"
@@ -27,6 +31,12 @@ class Settings:
     #: Tabular uploads (CSV, JSON Lines): size and row limits, checked before parsing.
     max_table_bytes: int = 10 * 1024 * 1024
     max_table_rows: int = 1000
+    #: API: DynamoDB tables of jobs and of Powertools idempotency records.
+    jobs_table: str = ""
+    idempotency_table: str = ""
+    #: API: the endpoint presigned URLs are signed for (empty: the normal S3 endpoint).
+    presign_endpoint_url: str = ""
+    presigned_url_seconds: int = 3600
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -36,6 +46,8 @@ class Settings:
             results_bucket=env["RESULTS_BUCKET"],
             model_bucket=env["MODEL_BUCKET"],
             input_prefix=env.get("INPUT_PREFIX", cls.input_prefix),
+            request_prefix=env.get("REQUEST_PREFIX", cls.request_prefix),
+            upload_prefix=env.get("UPLOAD_PREFIX", cls.upload_prefix),
             results_prefix=env.get("RESULTS_PREFIX", cls.results_prefix),
             errors_prefix=env.get("ERRORS_PREFIX", cls.errors_prefix),
             models_prefix=env.get("MODELS_PREFIX", cls.models_prefix),
@@ -47,4 +59,8 @@ class Settings:
             max_model_bytes=_int_env("MAX_MODEL_BYTES", cls.max_model_bytes),
             max_table_bytes=_int_env("MAX_TABLE_BYTES", cls.max_table_bytes),
             max_table_rows=_int_env("MAX_TABLE_ROWS", cls.max_table_rows),
+            jobs_table=env.get("JOBS_TABLE", ""),
+            idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
+            presign_endpoint_url=env.get("PRESIGN_ENDPOINT_URL", ""),
+            presigned_url_seconds=_int_env("PRESIGNED_URL_SECONDS", cls.presigned_url_seconds),
         )

@@ -1,0 +1,100 @@
+"""Write the API Gateway (REST, proxy integration) events in events/api-*.json.
+
+They are the shape API Gateway sends a Lambda proxy integration, with the Lambda authorizer's
+principal in ``requestContext.authorizer``. The inline inputs are a held-out demo image and demo
+table rows, so the functional tests can check real predictions. Run ``python -m devtools.api_events``
+after changing the demo data; the files are committed.
+"""
+
+import base64
+import json
+from pathlib import Path
+
+from devtools import demo_model, tabular_demo
+from devtools.demo import encode_image
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+#: The API key in the authorizer event; tests register it in the emulator's clients table.
+TEST_API_KEY = "xk_" + "t" * 43
+TEST_CLIENT = "events-client"
+
+
+def rest_event(method: str, resource: str, path: str, *, body=None, path_parameters=None, query=None,
+               client: str | None = TEST_CLIENT) -> dict:
+    headers = {"Content-Type": "application/json", "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+               "Authorization": f"Bearer {TEST_API_KEY}", "X-Forwarded-Proto": "https"}
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {name: [value] for name, value in headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
+        "pathParameters": path_parameters,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": resource, "httpMethod": method, "path": f"/v1{path}", "stage": "v1",
+            "accountId": "123456789012", "apiId": "abcdef1234", "resourceId": "a1b2c3", "protocol": "HTTP/1.1",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "extendedRequestId": "Ab1CdEFgHIjKLmN=",
+            "requestTime": "27/Nov/2026:00:00:00 +0000", "requestTimeEpoch": 1795737600000,
+            "identity": {"sourceIp": "198.51.100.7", "userAgent": "curl/8.5.0"},
+            "authorizer": {"principalId": client, "client_id": client, "integrationLatency": 12} if client else None,
+        },
+        "body": body if body is None or isinstance(body, str) else json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def explain_event(family: str, body) -> dict:
+    return rest_event("POST", f"/explanations/{family}", f"/explanations/{family}", body=body)
+
+
+def events() -> dict[str, dict]:
+    images, labels, _ = demo_model.sample_images(1)
+    png = base64.b64encode(encode_image(images[0], "PNG")).decode()
+    rows, _ = tabular_demo.sample_rows(4)
+    csv = base64.b64encode(tabular_demo.sample_csv(rows)).decode()
+    shapes = {"name": demo_model.NAME, "version": demo_model.VERSION}
+    return {
+        "api-explain-gradient.json": explain_event("gradient", {
+            "model": shapes, "methods": ["Saliency", "GradCAM"], "input_base64": png, "filename": "circle.png",
+        }),
+        "api-explain-perturbation-async.json": explain_event("perturbation", {
+            "model": shapes, "methods": ["Occlusion"], "params": {"Occlusion": {"patch_size": 16}},
+            "input_base64": png, "filename": "circle.png", "mode": "async",
+        }),
+        "api-explain-shap-table.json": explain_event("shap", {
+            "model": {"name": "breast-cancer-xgb", "version": tabular_demo.VERSION},
+            "methods": ["TreeExplainer"], "input_base64": csv, "filename": "patients.csv",
+        }),
+        "api-explain-malformed.json": explain_event("gradient", '{"model": {"name": "shapes", '),
+        "api-explain-unknown-model.json": explain_event("gradient", {
+            "model": {"name": "no-such-model", "version": "v1"}, "input_base64": png,
+        }),
+        "api-explain-invalid-params.json": explain_event("gradient", {
+            "model": shapes, "methods": ["IntegratedGradients"], "params": {"IntegratedGradients": {"steps": 100000}},
+            "input_base64": png,
+        }),
+        "api-list-models.json": rest_event("GET", "/models", "/models"),
+        "api-get-model.json": rest_event("GET", "/models/{name}/{version}", "/models/{name}/{version}".format(**shapes),
+                                         path_parameters=dict(shapes)),
+        "api-list-methods.json": rest_event("GET", "/methods", "/methods", query={"family": "shap"}),
+        "api-create-upload.json": rest_event("POST", "/uploads", "/uploads", body={"filename": "large photo.jpg"}),
+        "api-get-job.json": rest_event("GET", "/jobs/{job_id}", "/jobs/0123456789abcdef0123456789abcdef",
+                                       path_parameters={"job_id": "0123456789abcdef0123456789abcdef"}),
+        "api-authorizer-token.json": {
+            "type": "TOKEN", "authorizationToken": f"Bearer {TEST_API_KEY}",
+            "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/POST/explanations/gradient",
+        },
+    }
+
+
+def main() -> None:
+    for name, event in events().items():
+        (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
+        print(f"wrote events/{name}")
+
+
+if __name__ == "__main__":
+    main()

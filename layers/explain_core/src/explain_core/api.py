@@ -1,0 +1,329 @@
+"""The REST API, routed with Powertools' event handler; requests and responses are pydantic models.
+
+One resolver holds every route, so there is one OpenAPI document (``openapi.json``, generated
+by ``python -m devtools.openapi``). template.yaml sends each route to one function:
+
+- the light ``ApiFunction`` (no ML stack): GET /models, GET /models/{name}/{version},
+  GET /methods, POST /uploads, GET /jobs/{job_id};
+- each family's function: POST /explanations/{family} (see :mod:`explain_core.explanation_requests`).
+
+Every error is a typed JSON body (:class:`ErrorResponse`) with its HTTP status: 400 malformed,
+404 unknown model, input, job or route, 409 a job request in progress, 413 too large,
+415 unsupported format, 422 invalid method, parameter or target. An unexpected failure is
+logged with its trace and answered with a 500 that names the request id, never the trace.
+"""
+
+import time
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from explain_core.api_models import (
+    JOB_ID_REGEX,
+    NAME_REGEX,
+    ErrorResponse,
+    ExplanationRequest,
+    ExplanationResult,
+    Family,
+    JobAccepted,
+    JobStatus,
+    MethodInfo,
+    MethodList,
+    ModelInfo,
+    ModelList,
+    ParamInfo,
+    UploadRequest,
+    UploadTicket,
+)
+from explain_core.errors import (
+    ExplainError,
+    MalformedRequestError,
+    RequestInProgressError,
+    RouteNotFoundError,
+)
+from explain_core.registry import METHODS
+
+#: Presigned upload tickets are valid this long.
+UPLOAD_TICKET_SECONDS = 900
+API_TITLE = "Serverless explanation functions"
+API_VERSION = "1.0.0"
+
+logger = Logger(child=True)
+metrics = Metrics()
+app = APIGatewayRestResolver(enable_validation=True)
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request: not JSON, or not matching the schema (details name the fields)",
+    401: "No API key (API Gateway, Lambda authorizer)",
+    403: "Unknown or disabled API key (API Gateway, Lambda authorizer)",
+    404: "Unknown model, uploaded input, job or route",
+    409: "The same job request is being created right now; retry",
+    413: "Input too large (inline inputs: 4 MiB decoded; use POST /uploads)",
+    415: "Unsupported image or table format",
+    422: "Invalid method, parameter, target or model for the method",
+    429: "Throttled by the stage's rate limit",
+}
+
+
+def _responses(success: dict[int, tuple[str, Any]], *errors: int) -> dict:
+    documented = {code: {"description": text, "content": {"application/json": {"model": model}}}
+                  for code, (text, model) in success.items()}
+    for code in (400, 401, 403, 429, *errors):
+        documented[code] = {"description": _ERROR_DESCRIPTIONS[code],
+                            "content": {"application/json": {"model": ErrorResponse}}}
+    return documented
+
+
+class _Services:
+    """Clients and stores of the catalog, upload and job routes, created on first use."""
+
+    def __init__(self):
+        self._cache: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        self._cache.clear()
+
+    def _get(self, name: str, build):
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
+
+    @property
+    def settings(self):
+        from explain_core.settings import Settings
+
+        return self._get("settings", Settings.from_env)
+
+    @property
+    def s3(self):
+        def build():
+            import boto3
+            from botocore.config import Config
+
+            return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+
+        return self._get("s3", build)
+
+    @property
+    def links(self):
+        from explain_core.api_responses import Links
+
+        return self._get("links", lambda: Links(self.settings))
+
+    @property
+    def jobs(self):
+        from explain_core.jobs import JobStore
+
+        return self._get("jobs", lambda: JobStore(self.settings))
+
+    @property
+    def catalog(self):
+        from explain_core.model_catalog import ModelCatalog
+
+        return self._get("catalog", lambda: ModelCatalog(self.s3, self.settings))
+
+
+services = _Services()
+
+
+class FamilyEndpoint:
+    """POST /explanations/{family} in a family's function, sharing the function's warm pipeline."""
+
+    def __init__(self, family: str, pipeline):
+        self.family = family
+        self.pipeline = pipeline
+        self._requests = None
+
+    @property
+    def requests(self):
+        if self._requests is None:
+            # Imported here: it pulls in the ML stack, which only the family functions have.
+            from explain_core.api_responses import Links
+            from explain_core.explanation_requests import ExplanationRequests
+            from explain_core.jobs import JobStore
+
+            settings = self.pipeline.settings
+            self._requests = ExplanationRequests(self.family, self.pipeline, JobStore(settings), Links(settings),
+                                                 settings.idempotency_table)
+        return self._requests
+
+    def resolve(self, event: dict, context) -> dict:
+        app.append_context(family_endpoint=self)
+        return app.resolve(event, context)
+
+
+def _json(status: int, model, headers: dict | None = None) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
+                    body=model.model_dump_json(exclude_none=False), headers=headers)
+
+
+def _client_id() -> str:
+    """The API client the Lambda authorizer identified (its principal id)."""
+    authorizer = app.current_event.raw_event.get("requestContext", {}).get("authorizer") or {}
+    return str(authorizer.get("principalId") or authorizer.get("client_id") or "anonymous")
+
+
+def _received_at() -> float:
+    """When API Gateway received the request (epoch seconds); its timeout counts from then."""
+    epoch = app.current_event.raw_event.get("requestContext", {}).get("requestTimeEpoch")
+    now = time.time()
+    if not isinstance(epoch, (int, float)) or epoch <= 0:
+        return now
+    received = epoch / 1000 if epoch > 1e11 else float(epoch)  # API Gateway sends ms; SAM local, seconds
+    return received if now - 60 <= received <= now + 1 else now
+
+
+# ---------------------------------------------------------------------------------------- routes
+@app.get("/methods", summary="Explanation methods, with their parameters' defaults and bounds", tags=["catalog"],
+         operation_id="listMethods", responses=_responses({200: ("The registry", MethodList)}))
+def list_methods(family: Annotated[Family | None, Query(description="Only this family's methods")] = None):
+    methods = [
+        MethodInfo(
+            name=spec.name, family=spec.family, description=spec.description, reference=spec.reference,
+            modalities=list(spec.modalities), frameworks=list(spec.frameworks),
+            params={p.name: ParamInfo(**p.describe()) for p in spec.params},
+        )
+        for spec in METHODS if family is None or spec.family == family
+    ]
+    return _json(200, MethodList(methods=methods))
+
+
+@app.get("/models", summary="Models in the model bucket, with their cards", tags=["catalog"],
+         operation_id="listModels", responses=_responses({200: ("Models and cards", ModelList)}))
+def list_models():
+    return _json(200, services.catalog.list())
+
+
+@app.get("/models/<name>/<version>", summary="One model's card", tags=["catalog"], operation_id="getModel",
+         responses=_responses({200: ("The card", ModelInfo)}, 404))
+def get_model(name: Annotated[str, Path(pattern=NAME_REGEX)], version: Annotated[str, Path(pattern=NAME_REGEX)]):
+    return _json(200, services.catalog.info(name, version))
+
+
+@app.post("/uploads", summary="A presigned upload for an input too large for a request body", tags=["inputs"],
+          operation_id="createUpload", responses=_responses({201: ("A presigned POST", UploadTicket)}))
+def create_upload(upload: UploadRequest):
+    import uuid
+
+    settings = services.settings
+    key = f"{settings.upload_prefix}{uuid.uuid4().hex}/{upload.filename}"
+    max_bytes = max(settings.max_image_bytes, settings.max_table_bytes)
+    ticket = services.links.upload(key, max_bytes, UPLOAD_TICKET_SECONDS)
+    return _json(201, UploadTicket(input_key=key, url=ticket["url"], fields=ticket["fields"],
+                                   expires_in=UPLOAD_TICKET_SECONDS, max_bytes=max_bytes))
+
+
+@app.get("/jobs/<job_id>", summary="A job's status, and its results once done", tags=["explanations"],
+         operation_id="getJob", responses=_responses({200: ("The job", JobStatus)}, 404))
+def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_REGEX)]):
+    from explain_core.jobs import job_status
+
+    job = services.jobs.get(job_id, _client_id())
+    return _json(200, job_status(job, services.s3, services.links))
+
+
+@app.post(
+    "/explanations/<family>", summary="Explain one image or table: now (200) or as a job (202)",
+    tags=["explanations"], operation_id="explain",
+    responses=_responses({200: ("Explained now", ExplanationResult), 202: ("Started as a job", JobAccepted)},
+                         404, 409, 413, 415, 422),
+)
+def explain(family: Annotated[Family, Path()], request: ExplanationRequest):
+    endpoint = app.context.get("family_endpoint")
+    if endpoint is None or endpoint.family != family:  # each family's route goes to that family's function
+        raise RouteNotFoundError(f"this function does not serve /explanations/{family}", family=family)
+    outcome = endpoint.requests.handle(request, client_id=_client_id(), received_at=_received_at(),
+                                           context=app.lambda_context)
+    if isinstance(outcome, ExplanationResult):
+        metrics.add_metric(name="CachedExplanations" if outcome.cached else "SyncExplanations",
+                           unit=MetricUnit.Count, value=1)
+        return _json(200, outcome)
+    metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
+    return _json(202, outcome, headers={"Location": outcome.status_url})
+
+
+# ---------------------------------------------------------------------------------------- errors
+def _error(status: int, error: dict) -> Response:
+    request_id = getattr(app.lambda_context, "aws_request_id", None)
+    return _json(status, ErrorResponse(error=error, request_id=request_id))
+
+
+@app.exception_handler(ExplainError)
+def typed_error(exc: ExplainError):
+    logger.info("request refused", extra={"error": exc.to_dict()})
+    metrics.add_metric(name="RequestsRefused", unit=MetricUnit.Count, value=1)
+    return _error(exc.status, exc.to_dict())
+
+
+@app.exception_handler(RequestValidationError)
+def malformed(exc: RequestValidationError):
+    # Powertools reports schema violations as 422; a body the schema refuses is malformed (400),
+    # and 422 stays for requests that parse but ask for something invalid.
+    details = [{"loc": [str(p) for p in e.get("loc", ())], "message": str(e.get("msg", "")), "type": e.get("type")}
+               for e in exc.errors()]
+    invalid_json = any(d["type"] == "json_invalid" for d in details)
+    message = "the body is not valid JSON" if invalid_json else "the request does not match the schema: " + "; ".join(
+        f"{'.'.join(d['loc'][1:]) or d['loc'][0] if d['loc'] else '<body>'}: {d['message']}" for d in details[:10])
+    return _error(400, MalformedRequestError(message, errors=details[:20]).to_dict())
+
+
+@app.exception_handler(IdempotencyAlreadyInProgressError)
+def in_progress(exc: IdempotencyAlreadyInProgressError):
+    return _error(409, RequestInProgressError("the same job request is being created; retry in a second").to_dict())
+
+
+@app.not_found
+def route_not_found(exc: NotFoundError):
+    event = app.current_event
+    return _error(404, RouteNotFoundError(f"no route {event.http_method} {event.path}").to_dict())
+
+
+@app.exception_handler(Exception)
+def unexpected(exc: Exception):
+    logger.exception("request failed")
+    request_id = getattr(app.lambda_context, "aws_request_id", None)
+    return _error(HTTPStatus.INTERNAL_SERVER_ERROR, {
+        "type": "InternalError", "code": "internal_error", "details": {},
+        "message": f"the request failed on our side; it is logged under request id {request_id}",
+    })
+
+
+# ---------------------------------------------------------------------------------------- handler
+def is_api_event(event: dict) -> bool:
+    return isinstance(event, dict) and "httpMethod" in event and "requestContext" in event
+
+
+def openapi_json() -> str:
+    """The OpenAPI document of every route (kept in the repository as openapi.json)."""
+    from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+
+    return app.get_openapi_json_schema(
+        title=API_TITLE, version=API_VERSION,
+        description="Explanations of image and tabular models (Xplique, SHAP) as a REST API. Send "
+                    "`Authorization: Bearer <API key>`; keys are checked by a Lambda authorizer.",
+        security_schemes={"apiKey": HTTPBearer(description="An API key from the clients table")},
+        security=[{"apiKey": []}],
+    )
+
+
+def api_lambda_handler():
+    """The handler of the light ApiFunction: every route except the explanations."""
+    tracer, metrics = Tracer(), Metrics()
+    root_logger = Logger()
+    services.reset()  # clients for the environment this handler is built in
+
+    @root_logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics(capture_cold_start_metric=True)
+    def lambda_handler(event: dict, context: LambdaContext) -> dict:
+        return app.resolve(event, context)
+
+    return lambda_handler

@@ -1,0 +1,217 @@
+"""Request and response models of the REST API (pydantic).
+
+They are the API's contract: Powertools validates requests against them and generates the
+OpenAPI document (``openapi.json`` in the repository) from them. Nothing here imports the ML
+stack, so the light API and authorizer images can use it.
+"""
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from explain_core.registry import FAMILIES
+
+#: Names of models and versions (as in explain_core.keys.NAME_PATTERN).
+NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: A file name for an input: its extension says CSV or JSON Lines for tables; images are sniffed.
+FILENAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
+UPLOAD_KEY_REGEX = r"^uploads/[0-9a-f]{32}/[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
+JOB_ID_REGEX = r"^[0-9a-f]{32}$"
+#: Largest decoded inline input: Lambda's 6 MB request payload holds about 4.4 MB once base64-encoded.
+MAX_INLINE_INPUT_BYTES = 4 * 1024 * 1024
+
+Family = Literal[FAMILIES]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    name: str = Field(pattern=NAME_REGEX, description="Model name, as stored under models/<name>/")
+    version: str = Field(pattern=NAME_REGEX, description="Model version, as stored under models/<name>/<version>/")
+
+
+class ExplanationRequest(_Strict):
+    """What to explain, with what, and where the input is (inline base64 or an uploaded object)."""
+
+    model: ModelRef
+    methods: list[str] | None = Field(
+        default=None, min_length=1, max_length=20,
+        description='Method names of the family (GET /methods), or ["all"]; default: the model card\'s defaults',
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Per-method parameters, e.g. {"IntegratedGradients": {"steps": 32}}'
+    )
+    target: int | str | None = Field(default=None, description="A class index or name to explain")
+    top_k: int | None = Field(default=None, ge=1, le=10, description="Explain the k most probable classes")
+    input_base64: str | None = Field(
+        default=None,
+        description=f"The image (PNG, JPEG, WebP, ...) or table (CSV, JSON Lines) base64-encoded; at most "
+                    f"{MAX_INLINE_INPUT_BYTES} bytes once decoded, larger inputs go through POST /uploads",
+    )
+    input_key: str | None = Field(
+        default=None, pattern=UPLOAD_KEY_REGEX, description="The input_key returned by POST /uploads"
+    )
+    filename: str | None = Field(
+        default=None, pattern=FILENAME_REGEX,
+        description="Name of an inline input; its extension matters for tables (.csv, .jsonl). Default input.png",
+    )
+    mode: Literal["auto", "sync", "async"] = Field(
+        default="auto",
+        description="auto: answer now when the estimate fits API Gateway's timeout, else start a job (202); "
+                    "sync: answer now or refuse with over_time_budget; async: always start a job",
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.input_base64 is None) == (self.input_key is None):
+            raise ValueError("give exactly one of input_base64 and input_key")
+        return self
+
+    def options_metadata(self) -> dict[str, str]:
+        """The request's options in the S3 user-metadata form the S3 path reads (explain_core.request_options)."""
+        metadata = {}
+        if self.methods:
+            metadata["methods"] = ",".join(self.methods)
+        if self.params:
+            metadata["params"] = json.dumps(self.params, sort_keys=True)
+        if self.target is not None:
+            metadata["target"] = str(self.target)
+        if self.top_k is not None:
+            metadata["top-k"] = str(self.top_k)
+        return metadata
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Exception class")
+    code: str = Field(description="Stable machine-readable code, e.g. unknown_method")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+    request_id: str | None = None
+
+
+class ClassScore(BaseModel):
+    class_index: int
+    class_name: str
+    score: float | None = None
+
+
+class MethodOutput(BaseModel):
+    """One explained class of one method: links to its files, never the arrays themselves."""
+
+    class_index: int
+    class_name: str
+    score: float | None = None
+    heatmap_url: str | None = Field(default=None, description="Heatmap over the image (PNG)")
+    attributions_url: str | None = Field(default=None, description="Raw attributions (NumPy .npy)")
+    attributions_shape: list[int] | None = None
+    base_value: float | None = Field(default=None, description="SHAP: the expected value the attributions add to")
+    output_kind: str | None = None
+    summary_url: str | None = Field(default=None, description="Tables: the summary JSON")
+    additivity_max_error: float | None = None
+    files: dict[str, str] = Field(default_factory=dict, description="Tables: file name -> URL (values, plots)")
+
+
+class MethodResult(BaseModel):
+    name: str
+    status: Literal["succeeded", "failed"]
+    params: dict[str, Any]
+    reference: str
+    seconds: float | None = None
+    passes_per_image: int | None = None
+    error: ErrorDetail | None = None
+    outputs: list[MethodOutput] = Field(default_factory=list)
+
+
+class ExplanationResult(BaseModel):
+    """The explanation of one input: predictions, a summary per method and presigned links to the outputs."""
+
+    status: Literal["succeeded", "partial", "failed"]
+    family: str
+    model: dict[str, Any]
+    input: dict[str, Any]
+    predictions: list[ClassScore] | dict[str, Any]
+    explained_classes: list[ClassScore]
+    methods: list[MethodResult]
+    manifest_url: str
+    results_prefix: str
+    urls_expire_in: int = Field(description="Seconds the presigned URLs stay valid")
+    cached: bool = Field(default=False, description="True when the same request had been explained before")
+    timings: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued"]
+    estimated_seconds: float | None = None
+    reason: str
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: Literal["queued", "succeeded", "partial", "failed"]
+    family: str
+    model: ModelRef
+    created_at: str
+    input_key: str
+    estimated_seconds: float | None = None
+    retrying: bool = Field(default=False, description="A transient failure: the job is queued again")
+    result: ExplanationResult | None = None
+    error: ErrorDetail | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    card: dict[str, Any] | None = None
+    error: ErrorDetail | None = Field(default=None, description="Set when the stored card is invalid")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    truncated: bool = Field(description="True when there were more models than one answer lists")
+
+
+class ParamInfo(BaseModel):
+    type: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = None
+    power_of_two: bool = False
+    doc: str = ""
+
+
+class MethodInfo(BaseModel):
+    name: str
+    family: str
+    description: str
+    reference: str
+    modalities: list[str]
+    frameworks: list[str]
+    params: dict[str, ParamInfo]
+
+
+class MethodList(BaseModel):
+    methods: list[MethodInfo]
+
+
+class UploadRequest(_Strict):
+    filename: str = Field(pattern=FILENAME_REGEX, description="The file's name; keep its extension")
+
+
+class UploadTicket(BaseModel):
+    """A presigned POST: send the file as multipart/form-data with these fields, the file last."""
+
+    input_key: str = Field(description="Pass it as input_key to POST /explanations/{family}")
+    url: str
+    fields: dict[str, str]
+    expires_in: int
+    max_bytes: int
