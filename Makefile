@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/explain_core/src
 export SAM_CLI_TELEMETRY := 0
 DEMO_ARGS ?=
 
-.PHONY: setup demo test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
+.PHONY: openapi setup demo test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ container-figures: setup  ## image sizes, cold/warm durations (the README's tabl
 lint: setup
 	$(VENV)/bin/ruff check layers functions devtools tests
 	AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint
+
+openapi: setup  ## regenerate openapi.json from the API's pydantic models and routes
+	$(PY) -m devtools.openapi
 
 bench: setup  ## the benchmark table (not a test)
 	$(PY) -m devtools.benchmark $(BENCH_ARGS)

@@ -141,3 +141,39 @@ def clear_outputs(s3, deployment, family: str) -> None:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+@pytest.fixture(scope="session")
+def api_key(deployment):
+    """The API key of the events in events/api-*.json, registered in the emulator's clients table."""
+    from devtools.api_events import TEST_API_KEY, TEST_CLIENT
+    from explain_core.authorizer import register_client
+
+    table = boto3_resource("dynamodb", deployment).Table(deployment.tables["ApiClientsTable"])
+    register_client(table, TEST_CLIENT, TEST_API_KEY)
+    return TEST_API_KEY
+
+
+def boto3_resource(service: str, deployment):
+    import boto3
+
+    env = local_aws.aws_environment(deployment.endpoint)
+    return boto3.resource(service, endpoint_url=deployment.endpoint, region_name=local_aws.REGION,
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="session")
+def invoke_function(deployment, handlers):
+    """Invoke any function of the template by logical id (family functions share ``handlers``)."""
+    loaded = {deployment.function_for_family(family).logical_id: handler for family, handler in handlers.items()}
+
+    def _invoke(logical_id: str, event: dict, context=None):
+        wiring = deployment.functions[logical_id]
+        if logical_id not in loaded:
+            loaded[logical_id] = local_lambda.load_handler(deployment, wiring)
+        context = context or local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
+        with local_lambda.function_environment(deployment, wiring):
+            return loaded[logical_id](event, context)
+
+    return _invoke

@@ -1,0 +1,380 @@
+"""The REST API's handlers invoked with the API Gateway events in events/ against the emulator.
+
+Family functions answer POST /explanations/<family>; the light ApiFunction answers the catalog,
+upload and job routes; the AuthorizerFunction checks API keys. Outputs are fetched through the
+presigned URLs the responses carry, as a client would.
+"""
+
+import base64
+import copy
+import io
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from devtools.api_events import TEST_API_KEY, TEST_CLIENT
+from devtools.local_lambda import SqsEventSource
+from explain_core.registry import METHODS
+from tests.conftest import load_event, read_json
+from tests.functional.test_queue_path import drain, empty_queue
+
+FAMILY_FUNCTIONS = {"gradient": "GradientFunction", "perturbation": "PerturbationFunction", "shap": "ShapFunction"}
+
+
+def body(response: dict) -> dict:
+    assert response["headers"]["Content-Type"] == "application/json"
+    return json.loads(response["body"])
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def explain_event(name: str, **changes) -> dict:
+    """An explanation event from events/ with fields of its JSON body replaced (None removes one)."""
+    event = load_event(name)
+    request = json.loads(event["body"])
+    for field, value in changes.items():
+        if value is None:
+            request.pop(field, None)
+        else:
+            request[field] = value
+    event["body"] = json.dumps(request)
+    return event
+
+
+def family_of(event: dict) -> str:
+    return event["path"].rsplit("/", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def call(invoke_function, published_model, tabular_models, api_key):
+    def _call(event: dict, function: str | None = None) -> dict:
+        function = function or (FAMILY_FUNCTIONS[family_of(event)] if event["path"].startswith("/explanations/")
+                                else "ApiFunction")
+        return invoke_function(function, event)
+
+    return _call
+
+
+# ----------------------------------------------------------------------------- synchronous
+def test_sync_explanation_returns_predictions_and_links_to_the_outputs(call, samples):
+    _, labels, _ = samples
+    response = call(explain_event("api-explain-gradient.json"))
+
+    assert response["statusCode"] == 200, response["body"][:2000]
+    result = body(response)
+    assert len(response["body"]) < 20_000  # links, never arrays or images inline
+    assert result["status"] == "succeeded" and not result["cached"]
+    assert result["predictions"][0]["class_index"] == labels[0]
+    assert [m["name"] for m in result["methods"]] == ["Saliency", "GradCAM"]
+    for method in result["methods"]:
+        (output,) = method["outputs"]
+        assert output["class_index"] == labels[0]
+        assert fetch(output["heatmap_url"]).startswith(b"\x89PNG")
+        attributions = np.load(io.BytesIO(fetch(output["attributions_url"])), allow_pickle=False)
+        assert list(attributions.shape) == output["attributions_shape"]
+        assert np.isfinite(attributions).all() and np.abs(attributions).max() > 0
+    manifest = json.loads(fetch(result["manifest_url"]))
+    assert manifest["input"]["key"].startswith("requests/gradient/shapes/v1/api/")
+    assert manifest["status"] == "succeeded"
+
+
+def test_the_same_request_is_answered_from_its_results(call):
+    first = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"])))
+    started = time.perf_counter()
+    second = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"])))
+    assert second["cached"] and not first["cached"] or first["cached"]
+    assert second["results_prefix"] == first["results_prefix"]
+    assert time.perf_counter() - started < 5
+    other = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"], target="square")))
+    assert other["results_prefix"] != first["results_prefix"]  # other options, other results
+    assert other["explained_classes"] == [{"class_index": 1, "class_name": "square", "score": pytest.approx(
+        other["predictions"][1]["score"] if other["predictions"][1]["class_index"] == 1 else
+        next(p["score"] for p in other["predictions"] if p["class_index"] == 1))}]
+
+
+def test_tabular_explanation_links_values_summary_and_plots(call):
+    response = call(load_event("api-explain-shap-table.json"))
+
+    assert response["statusCode"] == 200, response["body"][:2000]
+    result = body(response)
+    assert sum(result["predictions"]["rows_per_class"].values()) == 4
+    (method,) = result["methods"]
+    assert method["name"] == "TreeExplainer" and method["status"] == "succeeded"
+    (output,) = method["outputs"]
+    assert output["additivity_max_error"] < 1e-5
+    assert {"values.csv", "bar.png", "beeswarm.png"} <= set(output["files"])
+    summary = json.loads(fetch(output["summary_url"]))
+    assert summary["base_value"] == pytest.approx(output["base_value"])
+    values = fetch(output["files"]["values.csv"]).decode().splitlines()
+    assert len(values) == 1 + 4
+
+
+def test_upload_ticket_then_explain_the_uploaded_object(call, samples):
+    images, labels, _ = samples
+    ticket = call(load_event("api-create-upload.json"))
+    assert ticket["statusCode"] == 201, ticket["body"]
+    ticket = body(ticket)
+    assert ticket["input_key"].startswith("uploads/") and ticket["input_key"].endswith("/large photo.jpg")
+    assert ticket["max_bytes"] >= 10 * 1024 * 1024
+
+    from devtools.demo import encode_image
+
+    status = post_form(ticket["url"], ticket["fields"], encode_image(images[2], "JPEG", quality=92))
+    assert status in (200, 201, 204)
+
+    event = explain_event("api-explain-gradient.json", input_base64=None, filename=None,
+                          input_key=ticket["input_key"], methods=["GradCAM"])
+    response = call(event)
+    assert response["statusCode"] == 200, response["body"][:2000]
+    result = body(response)
+    assert result["predictions"][0]["class_index"] == labels[2]
+    assert result["input"]["format"] == "JPEG"
+
+
+def post_form(url: str, fields: dict, content: bytes) -> int:
+    """A presigned POST as a browser or curl -F sends it: the fields, then the file."""
+    boundary = "----explain-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
+# ----------------------------------------------------------------------------- jobs
+@pytest.fixture
+def perturbation_source(deployment, handlers, sqs):
+    source = SqsEventSource(deployment, deployment.function_for_family("perturbation"),
+                            handler=handlers["perturbation"])
+    empty_queue(sqs, source.queue_url)
+    return source
+
+
+def job_event(job_id: str, client: str = TEST_CLIENT) -> dict:
+    event = load_event("api-get-job.json")
+    event["path"] = f"/jobs/{job_id}"
+    event["pathParameters"] = {"job_id": job_id}
+    event["requestContext"]["authorizer"] = {"principalId": client}
+    return event
+
+
+def test_async_job_is_idempotent_runs_through_the_queue_and_reports_results(call, perturbation_source, s3,
+                                                                          deployment, samples, unique_prefix):
+    _, labels, _ = samples
+    # A fresh request (the filename is part of it), so the job is new.
+    event = explain_event("api-explain-perturbation-async.json", filename=f"{unique_prefix}.png")
+    accepted = call(event)
+    assert accepted["statusCode"] == 202, accepted["body"]
+    job = body(accepted)
+    assert accepted["headers"]["Location"] == f"/jobs/{job['job_id']}" == job["status_url"]
+    assert job["status"] == "queued" and "async" in job["reason"]
+
+    again = body(call(copy.deepcopy(event)))
+    assert again["job_id"] == job["job_id"]  # the same request twice: one job
+    listed = s3.list_objects_v2(Bucket=deployment.bucket("InputBucket"),
+                                Prefix="incoming/perturbation/shapes/v1/jobs/")["Contents"]
+    assert sum(o["Key"].endswith(f"/{unique_prefix}.png") for o in listed) == 1
+
+    queued = body(call(job_event(job["job_id"])))
+    assert queued["status"] == "queued" and queued["result"] is None
+
+    responses = drain(perturbation_source)
+    assert responses and all(r == {"batchItemFailures": []} for r in responses)
+
+    done = call(job_event(job["job_id"]))
+    assert done["statusCode"] == 200
+    done = body(done)
+    assert done["status"] == "succeeded"
+    result = done["result"]
+    assert result["predictions"][0]["class_index"] == labels[0]
+    (method,) = result["methods"]
+    assert method["name"] == "Occlusion" and method["params"]["patch_size"] == 16
+    assert fetch(method["outputs"][0]["heatmap_url"]).startswith(b"\x89PNG")
+
+    stranger = call(job_event(job["job_id"], client="someone-else"))
+    assert stranger["statusCode"] == 404 and body(stranger)["error"]["code"] == "unknown_job"
+
+
+def test_a_request_over_the_remaining_time_becomes_a_job_or_is_refused_in_sync_mode(call, unique_prefix):
+    # API Gateway received this request 28 s ago: 1 s is left of its 29 s timeout.
+    def late(mode: str) -> dict:
+        event = explain_event("api-explain-gradient.json", methods=["IntegratedGradients"], mode=mode,
+                              filename=f"{unique_prefix}-{mode}.png")
+        event["requestContext"]["requestTimeEpoch"] = int((time.time() - 28) * 1000)
+        return event
+
+    refused = call(late("sync"))
+    assert refused["statusCode"] == 422
+    error = body(refused)["error"]
+    assert error["code"] == "over_time_budget" and error["details"]["available_seconds"] == 0
+
+    accepted = call(late("auto"))
+    assert accepted["statusCode"] == 202, accepted["body"]
+    assert "more than the" in body(accepted)["reason"]
+
+
+def test_failed_job_reports_its_error(call, perturbation_source, unique_prefix, deployment, s3):
+    # Occlusion with a patch larger than the image passes the schema but fails at run time? No:
+    # the registry refuses it before the job starts (422), so a job can only fail on the worker;
+    # simulate a worker-side failure by uploading a job whose model card vanished meanwhile.
+    event = explain_event("api-explain-perturbation-async.json", filename=f"{unique_prefix}-fail.png")
+    job = body(call(event))
+    card_key = "models/shapes/v1/card.json"
+    model_bucket = deployment.bucket("ModelBucket")
+    card = s3.get_object(Bucket=model_bucket, Key=card_key)["Body"].read()
+    s3.delete_object(Bucket=model_bucket, Key=card_key)
+    try:
+        perturbation_source.handler.pipeline.store._memory.clear()
+        drain(perturbation_source)
+    finally:
+        s3.put_object(Bucket=model_bucket, Key=card_key, Body=card)
+    failed = body(call(job_event(job["job_id"])))
+    assert failed["status"] == "failed" and failed["error"]["code"] == "unknown_model"
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name,status,code", [
+    ("api-explain-malformed.json", 400, "malformed_request"),
+    ("api-explain-unknown-model.json", 404, "unknown_model"),
+    ("api-explain-invalid-params.json", 422, "invalid_parameter"),
+])
+def test_error_events(call, name, status, code):
+    response = call(load_event(name))
+    assert response["statusCode"] == status
+    error = body(response)["error"]
+    assert error["code"] == code and error["message"]
+
+
+@pytest.mark.parametrize("changes,status,code", [
+    ({"methods": ["NoSuchMethod"]}, 422, "unknown_method"),
+    ({"methods": ["TreeExplainer"]}, 422, "unknown_method"),  # a shap method on the gradient route
+    ({"target": "hexagon"}, 422, "invalid_target"),
+    ({"top_k": 11}, 400, "malformed_request"),
+    ({"input_base64": "not base64!"}, 400, "malformed_request"),
+    ({"input_key": "uploads/0123456789abcdef0123456789abcdef/missing.png"}, 400, "malformed_request"),  # both
+    ({"input_base64": None, "input_key": "uploads/0123456789abcdef0123456789abcdef/missing.png"}, 404,
+     "unknown_input"),
+    ({"input_base64": None, "input_key": "incoming/gradient/shapes/v1/x.png"}, 400, "malformed_request"),
+    ({"model": {"name": "../etc", "version": "v1"}}, 400, "malformed_request"),
+    ({"mode": "later"}, 400, "malformed_request"),
+    ({"extra": 1}, 400, "malformed_request"),
+    ({"input_base64": base64.b64encode(b"GIF89a" + b"\0" * 64).decode()}, 400, "invalid_image"),
+    ({"input_base64": base64.b64encode(b"%PDF-1.7 not an image").decode()}, 415, "unsupported_format"),
+    ({"input_base64": "A" * (6 * 1024 * 1024)}, 413, "request_too_large"),
+])
+def test_bad_requests_get_typed_errors(call, changes, status, code):
+    response = call(explain_event("api-explain-gradient.json", **changes))
+    assert response["statusCode"] == status, response["body"][:1000]
+    error = body(response)["error"]
+    assert error["code"] == code
+    assert "Traceback" not in response["body"]
+
+
+def test_a_refused_input_leaves_an_error_record(call, s3, deployment, unique_prefix):
+    corrupt = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20).decode()
+    response = call(explain_event("api-explain-gradient.json", input_base64=corrupt,
+                                  filename=f"{unique_prefix}.png"))
+    assert response["statusCode"] == 400
+    listed = s3.list_objects_v2(Bucket=deployment.bucket("ResultsBucket"),
+                                Prefix="errors/gradient/shapes/v1/api/").get("Contents", [])
+    records = [o["Key"] for o in listed if o["Key"].endswith(f"/{unique_prefix}.png.json")]
+    assert len(records) == 1
+    record = read_json(s3, deployment.bucket("ResultsBucket"), records[0])
+    assert record["error"]["code"] == "invalid_image" and record["retrying"] is False
+
+
+def test_unexpected_failure_is_a_500_without_a_trace(call, monkeypatch):
+    from explain_core import api
+
+    def broken():
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(api.services, "_cache", {**api.services._cache, "catalog": None})
+    monkeypatch.setattr(type(api.services), "catalog", property(lambda self: broken()))
+    response = call(load_event("api-list-models.json"))
+    assert response["statusCode"] == 500
+    error = body(response)["error"]
+    assert error["code"] == "internal_error"
+    assert "secret internal detail" not in response["body"] and "Traceback" not in response["body"]
+
+
+def test_unknown_route_and_family_not_served_here(call):
+    event = load_event("api-list-models.json")
+    event["path"] = event["resource"] = "/nothing-here"
+    response = call(event)
+    assert response["statusCode"] == 404 and body(response)["error"]["code"] == "not_found"
+    # The light ApiFunction does not explain: API Gateway never routes explanations to it.
+    response = call(load_event("api-explain-gradient.json"), function="ApiFunction")
+    assert response["statusCode"] == 404 and body(response)["error"]["code"] == "not_found"
+
+
+# ----------------------------------------------------------------------------- catalog
+def test_models_are_listed_with_their_cards(call):
+    listed = body(call(load_event("api-list-models.json")))
+    by_name = {(m["name"], m["version"]): m for m in listed["models"]}
+    assert {("shapes", "v1"), ("breast-cancer-xgb", "v1"), ("breast-cancer-mlp", "v1")} <= set(by_name)
+    assert by_name[("shapes", "v1")]["card"]["class_names"] == ["circle", "square", "triangle"]
+    assert by_name[("breast-cancer-xgb", "v1")]["card"]["modality"] == "tabular"
+    assert listed["truncated"] is False
+
+    one = body(call(load_event("api-get-model.json")))
+    assert one["card"] == by_name[("shapes", "v1")]["card"]
+
+    missing = load_event("api-get-model.json")
+    missing["path"], missing["pathParameters"] = "/models/nope/v9", {"name": "nope", "version": "v9"}
+    response = call(missing)
+    assert response["statusCode"] == 404 and body(response)["error"]["code"] == "unknown_model"
+
+
+def test_methods_are_listed_with_defaults_and_bounds(call):
+    shap_only = body(call(load_event("api-list-methods.json")))["methods"]
+    assert {m["family"] for m in shap_only} == {"shap"}
+    tree = next(m for m in shap_only if m["name"] == "TreeExplainer")
+    assert tree["params"]["feature_perturbation"]["choices"] == ["tree_path_dependent", "interventional"]
+    assert tree["frameworks"] == ["xgboost"]
+
+    event = load_event("api-list-methods.json")
+    event["queryStringParameters"] = event["multiValueQueryStringParameters"] = None
+    every = body(call(event))["methods"]
+    assert len(every) == len(METHODS)
+    steps = next(m for m in every if m["name"] == "IntegratedGradients")["params"]["steps"]
+    assert (steps["default"], steps["minimum"], steps["maximum"]) == (50, 2, 512)
+
+    event["queryStringParameters"], event["multiValueQueryStringParameters"] = {"family": "x"}, {"family": ["x"]}
+    response = call(event)
+    assert response["statusCode"] == 400
+
+
+# ----------------------------------------------------------------------------- authorizer
+def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function, api_key, deployment):
+    allowed = invoke_function("AuthorizerFunction", load_event("api-authorizer-token.json"))
+    assert allowed["principalId"] == TEST_CLIENT
+    (statement,) = allowed["policyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Resource"] == ["arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/*/*"]
+    assert allowed["context"] == {"client_id": TEST_CLIENT}
+
+    from explain_core.authorizer import new_api_key, register_client
+    from tests.conftest import boto3_resource
+
+    table = boto3_resource("dynamodb", deployment).Table(deployment.tables["ApiClientsTable"])
+    disabled = register_client(table, "disabled-client")
+    table.update_item(Key={"key_hash": __import__("explain_core.authorizer").authorizer.key_hash(disabled)},
+                      UpdateExpression="SET enabled = :f", ExpressionAttributeValues={":f": False})
+    for token in (f"Bearer {new_api_key()}", TEST_API_KEY, f"Basic {TEST_API_KEY}", "", f"Bearer {disabled}",
+                  f"Bearer {TEST_API_KEY}x"):
+        event = load_event("api-authorizer-token.json")
+        event["authorizationToken"] = token
+        denied = invoke_function("AuthorizerFunction", event)
+        assert denied["policyDocument"]["Statement"][0]["Effect"] == "Deny", token
+    assert table.get_item(Key={"key_hash": TEST_API_KEY}).get("Item") is None  # only hashes are stored
