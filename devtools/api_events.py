@@ -51,18 +51,18 @@ def explain_event(family: str, body) -> dict:
 
 
 def events() -> dict[str, dict]:
-    images, labels, _ = demo_model.sample_images(1)
+    images, _, _ = demo_model.sample_images(6)  # the functional tests' ``samples``: image 0
     png = base64.b64encode(encode_image(images[0], "PNG")).decode()
     rows, _ = tabular_demo.sample_rows(4)
     csv = base64.b64encode(tabular_demo.sample_csv(rows)).decode()
     shapes = {"name": demo_model.NAME, "version": demo_model.VERSION}
     return {
         "api-explain-gradient.json": explain_event("gradient", {
-            "model": shapes, "methods": ["Saliency", "GradCAM"], "input_base64": png, "filename": "circle.png",
+            "model": shapes, "methods": ["Saliency", "GradCAM"], "input_base64": png, "filename": "sample-0.png",
         }),
         "api-explain-perturbation-async.json": explain_event("perturbation", {
             "model": shapes, "methods": ["Occlusion"], "params": {"Occlusion": {"patch_size": 16}},
-            "input_base64": png, "filename": "circle.png", "mode": "async",
+            "input_base64": png, "filename": "sample-0.png", "mode": "async",
         }),
         "api-explain-shap-table.json": explain_event("shap", {
             "model": {"name": "breast-cancer-xgb", "version": tabular_demo.VERSION},

@@ -157,7 +157,7 @@ class FamilyEndpoint:
 
     def resolve(self, event: dict, context) -> dict:
         app.append_context(family_endpoint=self)
-        return app.resolve(event, context)
+        return resolve(event, context)
 
 
 def _json(status: int, model, headers: dict | None = None) -> Response:
@@ -297,6 +297,11 @@ def unexpected(exc: Exception):
 
 
 # ---------------------------------------------------------------------------------------- handler
+def resolve(event: dict, context) -> dict:
+    metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
+    return app.resolve(event, context)
+
+
 def is_api_event(event: dict) -> bool:
     return isinstance(event, dict) and "httpMethod" in event and "requestContext" in event
 
@@ -324,6 +329,6 @@ def api_lambda_handler():
     @tracer.capture_lambda_handler
     @metrics.log_metrics(capture_cold_start_metric=True)
     def lambda_handler(event: dict, context: LambdaContext) -> dict:
-        return app.resolve(event, context)
+        return resolve(event, context)
 
     return lambda_handler
