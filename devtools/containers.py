@@ -7,7 +7,8 @@ network this module creates, so function containers reach it by name while the h
 on a loopback port.
 
 ``python -m devtools.containers figures`` builds everything and prints the README's figures:
-image sizes, cold and warm ``sam local invoke`` durations next to the in-process handler time.
+image sizes, cold and warm ``sam local invoke`` durations next to the in-process handler time;
+``api-figures`` does the same for the REST API through ``sam local start-api`` (:func:`local_api`).
 """
 
 import argparse
@@ -288,9 +289,308 @@ def figures() -> str:
     return "\n".join(rows)
 
 
+# ------------------------------------------------------------------------------------ the REST API
+#: The label ``sam local`` puts on every function container it creates (samcli.local.docker.lambda_container).
+SAM_CONTAINER_LABEL = "sam.cli.container.type=lambda"
+#: The request the latency figures time: one cheap method on one image of the image demo model.
+LATENCY_METHODS = ["Saliency"]
+
+
+def sam_containers(network: str) -> set[str]:
+    """Ids of the function containers ``sam local`` created on this docker network (running or not)."""
+    completed = run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter", f"label={SAM_CONTAINER_LABEL}",
+                     "--filter", f"network={network}"], check=False)
+    return set(completed.stdout.split())
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    headers: dict  # lower-case names
+    body: bytes
+    seconds: float
+
+    def json(self):
+        return json.loads(self.body)
+
+    def text(self, limit: int = 2000) -> str:
+        return self.body[:limit].decode(errors="replace")
+
+
+@dataclass
+class LocalApi:
+    """``sam local start-api`` running on a loopback port: ``url`` for clients, ``logs()`` for failures."""
+
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+    deployment: local_aws.Deployment
+    emulator: Emulator
+    env_file: Path
+
+    def logs(self, tail: int | None = None) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text if tail is None else text[-tail:]
+
+    def request(self, method: str, path: str, *, key: str | None = None, body=None, data: bytes | None = None,
+                headers: dict | None = None, timeout: float = 600) -> ApiResponse:
+        """One HTTP request; ``body`` is sent as JSON, ``data`` as is. Error statuses are returned, not raised."""
+        headers = dict(headers or {})
+        if body is not None:
+            data = json.dumps(body).encode()
+        if data is not None:
+            headers.setdefault("Content-Type", "application/json")
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, answer, content = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, answer, content = exc.code, exc.headers, exc.read()
+        return ApiResponse(status, {k.lower(): v for k, v in answer.items()}, content,
+                           time.perf_counter() - started)
+
+
+def _wait_for_api(api: LocalApi, timeout: float) -> None:
+    """Until the API answers HTTP at all (GET /methods without a key: 401 from SAM, no function runs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.process.poll() is not None:
+            raise RuntimeError(f"sam local start-api exited ({api.process.returncode}):\n{api.logs(tail=4000)}")
+        try:
+            urllib.request.urlopen(api.url + "/methods", timeout=5).read()
+            return
+        except urllib.error.HTTPError:
+            return  # any status is an answer
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"sam local start-api did not answer on {api.url} within {timeout} s:\n{api.logs(tail=4000)}")
+
+
+def _stop(process: subprocess.Popen, grace: float = 60) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()  # SIGTERM: SAM stops its warm containers and exits
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *, port: int | None = None,
+              warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180):
+    """``sam local start-api`` of the built template on 127.0.0.1, its functions on the emulator's network.
+
+    Yields a :class:`LocalApi`. On exit SAM is terminated (SIGTERM, then SIGKILL) and any function
+    container it left behind is removed: only containers carrying SAM's label, on this emulator's
+    network, that did not exist before this call, so the emulator and other runs are never touched.
+    """
+    missing = [f for f, w in deployment.functions.items()
+               if (w.api_routes or f == "AuthorizerFunction") and f not in json.loads(env_file.read_text())]
+    if missing:
+        raise ValueError(f"{env_file} has no variables for {missing}")
+    port = port or local_aws.free_port()
+    if log_path is None:
+        log_path = Path(tempfile.mkdtemp(prefix="explain-local-api-")) / "sam-local-start-api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    before = sam_containers(emulator.network)
+    command = [sam_executable(), "local", "start-api", "--docker-network", emulator.network,
+               "--env-vars", str(env_file), "--parameter-overrides", "LogLevel=WARNING",
+               "--warm-containers", warm, "--host", "127.0.0.1", "--port", str(port), "--skip-pull-image"]
+    with open(log_path, "wb") as log:
+        # Its own session: a Ctrl-C in the terminal reaches our process, which then stops SAM in order.
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **SAM_ENV}, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = LocalApi(f"http://127.0.0.1:{port}", log_path, process, deployment, emulator, env_file)
+    try:
+        _wait_for_api(api, timeout)
+        yield api
+    finally:
+        _stop(process)
+        leftovers = sorted(sam_containers(emulator.network) - before)
+        if leftovers:
+            run(["docker", "rm", "-f", *leftovers], check=False)
+
+
+def register_api_key(deployment: local_aws.Deployment, emulator: Emulator, client_id: str,
+                     key: str | None = None) -> str:
+    """Register a client in the emulator's ApiClientsTable (only the key's hash is stored); returns the key."""
+    import boto3
+
+    from explain_core.authorizer import register_client
+
+    env = local_aws.aws_environment(emulator.host_endpoint)
+    dynamodb = boto3.resource("dynamodb", endpoint_url=emulator.host_endpoint, region_name=local_aws.REGION,
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    return register_client(dynamodb.Table(deployment.tables["ApiClientsTable"]), client_id, key)
+
+
+def publish_demo_models(deployment: local_aws.Deployment, *, tabular: bool = True) -> None:
+    """The image demo model and, with ``tabular``, the tabular ones (shap family), in the model bucket."""
+    from devtools import demo_model
+
+    s3, bucket = deployment.client("s3"), deployment.bucket("ModelBucket")
+    demo_model.publish(s3, bucket, demo_model.ensure_demo_model())
+    if tabular:
+        from devtools import tabular_demo
+
+        for name, directory in tabular_demo.ensure_tabular_models().items():
+            tabular_demo.publish(s3, bucket, directory, name, tabular_demo.VERSION)
+
+
+def is_test_event(body: str) -> bool:
+    """S3's ``s3:TestEvent``, sent to a queue when a notification configuration is set; not an upload."""
+    try:
+        return json.loads(body).get("Event") == "s3:TestEvent"
+    except (ValueError, AttributeError):
+        return False
+
+
+def invoke_queued(function: str, deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *,
+                  wait_seconds: int = 5) -> tuple[int, Invocation | None]:
+    """What Lambda's SQS event source does, once, through ``sam local invoke``.
+
+    Receives up to the function's batch size from its queue on the emulator, drops S3 test events,
+    invokes the function with the SQS event and deletes the messages it did not report as failed.
+    Returns (messages invoked with, the invocation or None when the queue had no upload).
+    """
+    from devtools.local_lambda import sqs_event
+
+    wiring = deployment.functions[function]
+    sqs = deployment.client("sqs")
+    queue_url, queue_arn = deployment.queue_urls[wiring.queue], deployment.queue_arns[wiring.queue]
+    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=min(10, wiring.batch_size),
+                                   WaitTimeSeconds=wait_seconds, AttributeNames=["All"],
+                                   MessageAttributeNames=["All"]).get("Messages", [])
+    messages = []
+    for message in received:
+        if is_test_event(message["Body"]):
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        else:
+            messages.append(message)
+    if not messages:
+        return 0, None
+    with tempfile.TemporaryDirectory() as tmp:
+        event_path = Path(tmp) / "sqs-event.json"
+        event_path.write_text(json.dumps(sqs_event(messages, queue_arn)))
+        invocation = sam_local_invoke(function, event_path, emulator, env_file)
+    failed = {item["itemIdentifier"] for item in invocation.response.get("batchItemFailures", [])}
+    if invocation.response:  # no response at all: the invocation failed, Lambda would retry every message
+        for message in messages:
+            if message["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return len(messages), invocation
+
+
+def explanation_body(png: bytes, methods: list[str] | None = None, **fields) -> dict:
+    """The JSON body of POST /explanations/{family} for an inline image of the image demo model."""
+    import base64
+
+    from devtools import demo_model
+
+    body = {"model": {"name": demo_model.NAME, "version": demo_model.VERSION},
+            "input_base64": base64.b64encode(png).decode()}
+    if methods:
+        body["methods"] = list(methods)
+    return {**body, **fields}
+
+
+@dataclass
+class ApiLatency:
+    """Wall times of POST /explanations/gradient through ``sam local start-api``, and of the handler in-process."""
+
+    cold: float
+    cold_status: int
+    warm: list[float]
+    cached: float
+    cached_flag: bool
+    in_process: list[float]
+    methods: list[str]
+
+    def table(self) -> str:
+        methods = ", ".join(self.methods)
+        return "\n".join([
+            f"| POST /explanations/gradient ({methods}, one 128x128 PNG) | wall time | what it includes |",
+            "| --- | --- | --- |",
+            f"| cold: the first request, through `sam local start-api` | {self.cold:.2f} s | authorizer, a new "
+            f"function container (SAM adds its emulator layer, starts it), TensorFlow import, model load from S3, "
+            f"the explanation (HTTP {self.cold_status}) |",
+            f"| warm: a new image each time, best of {len(self.warm)} | {min(self.warm):.2f} s | authorizer, "
+            "decode, predict, explain, write the outputs, presign the links |",
+            f"| cached: the last warm request again | {self.cached:.2f} s | authorizer, answered from the "
+            f"stored manifest (cached: {str(self.cached_flag).lower()}) |",
+            f"| in-process handler, warm: a new image each time, best of {len(self.in_process)} "
+            f"| {min(self.in_process):.2f} s | the same handler and event, without HTTP, SAM or a container |",
+        ])
+
+
+def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: int = 4242) -> ApiLatency:
+    """Time the first (cold) request, warm and cached ones, and the in-process handler with the same request.
+
+    It must send the first request to the gradient function of this ``api`` for the cold figure to
+    be one. Every timed explanation has an image of its own (new bytes: never a cached result).
+    """
+    from devtools import demo_model, local_lambda
+    from devtools.api_events import explain_event
+    from devtools.demo import encode_image
+
+    images, _, _ = demo_model.sample_images(2 + 2 * warm_count, seed=seed)
+    pngs = [encode_image(image) for image in images]
+
+    def post(png: bytes) -> ApiResponse:
+        response = api.request("POST", "/explanations/gradient", key=key,
+                               body=explanation_body(png, LATENCY_METHODS))
+        if response.status not in (200, 202):
+            raise RuntimeError(f"POST /explanations/gradient answered {response.status}: {response.text()}\n"
+                               f"{api.logs(tail=4000)}")
+        return response
+
+    cold = post(pngs[0])
+    warm = [post(png) for png in pngs[1:1 + warm_count]]
+    cached = post(pngs[warm_count])  # the same bytes and options as the last warm request
+
+    wiring = api.deployment.functions["GradientFunction"]
+    handler = local_lambda.load_handler(api.deployment, wiring)
+
+    def in_process(png: bytes) -> float:
+        event = explain_event("gradient", explanation_body(png, LATENCY_METHODS))
+        event["requestContext"]["requestTimeEpoch"] = int(time.time() * 1000)
+        context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
+        with local_lambda.function_environment(api.deployment, wiring):
+            started = time.perf_counter()
+            response = handler(event, context)
+            seconds = time.perf_counter() - started
+        if response["statusCode"] != 200:
+            raise RuntimeError(f"in-process handler answered {response['statusCode']}: {response['body'][:2000]}")
+        return seconds
+
+    in_process(pngs[1 + warm_count])  # warm-up: the import was paid by load_handler, the model load here
+    return ApiLatency(
+        cold=cold.seconds, cold_status=cold.status, warm=[r.seconds for r in warm], cached=cached.seconds,
+        cached_flag=bool(cached.status == 200 and cached.json().get("cached")),
+        in_process=[in_process(png) for png in pngs[2 + warm_count:]], methods=list(LATENCY_METHODS),
+    )
+
+
+def api_figures(*, warm_count: int = 3) -> str:
+    """The latency table of the REST API on a fresh emulator (``python -m devtools.containers api-figures``)."""
+    with emulator_on_network() as emulator, tempfile.TemporaryDirectory() as tmp:
+        deployment = local_aws.deploy(emulator.host_endpoint)
+        publish_demo_models(deployment, tabular=False)
+        env_file = env_vars_file(deployment, emulator, Path(tmp))
+        key = register_api_key(deployment, emulator, "api-figures")
+        with local_api(deployment, emulator, env_file, log_path=Path(tmp) / "sam-local-start-api.log") as api:
+            return measure_api_latency(api, key, warm_count=warm_count).table()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "figures"])
+    parser.add_argument("command", choices=["build", "figures", "api-figures"])
     args = parser.parse_args(argv)
     ensure_engine()
     ensure_base_image()
@@ -300,6 +600,8 @@ def main(argv=None) -> int:
         print(f"{function}: {built_image(function)} {image_size(built_image(function)) / 1e9:.2f} GB", flush=True)
     if args.command == "figures":
         print(figures())
+    elif args.command == "api-figures":
+        print(api_figures())
     return 0
 
 

@@ -18,7 +18,7 @@ import pytest
 from devtools.api_events import TEST_API_KEY, TEST_CLIENT
 from devtools.local_lambda import SqsEventSource
 from explain_core.registry import METHODS
-from tests.conftest import load_event, read_json
+from tests.conftest import boto3_resource, load_event, read_json
 from tests.functional.test_queue_path import drain, empty_queue
 
 FAMILY_FUNCTIONS = {"gradient": "GradientFunction", "perturbation": "PerturbationFunction", "shap": "ShapFunction"}
@@ -369,7 +369,7 @@ def test_methods_are_listed_with_defaults_and_bounds(call):
 
 
 # ----------------------------------------------------------------------------- authorizer
-def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function, api_key, deployment):
+def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function, api_key, deployment, capsys):
     allowed = invoke_function("AuthorizerFunction", load_event("api-authorizer-token.json"))
     assert allowed["principalId"] == TEST_CLIENT
     (statement,) = allowed["policyDocument"]["Statement"]
@@ -377,17 +377,23 @@ def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function,
     assert statement["Resource"] == ["arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/*/*"]
     assert allowed["context"] == {"client_id": TEST_CLIENT}
 
-    from explain_core.authorizer import new_api_key, register_client
-    from tests.conftest import boto3_resource
+    from devtools import api_keys
+    from explain_core.authorizer import new_api_key
 
-    table = boto3_resource("dynamodb", deployment).Table(deployment.tables["ApiClientsTable"])
-    disabled = register_client(table, "disabled-client")
-    table.update_item(Key={"key_hash": __import__("explain_core.authorizer").authorizer.key_hash(disabled)},
-                      UpdateExpression="SET enabled = :f", ExpressionAttributeValues={":f": False})
-    for token in (f"Bearer {new_api_key()}", TEST_API_KEY, f"Basic {TEST_API_KEY}", "", f"Bearer {disabled}",
+    table_name = deployment.tables["ApiClientsTable"]
+    api_keys.main(["create", "--table", table_name, "--client", "cli-client"])
+    created = capsys.readouterr().out.strip()
+    event = load_event("api-authorizer-token.json")
+    event["authorizationToken"] = f"Bearer {created}"
+    assert invoke_function("AuthorizerFunction", event)["principalId"] == "cli-client"
+    api_keys.main(["disable", "--table", table_name, "--key", created])
+
+    for token in (f"Bearer {new_api_key()}", TEST_API_KEY, f"Basic {TEST_API_KEY}", "", f"Bearer {created}",
                   f"Bearer {TEST_API_KEY}x"):
         event = load_event("api-authorizer-token.json")
         event["authorizationToken"] = token
         denied = invoke_function("AuthorizerFunction", event)
         assert denied["policyDocument"]["Statement"][0]["Effect"] == "Deny", token
+        assert denied["principalId"] == "unknown"
+    table = boto3_resource("dynamodb", deployment).Table(table_name)
     assert table.get_item(Key={"key_hash": TEST_API_KEY}).get("Item") is None  # only hashes are stored

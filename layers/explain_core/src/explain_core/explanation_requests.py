@@ -133,8 +133,12 @@ class ExplanationRequests:
         self.jobs.create(job_id=job_id, family=self.family, model=job_request["model"],
                          version=job_request["version"], input_key=input_key, client_id=job_request["client_id"],
                          estimated_seconds=estimate, reason=reason)
-        self.s3.put_object(Bucket=self.settings.input_bucket, Key=input_key, Body=data,
-                           Metadata={**job_request["metadata"], "job-id": job_id})
+        try:
+            self.s3.put_object(Bucket=self.settings.input_bucket, Key=input_key, Body=data,
+                               Metadata={**job_request["metadata"], "job-id": job_id})
+        except Exception:
+            self.jobs.delete(job_id)  # no job without its input; the idempotency record is released too
+            raise
         logger.info("job started", extra={"job_id": job_id, "key": input_key, "estimate_s": estimate})
         return {"job_id": job_id, "estimated_seconds": None if estimate is None else round(estimate, 2),
                 "reason": reason}

@@ -61,6 +61,9 @@ class JobStore:
         self.table.put_item(Item=job, ConditionExpression="attribute_not_exists(job_id)")
         return job
 
+    def delete(self, job_id: str) -> None:
+        self.table.delete_item(Key={"job_id": job_id})
+
     def get(self, job_id: str, client_id: str) -> dict:
         """The caller's job; another client's job is reported as unknown, never shown."""
         item = self.table.get_item(Key={"job_id": job_id}).get("Item")
