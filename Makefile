@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/explain_core/src
 export SAM_CLI_TELEMETRY := 0
 DEMO_ARGS ?=
+API_ARGS ?=
 
-.PHONY: openapi setup demo test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
+.PHONY: openapi setup demo local-api test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +43,9 @@ test-e2e: setup  ## starts the Docker engine, builds the base stand-in and the i
 
 images: setup  ## Docker engine, Lambda base stand-in, sam build
 	$(PY) -m devtools.containers build
+
+local-api: setup  ## the REST API on 127.0.0.1:3000 through sam local start-api (API_ARGS=--port N); Ctrl-C stops it
+	$(PY) -m devtools.local_api $(API_ARGS)
 
 container-figures: setup  ## image sizes, cold/warm durations (the README's table)
 	$(PY) -m devtools.containers figures

@@ -5,6 +5,9 @@ describes, publishes the demo model, uploads sample images, lets the real handle
 real SQS events, prints a summary table, copies the results to ./local-results/, then keeps
 watching the bucket for your own uploads until Ctrl-C (``--once`` stops after the samples).
 
+After the samples it calls the REST API's handlers in-process (authorizer, a synchronous
+explanation, a job run by the queue); ``make local-api`` serves the API over HTTP with SAM.
+
 ``python -m devtools.demo upload IMAGE --family gradient`` uploads an image of yours to a
 running demo; ``python -m devtools.demo upload rows.csv --family shap --model breast-cancer-xgb``
 uploads a table to a tabular model.
@@ -155,6 +158,73 @@ def copy_results(s3, results_bucket: str, destination: Path) -> int:
     return count
 
 
+def api_round_trip(deployment, sources: dict) -> bool:
+    """The REST API through the same handlers, in-process: authorizer, a synchronous explanation,
+    a job run by the queue, its status. (``make local-api`` serves it over HTTP with SAM.)"""
+    import base64
+
+    from devtools import local_lambda
+    from devtools.api_events import explain_event, rest_event
+    from explain_core.authorizer import register_client
+
+    def invoke(logical_id: str, event: dict, handler=None) -> dict:
+        wiring = deployment.functions[logical_id]
+        handler = handler or local_lambda.load_handler(deployment, wiring)
+        with local_lambda.function_environment(deployment, wiring):
+            return handler(event, local_lambda.LocalLambdaContext(logical_id, wiring.memory, wiring.timeout))
+
+    import boto3
+
+    env = local_aws.aws_environment(deployment.endpoint)
+    clients = boto3.resource("dynamodb", endpoint_url=deployment.endpoint, region_name=local_aws.REGION,
+                             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).Table(
+        deployment.tables["ApiClientsTable"])
+    key = register_client(clients, "local-demo")
+    policy = invoke("AuthorizerFunction", {"type": "TOKEN", "authorizationToken": f"Bearer {key}", "methodArn":
+                    "arn:aws:execute-api:us-east-1:123456789012:local/v1/POST/explanations/gradient"})
+    allowed = policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    log(f"API: authorizer {'allows' if allowed else 'DENIES'} the demo key (client {policy['principalId']})")
+
+    def as_client(event: dict) -> dict:  # what API Gateway adds after an Allow
+        event["requestContext"]["authorizer"] = {"principalId": policy["principalId"]}
+        event["requestContext"]["requestTimeEpoch"] = int(time.time() * 1000)
+        return event
+
+    images, labels, _ = demo_model.sample_images(6)
+    image = base64.b64encode(encode_image(images[5])).decode()
+    started = time.perf_counter()
+    response = invoke("GradientFunction", as_client(explain_event("gradient", {
+        "model": {"name": demo_model.NAME, "version": demo_model.VERSION}, "methods": ["IntegratedGradients"],
+        "input_base64": image, "filename": "api-sample.png"})), sources["gradient"].handler)
+    seconds = time.perf_counter() - started
+    result = json.loads(response["body"])
+    sync_ok = response["statusCode"] == 200 and result["predictions"][0]["class_index"] == labels[5]
+    if response["statusCode"] == 200:
+        heatmap = result["methods"][0]["outputs"][0]["heatmap_url"].split("?")[0]
+        log(f"API: POST /explanations/gradient -> 200 in {seconds:.2f} s, predicted "
+            f"{result['predictions'][0]['class_name']}; heatmap (presigned) {heatmap}")
+    else:
+        log(f"API: POST /explanations/gradient -> {response['statusCode']} {response['body'][:300]}")
+
+    rows, _ = tabular_demo.sample_rows(TABULAR_SAMPLE_ROWS)
+    response = invoke("ShapFunction", as_client(explain_event("shap", {
+        "model": {"name": tabular_demo.XGB, "version": tabular_demo.VERSION}, "methods": ["TreeExplainer"],
+        "input_base64": base64.b64encode(tabular_demo.sample_csv(rows)).decode(), "filename": "api-rows.csv",
+        "mode": "async"})), sources["shap"].handler)
+    job = json.loads(response["body"])
+    log(f"API: POST /explanations/shap (mode async) -> {response['statusCode']}, job {job.get('job_id')}")
+    status = {}
+    deadline = time.monotonic() + 120
+    while response["statusCode"] == 202 and status.get("status") in (None, "queued") and time.monotonic() < deadline:
+        sources["shap"].poll_once()
+        job_path = f"/jobs/{job['job_id']}"
+        status = json.loads(invoke("ApiFunction", as_client(rest_event(
+            "GET", "/jobs/{job_id}", job_path, path_parameters={"job_id": job["job_id"]})))["body"])
+    log(f"API: GET /jobs/{job.get('job_id')} -> {status.get('status')}")
+    return allowed and sync_ok and status.get("status") == "succeeded"
+
+
 def run(args) -> int:
     log(f"starting the local S3/SQS emulator on 127.0.0.1:{args.port}")
     try:
@@ -185,10 +255,12 @@ def run(args) -> int:
     print()
     print(summary_table({k: outcomes[k] for k in keys if k in outcomes}))
     print()
+    api_ok = api_round_trip(deployment, sources)
     copied = copy_results(s3, results_bucket, args.output)
     log(f"copied {copied} result objects to {args.output}/")
-    if missing:
-        log(f"ERROR: no result for {sorted(missing)} within {args.timeout:.0f} s")
+    if missing or not api_ok:
+        log(f"ERROR: no result for {sorted(missing)} within {args.timeout:.0f} s" if missing else
+            "ERROR: the API round trip failed (see above)")
         server.stop()
         return 1
     if args.once:
