@@ -14,9 +14,15 @@ from explain_core.errors import (
     InvalidParameterError,
     InvalidTableError,
     InvalidTargetError,
+    MalformedRequestError,
     ModelCardError,
     OverTimeBudgetError,
+    RequestInProgressError,
+    RequestTooLargeError,
+    RouteNotFoundError,
     TableTooLargeError,
+    UnknownInputError,
+    UnknownJobError,
     UnknownMethodError,
     UnknownModelError,
     UnsupportedFormatError,
@@ -42,6 +48,13 @@ EXPECTED = [
     (UnsupportedTableFormatError, "unsupported_table_format", 415, InvalidTableError),
     (TableTooLargeError, "table_too_large", 413, InvalidTableError),
     (UnsupportedModelError, "unsupported_model", 422, ExplainError),
+    # the REST API's own
+    (MalformedRequestError, "malformed_request", 400, ExplainError),
+    (RequestTooLargeError, "request_too_large", 413, ImageTooLargeError),
+    (UnknownInputError, "unknown_input", 404, ExplainError),
+    (UnknownJobError, "unknown_job", 404, ExplainError),
+    (RouteNotFoundError, "not_found", 404, ExplainError),
+    (RequestInProgressError, "request_in_progress", 409, ExplainError),
 ]
 
 
