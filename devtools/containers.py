@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devtools import local_aws
@@ -292,6 +292,8 @@ def figures() -> str:
 # ------------------------------------------------------------------------------------ the REST API
 #: The label ``sam local`` puts on every function container it creates (samcli.local.docker.lambda_container).
 SAM_CONTAINER_LABEL = "sam.cli.container.type=lambda"
+#: How long SAM's stale requestTimeEpoch misleads the functions (explain_core.api trusts one up to 60 s old).
+SAM_STALE_REQUEST_TIME_S = 61
 #: The request the latency figures time: one cheap method on one image of the image demo model.
 LATENCY_METHODS = ["Saliency"]
 
@@ -327,6 +329,7 @@ class LocalApi:
     deployment: local_aws.Deployment
     emulator: Emulator
     env_file: Path
+    removed: list[str] = field(default_factory=list)  # function containers SAM left behind, removed on exit
 
     def logs(self, tail: int | None = None) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -382,12 +385,19 @@ def _stop(process: subprocess.Popen, grace: float = 60) -> None:
 
 @contextmanager
 def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *, port: int | None = None,
-              warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180):
+              warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180, settle: bool = True):
     """``sam local start-api`` of the built template on 127.0.0.1, its functions on the emulator's network.
 
-    Yields a :class:`LocalApi`. On exit SAM is terminated (SIGTERM, then SIGKILL) and any function
-    container it left behind is removed: only containers carrying SAM's label, on this emulator's
-    network, that did not exist before this call, so the emulator and other runs are never touched.
+    Yields a :class:`LocalApi` once SAM answers HTTP and, with ``settle``, a minute later: SAM CLI
+    1.170 stamps every REST event's ``requestContext.requestTimeEpoch`` with the time it imported
+    its event module (a default argument evaluated once, ``RequestContext.__init__`` in
+    samcli/local/events/api_event.py), so for a minute the functions see requests that seem to have
+    waited since SAM started, and spend that on their 29 s budget (a cold request becomes a job).
+    explain_core.api takes a receive time over 60 s old for unknown and uses its own clock.
+
+    On exit SAM is terminated (SIGTERM, then SIGKILL) and any function container it left behind is
+    removed: only containers with SAM's label, on this emulator's network, that did not exist before
+    this call, so the emulator and other runs are never touched.
     """
     missing = [f for f, w in deployment.functions.items()
                if (w.api_routes or f == "AuthorizerFunction") and f not in json.loads(env_file.read_text())]
@@ -408,12 +418,14 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
     api = LocalApi(f"http://127.0.0.1:{port}", log_path, process, deployment, emulator, env_file)
     try:
         _wait_for_api(api, timeout)
+        if settle:
+            time.sleep(SAM_STALE_REQUEST_TIME_S)
         yield api
     finally:
         _stop(process)
-        leftovers = sorted(sam_containers(emulator.network) - before)
-        if leftovers:
-            run(["docker", "rm", "-f", *leftovers], check=False)
+        api.removed = sorted(sam_containers(emulator.network) - before)
+        if api.removed:
+            run(["docker", "rm", "-f", *api.removed], check=False)
 
 
 def register_api_key(deployment: local_aws.Deployment, emulator: Emulator, client_id: str,
@@ -554,7 +566,10 @@ def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: i
     warm = [post(png) for png in pngs[1:1 + warm_count]]
     cached = post(pngs[warm_count])  # the same bytes and options as the last warm request
 
+    # The log level SAM runs the functions with (LogLevel=WARNING); no metric lines around the figures.
     wiring = api.deployment.functions["GradientFunction"]
+    wiring = replace(wiring, environment={**wiring.environment, "POWERTOOLS_LOG_LEVEL": "WARNING",
+                                          "POWERTOOLS_METRICS_DISABLED": "true"})
     handler = local_lambda.load_handler(api.deployment, wiring)
 
     def in_process(png: bytes) -> float:

@@ -48,8 +48,8 @@ def instructions(url: str, key: str, image: Path, log_path: Path, jobs: bool) ->
             '"input_base64": "%s"}')
     job_body = ('{"model": {"name": "shapes", "version": "v1"}, "methods": ["Occlusion"], '
                 '"mode": "async", "input_base64": "%s"}')
-    jobs_note = ("a poller runs queued jobs with `sam local invoke` (the first takes a cold start)" if jobs else
-                 "--no-jobs: jobs stay queued")
+    jobs_note = ("a poller runs queued jobs with `sam local invoke`, a cold start each" if jobs else
+                 "started with --no-jobs: jobs stay queued")
     return f"""
 The API is running (sam local start-api; its log: {log_path})
   URL: {url}
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
             env_file = containers.env_vars_file(deployment, emulator, Path(tmp))
             key = containers.register_api_key(deployment, emulator, CLIENT)
             log_path = WORK_DIR / "sam-local-start-api.log"
-            log(f"starting sam local start-api on 127.0.0.1:{args.port}")
+            log(f"starting sam local start-api on 127.0.0.1:{args.port}; ready in about a minute (SAM's request "
+                "clock settles: see devtools.containers.local_api)")
             with containers.local_api(deployment, emulator, env_file, port=args.port, warm=args.warm_containers,
                                       log_path=log_path) as api:
                 print(instructions(api.url, key, sample_image(WORK_DIR), log_path, not args.no_jobs), flush=True)

@@ -74,3 +74,23 @@ def tabular_models(container_deployment):
 @pytest.fixture(scope="session")
 def env_file(container_deployment, container_emulator, tmp_path_factory):
     return containers.env_vars_file(container_deployment, container_emulator, tmp_path_factory.mktemp("sam"))
+
+
+#: Clients registered in the emulator's ApiClientsTable for the REST API tests (tests/e2e/test_api.py).
+API_CLIENT, OTHER_API_CLIENT = "e2e-client", "e2e-other-client"
+
+
+@pytest.fixture(scope="session")
+def api_keys(container_deployment, container_emulator):
+    """Client id -> API key, registered in the emulator's clients table (only the keys' hashes are stored)."""
+    return {client: containers.register_api_key(container_deployment, container_emulator, client)
+            for client in (API_CLIENT, OTHER_API_CLIENT)}
+
+
+@pytest.fixture(scope="module")
+def local_api(container_deployment, container_emulator, env_file, tabular_models, tmp_path_factory):
+    """``sam local start-api`` on a loopback port, its functions on the emulator's network, every demo model
+    published; stopped (and its function containers removed) after the module."""
+    log_path = tmp_path_factory.mktemp("local-api") / "sam-local-start-api.log"
+    with containers.local_api(container_deployment, container_emulator, env_file, log_path=log_path) as api:
+        yield api
