@@ -292,8 +292,6 @@ def figures() -> str:
 # ------------------------------------------------------------------------------------ the REST API
 #: The label ``sam local`` puts on every function container it creates (samcli.local.docker.lambda_container).
 SAM_CONTAINER_LABEL = "sam.cli.container.type=lambda"
-#: How long SAM's stale requestTimeEpoch misleads the functions (explain_core.api trusts one up to 60 s old).
-SAM_STALE_REQUEST_TIME_S = 61
 #: The request the latency figures time: one cheap method on one image of the image demo model.
 LATENCY_METHODS = ["Saliency"]
 
@@ -385,15 +383,13 @@ def _stop(process: subprocess.Popen, grace: float = 60) -> None:
 
 @contextmanager
 def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *, port: int | None = None,
-              warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180, settle: bool = True):
+              warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180):
     """``sam local start-api`` of the built template on 127.0.0.1, its functions on the emulator's network.
 
-    Yields a :class:`LocalApi` once SAM answers HTTP and, with ``settle``, a minute later: SAM CLI
-    1.170 stamps every REST event's ``requestContext.requestTimeEpoch`` with the time it imported
-    its event module (a default argument evaluated once, ``RequestContext.__init__`` in
-    samcli/local/events/api_event.py), so for a minute the functions see requests that seem to have
-    waited since SAM started, and spend that on their 29 s budget (a cold request becomes a job).
-    explain_core.api takes a receive time over 60 s old for unknown and uses its own clock.
+    Yields a :class:`LocalApi` once SAM answers HTTP. (SAM CLI 1.170 stamps every REST event's
+    ``requestTimeEpoch`` with the second it started; explain_core.api trusts only API Gateway's
+    millisecond stamps and otherwise uses its own clock, so requests right after the start are timed
+    correctly.)
 
     On exit SAM is terminated (SIGTERM, then SIGKILL) and any function container it left behind is
     removed: only containers with SAM's label, on this emulator's network, that did not exist before
@@ -418,8 +414,6 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
     api = LocalApi(f"http://127.0.0.1:{port}", log_path, process, deployment, emulator, env_file)
     try:
         _wait_for_api(api, timeout)
-        if settle:
-            time.sleep(SAM_STALE_REQUEST_TIME_S)
         yield api
     finally:
         _stop(process)

@@ -130,8 +130,7 @@ def main(argv=None) -> int:
             env_file = containers.env_vars_file(deployment, emulator, Path(tmp))
             key = containers.register_api_key(deployment, emulator, CLIENT)
             log_path = WORK_DIR / "sam-local-start-api.log"
-            log(f"starting sam local start-api on 127.0.0.1:{args.port}; ready in about a minute (SAM's request "
-                "clock settles: see devtools.containers.local_api)")
+            log(f"starting sam local start-api on 127.0.0.1:{args.port}")
             with containers.local_api(deployment, emulator, env_file, port=args.port, warm=args.warm_containers,
                                       log_path=log_path) as api:
                 print(instructions(api.url, key, sample_image(WORK_DIR), log_path, not args.no_jobs), flush=True)

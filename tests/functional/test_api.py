@@ -270,6 +270,8 @@ def tiff_bytes() -> bytes:
 
 @pytest.mark.parametrize("changes,status,code", [
     ({"methods": ["NoSuchMethod"]}, 422, "unknown_method"),
+    ({"methods": ["Saliencé"]}, 422, "unknown_method"),  # never reaches S3 metadata (ASCII only)
+    ({"target": "carré"}, 422, "invalid_target"),
     ({"methods": ["TreeExplainer"]}, 422, "unknown_method"),  # a shap method on the gradient route
     ({"target": "hexagon"}, 422, "invalid_target"),
     ({"top_k": 11}, 400, "malformed_request"),
@@ -291,6 +293,23 @@ def test_bad_requests_get_typed_errors(call, changes, status, code):
     error = body(response)["error"]
     assert error["code"] == code
     assert "Traceback" not in response["body"]
+
+
+@pytest.mark.parametrize("content_type,status", [
+    ("text/plain", 415), ("application/xml", 415), ("multipart/form-data; boundary=x", 415),
+    ("APPLICATION/JSON; charset=utf-8", 201), (None, 201),
+    ("application/x-www-form-urlencoded", 201),  # what curl -d says about a JSON body
+])
+def test_request_bodies_are_json(call, content_type, status):
+    event = load_event("api-create-upload.json")
+    for field in ("headers", "multiValueHeaders"):
+        event[field] = {k: v for k, v in event[field].items() if k != "Content-Type"}
+        if content_type:
+            event[field]["content-type"] = content_type if field == "headers" else [content_type]
+    response = call(event)
+    assert response["statusCode"] == status, response["body"]
+    if status == 415:
+        assert body(response)["error"]["code"] == "unsupported_media_type"
 
 
 def test_a_refused_input_leaves_an_error_record(call, s3, deployment, unique_prefix):

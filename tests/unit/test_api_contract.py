@@ -101,3 +101,32 @@ def test_api_keys_are_random_and_only_their_hash_is_kept():
     assert key_hash(first) != key_hash(second) and len(key_hash(first)) == 64 and first not in key_hash(first)
     for token in (first, f"bearer {first}", f"Bearer {first} ", f"Bearer {first[:-1]}", "Bearer xk_short"):
         assert not BEARER.match(token)
+
+
+def test_gateway_responses_follow_the_documented_error_schema():
+    from devtools.local_aws import load_template
+    from explain_core.api_models import ErrorResponse
+
+    responses = load_template()["Resources"]["ExplanationsApi"]["Properties"]["GatewayResponses"]
+    assert {"UNAUTHORIZED", "ACCESS_DENIED", "THROTTLED", "REQUEST_TOO_LARGE"} <= set(responses)
+    for name, response in responses.items():
+        body = response["ResponseTemplates"]["application/json"]
+        # What API Gateway substitutes: $context.error.messageString is a quoted JSON string.
+        body = body.replace("$context.error.messageString", '"Missing Authentication Token"')
+        body = body.replace("$context.requestId", "c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
+        parsed = ErrorResponse.model_validate_json(body)
+        assert parsed.error.code and parsed.request_id, name
+
+
+def test_request_options_round_trip_through_ascii_metadata():
+    from explain_core.model_card import ModelCard
+    from explain_core.request_options import parse_options
+
+    card = ModelCard(name="m", version="v1", input_height=32, input_width=32, class_names=["carré", "rond", "étoile"])
+    options = parse_options({"methods": "saliency,IntegratedGradients", "target": "carré",
+                             "params": json.dumps({"integratedgradients": {"steps": 16}})}, card, "gradient")
+    metadata = options.to_metadata()
+    assert all(value.isascii() for value in metadata.values())
+    assert metadata["methods"] == "Saliency,IntegratedGradients" and metadata["target"] == "0"
+    assert parse_options(metadata, card, "gradient") == options
+    assert parse_options(metadata, card, "gradient").fingerprint == options.fingerprint

@@ -26,6 +26,7 @@ from explain_core.errors import (
     UnknownMethodError,
     UnknownModelError,
     UnsupportedFormatError,
+    UnsupportedMediaTypeError,
     UnsupportedModelError,
     UnsupportedTableFormatError,
 )
@@ -55,6 +56,7 @@ EXPECTED = [
     (UnknownJobError, "unknown_job", 404, ExplainError),
     (RouteNotFoundError, "not_found", 404, ExplainError),
     (RequestInProgressError, "request_in_progress", 409, ExplainError),
+    (UnsupportedMediaTypeError, "unsupported_media_type", 415, ExplainError),
 ]
 
 

@@ -13,6 +13,7 @@ Every error is a typed JSON body (:class:`ErrorResponse`) with its HTTP status: 
 logged with its trace and answered with a 500 that names the request id, never the trace.
 """
 
+import json
 import time
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -20,7 +21,10 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
@@ -48,6 +52,7 @@ from explain_core.errors import (
     MalformedRequestError,
     RequestInProgressError,
     RouteNotFoundError,
+    UnsupportedMediaTypeError,
 )
 from explain_core.registry import METHODS
 
@@ -67,7 +72,7 @@ _ERROR_DESCRIPTIONS = {
     404: "Unknown model, uploaded input, job or route",
     409: "The same job request is being created right now; retry",
     413: "Input too large (inline inputs: 4 MiB decoded; use POST /uploads)",
-    415: "Unsupported image or table format",
+    415: "Unsupported image or table format, or a body that is not JSON",
     422: "Invalid method, parameter, target or model for the method",
     429: "Throttled by the stage's rate limit",
 }
@@ -172,12 +177,17 @@ def _client_id() -> str:
 
 
 def _received_at() -> float:
-    """When API Gateway received the request (epoch seconds); its timeout counts from then."""
+    """When API Gateway received the request (epoch seconds); its timeout counts from then.
+
+    API Gateway sends milliseconds. SAM CLI's local API sends whole seconds, frozen at the time
+    SAM started (a default argument evaluated once), so a seconds value is not trusted: the
+    function's own clock is used instead, as for a missing or implausible value.
+    """
     epoch = app.current_event.raw_event.get("requestContext", {}).get("requestTimeEpoch")
     now = time.time()
-    if not isinstance(epoch, (int, float)) or epoch <= 0:
+    if not isinstance(epoch, (int, float)) or epoch < 1e11:
         return now
-    received = epoch / 1000 if epoch > 1e11 else float(epoch)  # API Gateway sends ms; SAM local, seconds
+    received = epoch / 1000
     return received if now - 60 <= received <= now + 1 else now
 
 
@@ -209,7 +219,8 @@ def get_model(name: Annotated[str, Path(pattern=NAME_REGEX)], version: Annotated
 
 
 @app.post("/uploads", summary="A presigned upload for an input too large for a request body", tags=["inputs"],
-          operation_id="createUpload", responses=_responses({201: ("A presigned POST", UploadTicket)}))
+          operation_id="createUpload",
+          responses=_responses({201: ("A presigned POST", UploadTicket)}, 415))
 def create_upload(upload: UploadRequest):
     import uuid
 
@@ -275,6 +286,11 @@ def malformed(exc: RequestValidationError):
     return _error(400, MalformedRequestError(message, errors=details[:20]).to_dict())
 
 
+@app.exception_handler(RequestUnsupportedContentType)
+def unsupported_content_type(exc: RequestUnsupportedContentType):
+    return _error(415, UnsupportedMediaTypeError("request bodies are JSON (Content-Type: application/json)").to_dict())
+
+
 @app.exception_handler(IdempotencyAlreadyInProgressError)
 def in_progress(exc: IdempotencyAlreadyInProgressError):
     return _error(409, RequestInProgressError("the same job request is being created; retry in a second").to_dict())
@@ -299,7 +315,48 @@ def unexpected(exc: Exception):
 # ---------------------------------------------------------------------------------------- handler
 def resolve(event: dict, context) -> dict:
     metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
-    return app.resolve(event, context)
+    event, refusal = _with_json_content_type(event, context)
+    return refusal if refusal is not None else app.resolve(event, context)
+
+
+def _with_json_content_type(event: dict, context) -> tuple[dict, dict | None]:
+    """Bodies are JSON: the event with its Content-Type normalised, or a 415 answer.
+
+    The media type is matched case-insensitively, as HTTP defines it; a missing one is JSON; and a
+    JSON body sent as form-urlencoded (what ``curl -d`` says by default) is taken as JSON rather
+    than parsed as a form. Any other media type gets a typed 415.
+    """
+    if not event.get("body"):
+        return event, None
+    headers = event.get("headers") or {}
+    declared = next((value for name, value in headers.items() if name.lower() == "content-type"), None)
+    media = (declared or "application/json").split(";")[0].strip().lower()
+    if media == "application/json" or (media == "application/x-www-form-urlencoded" and _is_json_object(event)):
+        normalised = dict(event)
+        for field, value in (("headers", "application/json"), ("multiValueHeaders", ["application/json"])):
+            if event.get(field) is not None or field == "headers":
+                kept = {k: v for k, v in (event.get(field) or {}).items() if k.lower() != "content-type"}
+                normalised[field] = {**kept, "Content-Type": value}
+        return normalised, None
+    error = ErrorResponse(
+        error=UnsupportedMediaTypeError(f"request bodies are JSON (Content-Type: application/json), not {media}",
+                                        content_type=media).to_dict(),
+        request_id=getattr(context, "aws_request_id", None),
+    )
+    return event, {"statusCode": 415, "multiValueHeaders": {"Content-Type": ["application/json"]},
+                   "body": error.model_dump_json(), "isBase64Encoded": False}
+
+
+def _is_json_object(event: dict) -> bool:
+    body = event["body"]
+    try:
+        if event.get("isBase64Encoded"):
+            import base64
+
+            body = base64.b64decode(body)
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
 
 
 def is_api_event(event: dict) -> bool:

@@ -4,7 +4,7 @@ Keys are random 32-byte tokens. The clients table stores only their SHA-256 (``k
 client id and an ``enabled`` flag, so a leaked table reveals no key. A known, enabled key gets
 an Allow policy for the whole API (API Gateway caches it for ReauthorizeEvery seconds) with the
 client id as principal, which the routes use to keep each client's jobs to itself. Anything else
-gets an explicit Deny: API Gateway answers 403 (``sam local start-api``, 401); a request
+gets an explicit Deny, which API Gateway (and ``sam local start-api``) answers with 403; a request
 without the header never reaches the authorizer and is answered 401.
 """
 

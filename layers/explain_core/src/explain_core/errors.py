@@ -114,6 +114,13 @@ class RequestTooLargeError(ImageTooLargeError):
     code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(ExplainError):
+    """A request body that is not JSON."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class UnknownInputError(ExplainError):
     code = "unknown_input"
     status = 404

@@ -46,6 +46,7 @@ from explain_core.errors import (
 )
 from explain_core.jobs import JobStore, new_job_id
 from explain_core.pipeline import ExplanationPipeline, Upload
+from explain_core.request_options import parse_options
 
 #: API Gateway's default (and, for most accounts, maximum) integration timeout for REST APIs.
 API_GATEWAY_TIMEOUT_S = 29.0
@@ -82,7 +83,9 @@ class ExplanationRequests:
         model, version = request.model.name, request.model.version
         loaded = self.pipeline.store.get(model, version)
         self.pipeline.explainers.retain(self.pipeline.store.models_in_memory())
-        metadata = request.options_metadata()
+        # Checked before anything is stored; stored in canonical form, which S3 metadata can hold
+        # (ASCII) and under which equivalent requests share one key.
+        metadata = parse_options(request.options_metadata(), loaded.card, self.family).to_metadata()
         digest = hashlib.sha256(data + json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:32]
         key = f"{self.keys.request_prefix(self.family)}{model}/{version}/api/{digest}/{filename}"
         stored = self.s3.put_object(Bucket=self.settings.input_bucket, Key=key, Body=data, Metadata=metadata)

@@ -45,6 +45,19 @@ class RequestOptions:
         }
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
 
+    def to_metadata(self) -> dict[str, str]:
+        """The options in canonical S3 user-metadata form (ASCII only, as S3 requires), which
+        :func:`parse_options` reads back to equal options: registry method names, every parameter
+        resolved, the target as a class index."""
+        metadata = {
+            "methods": ",".join(spec.name for spec, _ in self.methods),
+            "params": json.dumps({spec.name: params for spec, params in self.methods}, sort_keys=True),
+            "top-k": str(self.top_k),
+        }
+        if self.target is not None:
+            metadata["target"] = str(self.target)
+        return metadata
+
     def classes_to_explain(self, scores: np.ndarray) -> list[int]:
         if self.target is not None:
             return [self.target]
