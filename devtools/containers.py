@@ -387,9 +387,8 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
     """``sam local start-api`` of the built template on 127.0.0.1, its functions on the emulator's network.
 
     Yields a :class:`LocalApi` once SAM answers HTTP. (SAM CLI 1.170 stamps every REST event's
-    ``requestTimeEpoch`` with the second it started; explain_core.api trusts only API Gateway's
-    millisecond stamps and otherwise uses its own clock, so requests right after the start are timed
-    correctly.)
+    ``requestTimeEpoch`` with the time it started; explain_core.api does not trust the stamp under
+    SAM, which sets ``AWS_SAM_LOCAL``, and uses its own clock.)
 
     On exit SAM is terminated (SIGTERM, then SIGKILL) and any function container it left behind is
     removed: only containers with SAM's label, on this emulator's network, that did not exist before

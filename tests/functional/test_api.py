@@ -229,6 +229,16 @@ def test_a_request_over_the_remaining_time_becomes_a_job_or_is_refused_in_sync_m
     assert "more than the" in body(accepted)["reason"]
 
 
+def test_sam_locals_frozen_request_time_is_not_trusted(call, monkeypatch, unique_prefix):
+    """SAM CLI stamps every event with the time it started; under SAM the function's clock counts."""
+    monkeypatch.setenv("AWS_SAM_LOCAL", "true")
+    event = explain_event("api-explain-gradient.json", methods=["Saliency"], mode="sync",
+                          filename=f"{unique_prefix}-sam.png")
+    event["requestContext"]["requestTimeEpoch"] = int((time.time() - 28) * 1000)
+    response = call(event)
+    assert response["statusCode"] == 200, response["body"][:500]
+
+
 def test_failed_job_reports_its_error(call, perturbation_source, unique_prefix, deployment, s3):
     # Requests are validated before a job starts, so a job fails only on the worker: here the
     # model is removed between the request and the worker's run.

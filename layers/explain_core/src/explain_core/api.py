@@ -14,6 +14,7 @@ logged with its trace and answered with a 500 that names the request id, never t
 """
 
 import json
+import os
 import time
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -179,15 +180,15 @@ def _client_id() -> str:
 def _received_at() -> float:
     """When API Gateway received the request (epoch seconds); its timeout counts from then.
 
-    API Gateway sends milliseconds. SAM CLI's local API sends whole seconds, frozen at the time
-    SAM started (a default argument evaluated once), so a seconds value is not trusted: the
-    function's own clock is used instead, as for a missing or implausible value.
+    Under ``sam local start-api`` (``AWS_SAM_LOCAL``) the stamp is not trusted: SAM CLI 1.170 fills
+    every event's ``requestTimeEpoch`` with the time it started (a default argument evaluated once),
+    so the function's own clock is used, as for a missing or implausible stamp.
     """
     epoch = app.current_event.raw_event.get("requestContext", {}).get("requestTimeEpoch")
     now = time.time()
-    if not isinstance(epoch, (int, float)) or epoch < 1e11:
+    if not isinstance(epoch, (int, float)) or epoch < 1e11 or os.environ.get("AWS_SAM_LOCAL") == "true":
         return now
-    received = epoch / 1000
+    received = epoch / 1000  # milliseconds
     return received if now - 60 <= received <= now + 1 else now
 
 
