@@ -11,6 +11,7 @@ import re
 import pytest
 
 from devtools.local_aws import load_template
+from explain_core.api_models import ErrorResponse
 
 FAMILY_FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation", "ShapFunction": "shap"}
 TABLE_KEYS = {"JobsTable": "job_id", "IdempotencyTable": "id", "ApiClientsTable": "key_hash"}
@@ -119,10 +120,14 @@ def test_the_stage_is_throttled(template, api):
 @pytest.mark.parametrize("response_type", [*GATEWAY_RESPONSES, "DEFAULT_4XX", "DEFAULT_5XX"])
 def test_gateway_refusals_have_typed_json_bodies(api, response_type):
     response = api["GatewayResponses"][response_type]
-    # API Gateway substitutes $context.error.messageString with a quoted JSON string.
+    # What API Gateway substitutes: $context.error.messageString is a quoted JSON string.
     body = response["ResponseTemplates"]["application/json"].replace("$context.error.messageString", '"message"')
+    body = body.replace("$context.requestId", "c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
+    # The documented error schema (openapi.json's ErrorResponse) holds for the gateway's refusals too.
+    parsed = ErrorResponse.model_validate_json(body)
+    assert parsed.request_id and parsed.error.message
     error = json.loads(body)["error"]
-    assert set(error) == {"code", "message"} and error["message"]
+    assert set(error) == {"type", "code", "message", "details"}
     if response_type in GATEWAY_RESPONSES:
         status, code = GATEWAY_RESPONSES[response_type]
         assert (str(response["StatusCode"]), error["code"]) == (status, code)
