@@ -350,6 +350,20 @@ def test_unexpected_failure_is_a_500_without_a_trace(call, monkeypatch):
     assert "secret internal detail" not in response["body"] and "Traceback" not in response["body"]
 
 
+def test_a_job_request_being_created_concurrently_is_a_409(call, handlers, monkeypatch, unique_prefix):
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+    def in_progress(**kwargs):
+        raise IdempotencyAlreadyInProgressError("Execution already in progress with idempotency key")
+
+    # What Powertools raises while another invocation holds the same request's idempotency record.
+    monkeypatch.setattr(handlers["perturbation"].endpoint.requests, "start_job", in_progress)
+    event = explain_event("api-explain-perturbation-async.json", filename=f"{unique_prefix}-busy.png")
+    response = call(event)
+    assert response["statusCode"] == 409
+    assert body(response)["error"]["code"] == "request_in_progress"
+
+
 def test_unknown_route_and_family_not_served_here(call):
     event = load_event("api-list-models.json")
     event["path"] = event["resource"] = "/nothing-here"

@@ -33,4 +33,5 @@ def family_lambda_handler(family: str):
         return pipeline.handle_sqs_event(event, context)
 
     lambda_handler.pipeline = pipeline
+    lambda_handler.endpoint = endpoint
     return lambda_handler
