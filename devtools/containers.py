@@ -274,9 +274,7 @@ def figures() -> str:
             handler = local_lambda.load_handler(deployment, wiring)
 
             def in_process(handler=handler, wiring=wiring, event=event):
-                context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
-                with local_lambda.function_environment(deployment, wiring):
-                    handler(event, context)
+                local_lambda.invoke(deployment, wiring, handler, event)
 
             timed(in_process)  # warm-up: imports were paid by load_handler, the model load here
             warm = min(timed(in_process) for _ in range(3))
@@ -421,20 +419,6 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
             run(["docker", "rm", "-f", *api.removed], check=False)
 
 
-def register_api_key(deployment: local_aws.Deployment, emulator: Emulator, client_id: str,
-                     key: str | None = None) -> str:
-    """Register a client in the emulator's ApiClientsTable (only the key's hash is stored); returns the key."""
-    import boto3
-
-    from explain_core.authorizer import register_client
-
-    env = local_aws.aws_environment(emulator.host_endpoint)
-    dynamodb = boto3.resource("dynamodb", endpoint_url=emulator.host_endpoint, region_name=local_aws.REGION,
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    return register_client(dynamodb.Table(deployment.tables["ApiClientsTable"]), client_id, key)
-
-
 def publish_demo_models(deployment: local_aws.Deployment, *, tabular: bool = True) -> None:
     """The image demo model and, with ``tabular``, the tabular ones (shap family), in the model bucket."""
     from devtools import demo_model
@@ -568,11 +552,9 @@ def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: i
     def in_process(png: bytes) -> float:
         event = explain_event("gradient", explanation_body(png, LATENCY_METHODS))
         event["requestContext"]["requestTimeEpoch"] = int(time.time() * 1000)
-        context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
-        with local_lambda.function_environment(api.deployment, wiring):
-            started = time.perf_counter()
-            response = handler(event, context)
-            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        response = local_lambda.invoke(api.deployment, wiring, handler, event)
+        seconds = time.perf_counter() - started
         if response["statusCode"] != 200:
             raise RuntimeError(f"in-process handler answered {response['statusCode']}: {response['body'][:2000]}")
         return seconds
@@ -591,7 +573,7 @@ def api_figures(*, warm_count: int = 3) -> str:
         deployment = local_aws.deploy(emulator.host_endpoint)
         publish_demo_models(deployment, tabular=False)
         env_file = env_vars_file(deployment, emulator, Path(tmp))
-        key = register_api_key(deployment, emulator, "api-figures")
+        key = deployment.register_api_key("api-figures")
         with local_api(deployment, emulator, env_file, log_path=Path(tmp) / "sam-local-start-api.log") as api:
             return measure_api_latency(api, key, warm_count=warm_count).table()
 

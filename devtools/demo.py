@@ -165,22 +165,12 @@ def api_round_trip(deployment, sources: dict) -> bool:
 
     from devtools import local_lambda
     from devtools.api_events import explain_event, rest_event
-    from explain_core.authorizer import register_client
 
     def invoke(logical_id: str, event: dict, handler=None) -> dict:
         wiring = deployment.functions[logical_id]
-        handler = handler or local_lambda.load_handler(deployment, wiring)
-        with local_lambda.function_environment(deployment, wiring):
-            return handler(event, local_lambda.LocalLambdaContext(logical_id, wiring.memory, wiring.timeout))
+        return local_lambda.invoke(deployment, wiring, handler or local_lambda.load_handler(deployment, wiring), event)
 
-    import boto3
-
-    env = local_aws.aws_environment(deployment.endpoint)
-    clients = boto3.resource("dynamodb", endpoint_url=deployment.endpoint, region_name=local_aws.REGION,
-                             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).Table(
-        deployment.tables["ApiClientsTable"])
-    key = register_client(clients, "local-demo")
+    key = deployment.register_api_key("local-demo")
     policy = invoke("AuthorizerFunction", {"type": "TOKEN", "authorizationToken": f"Bearer {key}", "methodArn":
                     "arn:aws:execute-api:us-east-1:123456789012:local/v1/POST/explanations/gradient"})
     allowed = policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"

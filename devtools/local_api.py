@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             log("publishing the demo models (trained on first use)")
             containers.publish_demo_models(deployment, tabular=True)
             env_file = containers.env_vars_file(deployment, emulator, Path(tmp))
-            key = containers.register_api_key(deployment, emulator, CLIENT)
+            key = deployment.register_api_key(CLIENT)
             log_path = WORK_DIR / "sam-local-start-api.log"
             log(f"starting sam local start-api on 127.0.0.1:{args.port}")
             with containers.local_api(deployment, emulator, env_file, port=args.port, warm=args.warm_containers,

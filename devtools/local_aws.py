@@ -79,6 +79,16 @@ class Deployment:
     def client(self, service: str):
         return client(service, self.endpoint)
 
+    def table(self, logical_id: str):
+        """A DynamoDB Table resource of the template's table on the emulator."""
+        return _session(self.endpoint).resource("dynamodb", endpoint_url=self.endpoint).Table(self.tables[logical_id])
+
+    def register_api_key(self, client_id: str, key: str | None = None) -> str:
+        """Register an API client in the clients table (only the key's hash is stored); returns the key."""
+        from explain_core.authorizer import register_client
+
+        return register_client(self.table("ApiClientsTable"), client_id, key)
+
     def bucket(self, logical_id: str) -> str:
         return self.buckets[logical_id]
 
@@ -100,15 +110,14 @@ def aws_environment(endpoint: str) -> dict:
     }
 
 
-def client(service: str, endpoint: str):
+def _session(endpoint: str) -> boto3.Session:
     env = aws_environment(endpoint)
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    return boto3.Session(region_name=REGION, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def client(service: str, endpoint: str):
+    return _session(endpoint).client(service, endpoint_url=endpoint)
 
 
 def free_port() -> int:

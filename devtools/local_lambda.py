@@ -69,6 +69,13 @@ def load_handler(deployment: Deployment, wiring: FunctionWiring):
     return module.lambda_handler
 
 
+def invoke(deployment: Deployment, wiring: FunctionWiring, handler, event: dict, context=None):
+    """Call a handler as Lambda does: with a context (fresh unless given) in the function's environment."""
+    context = context or LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
+    with function_environment(deployment, wiring):
+        return handler(event, context)
+
+
 def sqs_event(messages: list[dict], queue_arn: str) -> dict:
     """The event Lambda builds from received SQS messages."""
     return {
@@ -121,9 +128,7 @@ class SqsEventSource:
 
     def invoke(self, messages: list[dict]) -> dict:
         """Invoke the handler with these messages, then delete the ones that succeeded."""
-        context = LocalLambdaContext(self.wiring.logical_id, self.wiring.memory, self.wiring.timeout)
-        with function_environment(self.deployment, self.wiring):
-            response = self.handler(sqs_event(messages, self.queue_arn), context)
+        response = invoke(self.deployment, self.wiring, self.handler, sqs_event(messages, self.queue_arn))
         failed = {item["itemIdentifier"] for item in (response or {}).get("batchItemFailures", [])}
         for message in messages:
             if message["MessageId"] not in failed:

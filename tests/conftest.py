@@ -96,10 +96,7 @@ def invoke(deployment, handlers):
     """Invoke a family's handler with an event, under the function's environment."""
 
     def _invoke(family: str, event: dict):
-        wiring = deployment.function_for_family(family)
-        context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
-        with local_lambda.function_environment(deployment, wiring):
-            return handlers[family](event, context)
+        return local_lambda.invoke(deployment, deployment.function_for_family(family), handlers[family], event)
 
     return _invoke
 
@@ -147,20 +144,8 @@ def clear_outputs(s3, deployment, family: str) -> None:
 def api_key(deployment):
     """The API key of the events in events/api-*.json, registered in the emulator's clients table."""
     from devtools.api_events import TEST_API_KEY, TEST_CLIENT
-    from explain_core.authorizer import register_client
 
-    table = boto3_resource("dynamodb", deployment).Table(deployment.tables["ApiClientsTable"])
-    register_client(table, TEST_CLIENT, TEST_API_KEY)
-    return TEST_API_KEY
-
-
-def boto3_resource(service: str, deployment):
-    import boto3
-
-    env = local_aws.aws_environment(deployment.endpoint)
-    return boto3.resource(service, endpoint_url=deployment.endpoint, region_name=local_aws.REGION,
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    return deployment.register_api_key(TEST_CLIENT, TEST_API_KEY)
 
 
 @pytest.fixture(scope="session")
@@ -172,8 +157,6 @@ def invoke_function(deployment, handlers):
         wiring = deployment.functions[logical_id]
         if logical_id not in loaded:
             loaded[logical_id] = local_lambda.load_handler(deployment, wiring)
-        context = context or local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, wiring.timeout)
-        with local_lambda.function_environment(deployment, wiring):
-            return loaded[logical_id](event, context)
+        return local_lambda.invoke(deployment, wiring, loaded[logical_id], event, context)
 
     return _invoke

@@ -83,8 +83,7 @@ API_CLIENT, OTHER_API_CLIENT = "e2e-client", "e2e-other-client"
 @pytest.fixture(scope="session")
 def api_keys(container_deployment, container_emulator):
     """Client id -> API key, registered in the emulator's clients table (only the keys' hashes are stored)."""
-    return {client: containers.register_api_key(container_deployment, container_emulator, client)
-            for client in (API_CLIENT, OTHER_API_CLIENT)}
+    return {client: container_deployment.register_api_key(client) for client in (API_CLIENT, OTHER_API_CLIENT)}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from devtools.api_events import TEST_API_KEY, TEST_CLIENT
 from devtools.local_lambda import SqsEventSource
 from explain_core.registry import METHODS
-from tests.conftest import boto3_resource, load_event, read_json
+from tests.conftest import load_event, read_json
 from tests.functional.test_queue_path import drain, empty_queue
 
 FAMILY_FUNCTIONS = {"gradient": "GradientFunction", "perturbation": "PerturbationFunction", "shap": "ShapFunction"}
@@ -341,7 +341,7 @@ def test_unexpected_failure_is_a_500_without_a_trace(call, monkeypatch):
     def broken():
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(api.services, "_cache", {**api.services._cache, "catalog": None})
+    # A property (a data descriptor) wins over the catalog cached on the instance.
     monkeypatch.setattr(type(api.services), "catalog", property(lambda self: broken()))
     response = call(load_event("api-list-models.json"))
     assert response["statusCode"] == 500
@@ -438,5 +438,5 @@ def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function,
         denied = invoke_function("AuthorizerFunction", event)
         assert denied["policyDocument"]["Statement"][0]["Effect"] == "Deny", token
         assert denied["principalId"] == "unknown"
-    table = boto3_resource("dynamodb", deployment).Table(table_name)
+    table = deployment.table("ApiClientsTable")
     assert table.get_item(Key={"key_hash": TEST_API_KEY}).get("Item") is None  # only hashes are stored

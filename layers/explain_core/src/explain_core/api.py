@@ -16,16 +16,14 @@ logged with its trace and answered with a 500 that names the request id, never t
 import json
 import os
 import time
+from functools import cached_property
 from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import (
-    RequestUnsupportedContentType,
-    RequestValidationError,
-)
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
@@ -91,50 +89,39 @@ def _responses(success: dict[int, tuple[str, Any]], *errors: int) -> dict:
 class _Services:
     """Clients and stores of the catalog, upload and job routes, created on first use."""
 
-    def __init__(self):
-        self._cache: dict[str, Any] = {}
-
     def reset(self) -> None:
-        self._cache.clear()
+        self.__dict__.clear()  # drops every cached_property
 
-    def _get(self, name: str, build):
-        if name not in self._cache:
-            self._cache[name] = build()
-        return self._cache[name]
-
-    @property
+    @cached_property
     def settings(self):
         from explain_core.settings import Settings
 
-        return self._get("settings", Settings.from_env)
+        return Settings.from_env()
 
-    @property
+    @cached_property
     def s3(self):
-        def build():
-            import boto3
-            from botocore.config import Config
+        import boto3
+        from botocore.config import Config
 
-            return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
 
-        return self._get("s3", build)
-
-    @property
+    @cached_property
     def links(self):
         from explain_core.api_responses import Links
 
-        return self._get("links", lambda: Links(self.settings))
+        return Links(self.settings)
 
-    @property
+    @cached_property
     def jobs(self):
         from explain_core.jobs import JobStore
 
-        return self._get("jobs", lambda: JobStore(self.settings))
+        return JobStore(self.settings)
 
-    @property
+    @cached_property
     def catalog(self):
         from explain_core.model_catalog import ModelCatalog
 
-        return self._get("catalog", lambda: ModelCatalog(self.s3, self.settings))
+        return ModelCatalog(self.s3, self.settings)
 
 
 services = _Services()
@@ -146,20 +133,17 @@ class FamilyEndpoint:
     def __init__(self, family: str, pipeline):
         self.family = family
         self.pipeline = pipeline
-        self._requests = None
 
-    @property
+    @cached_property
     def requests(self):
-        if self._requests is None:
-            # Imported here: it pulls in the ML stack, which only the family functions have.
-            from explain_core.api_responses import Links
-            from explain_core.explanation_requests import ExplanationRequests
-            from explain_core.jobs import JobStore
+        # Imported here: it pulls in the ML stack, which only the family functions have.
+        from explain_core.api_responses import Links
+        from explain_core.explanation_requests import ExplanationRequests
+        from explain_core.jobs import JobStore
 
-            settings = self.pipeline.settings
-            self._requests = ExplanationRequests(self.family, self.pipeline, JobStore(settings), Links(settings),
-                                                 settings.idempotency_table)
-        return self._requests
+        settings = self.pipeline.settings
+        return ExplanationRequests(self.family, self.pipeline, JobStore(settings), Links(settings),
+                                   settings.idempotency_table)
 
     def resolve(self, event: dict, context) -> dict:
         app.append_context(family_endpoint=self)
@@ -253,7 +237,7 @@ def explain(family: Annotated[Family, Path()], request: ExplanationRequest):
     if endpoint is None or endpoint.family != family:  # each family's route goes to that family's function
         raise RouteNotFoundError(f"this function does not serve /explanations/{family}", family=family)
     outcome = endpoint.requests.handle(request, client_id=_client_id(), received_at=_received_at(),
-                                           context=app.lambda_context)
+                                       context=app.lambda_context)
     if isinstance(outcome, ExplanationResult):
         metrics.add_metric(name="CachedExplanations" if outcome.cached else "SyncExplanations",
                            unit=MetricUnit.Count, value=1)
@@ -285,11 +269,6 @@ def malformed(exc: RequestValidationError):
     message = "the body is not valid JSON" if invalid_json else "the request does not match the schema: " + "; ".join(
         f"{'.'.join(d['loc'][1:]) or d['loc'][0] if d['loc'] else '<body>'}: {d['message']}" for d in details[:10])
     return _error(400, MalformedRequestError(message, errors=details[:20]).to_dict())
-
-
-@app.exception_handler(RequestUnsupportedContentType)
-def unsupported_content_type(exc: RequestUnsupportedContentType):
-    return _error(415, UnsupportedMediaTypeError("request bodies are JSON (Content-Type: application/json)").to_dict())
 
 
 @app.exception_handler(IdempotencyAlreadyInProgressError)

@@ -10,10 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from explain_core.keys import NAME_PATTERN
 from explain_core.registry import FAMILIES
 
-#: Names of models and versions (as in explain_core.keys.NAME_PATTERN).
-NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: Names of models and versions: the key layout's own rule.
+NAME_REGEX = NAME_PATTERN.pattern
 #: A file name for an input: its extension says CSV or JSON Lines for tables; images are sniffed.
 FILENAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
 UPLOAD_KEY_REGEX = r"^uploads/[0-9a-f]{32}/[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"

@@ -7,6 +7,11 @@ sent to the dead-letter queue.
 """
 
 
+def is_missing_object(error) -> bool:
+    """True when a botocore ClientError says the S3 object does not exist (GET: NoSuchKey, HEAD: 404)."""
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 class ExplainError(Exception):
     """A problem with the request that retrying cannot fix."""
 

@@ -43,6 +43,7 @@ from explain_core.errors import (
     OverTimeBudgetError,
     RequestTooLargeError,
     UnknownInputError,
+    is_missing_object,
 )
 from explain_core.jobs import JobStore, new_job_id
 from explain_core.pipeline import ExplanationPipeline, Upload
@@ -166,7 +167,7 @@ class ExplanationRequests:
         try:
             response = self.s3.get_object(Bucket=self.settings.input_bucket, Key=request.input_key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_object(exc):
                 raise UnknownInputError(f"no uploaded object {request.input_key}; upload it first with the "
                                         "ticket of POST /uploads", input_key=request.input_key) from exc
             raise

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from explain_core.api_models import ErrorDetail, JobStatus
 from explain_core.api_responses import Links, explanation_result
-from explain_core.errors import UnknownJobError
+from explain_core.errors import UnknownJobError, is_missing_object
 from explain_core.keys import KeyLayout, check_name
 from explain_core.results import now_iso
 from explain_core.settings import Settings
@@ -77,7 +77,7 @@ def _read_json(s3, bucket: str, key: str) -> dict | None:
     try:
         return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_missing_object(exc):
             return None
         raise
 

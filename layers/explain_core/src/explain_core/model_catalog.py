@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.exceptions import ClientError
 
 from explain_core.api_models import ErrorDetail, ModelInfo, ModelList
-from explain_core.errors import ExplainError, UnknownModelError
+from explain_core.errors import ExplainError, UnknownModelError, is_missing_object
 from explain_core.keys import KeyLayout
 from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
@@ -25,7 +25,7 @@ class ModelCatalog:
         try:
             raw = self.s3.get_object(Bucket=self.settings.model_bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_object(exc):
                 raise UnknownModelError(f"model {name}/{version} has no {CARD_FILE}", model=name,
                                         version=version) from exc
             raise

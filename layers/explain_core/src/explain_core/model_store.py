@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from botocore.exceptions import ClientError
 
-from explain_core.errors import InvalidModelError, UnknownModelError
+from explain_core.errors import InvalidModelError, UnknownModelError, is_missing_object
 from explain_core.keys import KeyLayout
 from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
@@ -68,10 +68,6 @@ def _feature_count(model, card: ModelCard) -> int:
     return int(model.inputs[0].shape[-1])
 
 
-def _is_missing(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
-
-
 class ModelStore:
     def __init__(self, s3_client, settings: Settings, with_background: bool = True):
         self.s3 = s3_client
@@ -86,7 +82,7 @@ class ModelStore:
         try:
             return self.s3.head_object(Bucket=self.settings.model_bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing_object(exc):
                 raise UnknownModelError(
                     f"model {model}/{version} is not in s3://{self.settings.model_bucket}/"
                     f"{self.keys.model_key(model, version, '')} (missing {os.path.basename(key)})",

@@ -293,17 +293,13 @@ class ExplanationPipeline:
         """
         card, options = loaded.card, upload.options
         if card.modality == "tabular":
-            rows = upload.table.values
-            sample = rows[: self.batch_size]
-            raw_outputs(loaded.model, sample, card, self.batch_size)  # the first call may trace
-            started = time.perf_counter()
-            raw_outputs(loaded.model, sample, card, self.batch_size)
-            row_seconds = (time.perf_counter() - started) / len(sample)
-            classes = 1 if options.target is not None else len(card.default_explained_classes())
-            background_rows = len(loaded.background) if loaded.background is not None else len(rows)
+            table = upload.table
+            raw_outputs(loaded.model, table.values[: self.batch_size], card, self.batch_size)  # may trace
+            row_seconds = self._row_seconds(loaded, table.values)
+            classes = self._table_classes(upload, card)
             seconds = sum(
-                self._method_seconds(spec, params, len(rows) * classes,
-                                     row_seconds * (background_rows if spec.passes_per_background_row else 1), card)
+                self._method_seconds(spec, params, *self._table_passes(spec, loaded, table, classes, row_seconds),
+                                     card)
                 for spec, params in options.methods
             )
         else:
@@ -484,11 +480,8 @@ class ExplanationPipeline:
         outputs = raw_outputs(loaded.model, table.values, card, self.batch_size)
         predict_seconds = time.perf_counter() - started
         predicted = np.argmax(probabilities(outputs, card), axis=1)
-        classes = [upload.options.target] if upload.options.target is not None else card.default_explained_classes()
-        # Warm per-row model time (the first call above may include tracing), for the time budget.
-        started = time.perf_counter()
-        raw_outputs(loaded.model, table.values[: self.batch_size], card, self.batch_size)
-        row_seconds = (time.perf_counter() - started) / min(len(table.values), self.batch_size)
+        classes = self._table_classes(upload, card)
+        row_seconds = self._row_seconds(loaded, table.values)  # the call above warmed the model
 
         def described(cls: int) -> dict:
             return {"class_index": int(cls), "class_name": card.class_name(int(cls))}
@@ -497,10 +490,7 @@ class ExplanationPipeline:
         for spec, params in upload.options.methods:
             entry = self._method_entry(spec, params, card)
             try:
-                background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
-                evaluations = background_rows if spec.passes_per_background_row else 1
-                # Each explained class is a separate pass over the rows.
-                self._check_time_budget(spec, params, len(table.values) * len(classes), row_seconds * evaluations,
+                self._check_time_budget(spec, params, *self._table_passes(spec, loaded, table, classes, row_seconds),
                                         card, context)
                 explainer = self.explainers.get(spec, loaded.model, card, params, self.batch_size, loaded.background)
                 seconds = 0.0
@@ -545,6 +535,27 @@ class ExplanationPipeline:
             return exc.to_dict()
         logger.exception("method failed", extra={"method": method, "model": card.name})
         return {"type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]}
+
+    @staticmethod
+    def _table_classes(upload: Upload, card) -> list[int]:
+        """The classes a tabular upload explains: its target, else the card's."""
+        return [upload.options.target] if upload.options.target is not None else card.default_explained_classes()
+
+    def _row_seconds(self, loaded: LoadedModel, values: np.ndarray) -> float:
+        """Warm model time per table row (call after the model has run once: the first call may trace)."""
+        sample = values[: self.batch_size]
+        started = time.perf_counter()
+        raw_outputs(loaded.model, sample, loaded.card, self.batch_size)
+        return (time.perf_counter() - started) / len(sample)
+
+    @staticmethod
+    def _table_passes(spec: MethodSpec, loaded: LoadedModel, table: Table, classes: list[int],
+                      row_seconds: float) -> tuple[int, float]:
+        """(rows, seconds per pass) of a method on a table, for :meth:`_method_seconds`: each explained
+        class is a pass over the rows, and Kernel SHAP evaluates every background row per pass."""
+        background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
+        evaluations = background_rows if spec.passes_per_background_row else 1
+        return len(table.values) * len(classes), row_seconds * evaluations
 
     @staticmethod
     def _method_seconds(spec: MethodSpec, params: dict, rows: int, pass_seconds: float, card) -> float:

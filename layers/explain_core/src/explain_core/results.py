@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
+from explain_core.errors import is_missing_object
 from explain_core.keys import KeyLayout
 from explain_core.settings import Settings
 
@@ -48,7 +49,7 @@ class ResultWriter:
         try:
             return self.s3.head_object(Bucket=self.bucket, Key=manifest_key)["Metadata"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_object(exc):
                 return None
             raise
 
