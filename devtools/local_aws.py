@@ -186,7 +186,7 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
             redrive = props["RedrivePolicy"]
             attributes["RedrivePolicy"] = json.dumps({
                 "deadLetterTargetArn": _resolve(redrive["deadLetterTargetArn"], names, arns, parameters),
-                "maxReceiveCount": str(redrive["maxReceiveCount"]),
+                "maxReceiveCount": str(_resolve(redrive["maxReceiveCount"], names, arns, parameters)),
             })
         queue_urls[logical_id] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
         names[logical_id] = queue_urls[logical_id]

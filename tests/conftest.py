@@ -12,6 +12,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsTes
 
 from devtools import demo_model, local_aws, local_lambda  # noqa: E402
 from devtools.demo import encode_image  # noqa: E402
+from devtools.events import deliver  # noqa: E402
 from explain_core.registry import FAMILIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +96,11 @@ def lambda_context():
 def invoke(deployment, handlers):
     """Invoke a family's handler with an event, under the function's environment."""
 
-    def _invoke(family: str, event: dict):
+    def _invoke(family: str, event: dict, *, as_sent: bool = False):
+        """``as_sent``: the event exactly as given; by default its records carry the current ETags of
+        their objects, as S3's notification of the staged upload would (devtools.events.deliver)."""
+        if not as_sent:
+            event = deliver(event, deployment.client("s3"))
         return local_lambda.invoke(deployment, deployment.function_for_family(family), handlers[family], event)
 
     return _invoke
@@ -113,6 +118,24 @@ def png_bytes(pixels) -> bytes:
 
 def load_event(name: str) -> dict:
     return json.loads((EVENTS / name).read_text())
+
+
+def upload_event(*keys: str, family: str = "shap", receive_count: int = 1) -> dict:
+    """An SQS event with one message per upload (keys URL-encoded as S3 sends them), from the family's
+    event file; ``receive_count`` is the messages' SQS ApproximateReceiveCount."""
+    from urllib.parse import quote_plus
+
+    event = load_event(f"{family}-upload.json")
+    template = event["Records"][0]
+    event["Records"] = []
+    for i, key in enumerate(keys):
+        record = json.loads(json.dumps(template))
+        body = json.loads(record["body"])
+        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
+        record["body"], record["messageId"] = json.dumps(body), f"00000000-0000-4000-8000-{i:012d}"
+        record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
+        event["Records"].append(record)
+    return event
 
 
 def read_json(s3, bucket: str, key: str) -> dict:

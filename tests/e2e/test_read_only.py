@@ -3,6 +3,7 @@
 import pytest
 
 from devtools import containers
+from devtools.events import deliver
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 from tests.e2e.conftest import upload_metadata
 
@@ -21,6 +22,7 @@ def test_function_works_with_a_read_only_root(function, family, container_deploy
     s3.put_object(Bucket=container_deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[1]),
                   Metadata=upload_metadata(family, key))
     environment = container_deployment.functions[function].environment
+    event = deliver(event, s3)  # the notification of this upload: its ETag
 
     with containers.read_only_function(function, environment, container_emulator) as running:
         cold = containers.invoke_url(running.url, event)

@@ -440,3 +440,131 @@ def test_authorizer_allows_a_registered_key_and_denies_the_rest(invoke_function,
         assert denied["principalId"] == "unknown"
     table = deployment.table("ApiClientsTable")
     assert table.get_item(Key={"key_hash": TEST_API_KEY}).get("Item") is None  # only hashes are stored
+
+
+# ----------------------------------------------------------------------------- isolation between clients
+CLIENT_A, CLIENT_B = "isolation-client-a", "isolation-client-b"
+
+
+def as_client(event: dict, client: str) -> dict:
+    """The event as API Gateway sends it after the Lambda authorizer allowed ``client``."""
+    event["requestContext"]["authorizer"] = {"principalId": client, "client_id": client, "integrationLatency": 3}
+    return event
+
+
+def output_objects(result: dict) -> set[str]:
+    """The bucket paths (presigned query strings dropped) of every link in an explanation result."""
+    urls = [result["manifest_url"]]
+    for method in result["methods"]:
+        for output in method["outputs"]:
+            urls += [output[f] for f in ("heatmap_url", "attributions_url", "summary_url") if output.get(f)]
+            urls += list(output["files"].values())
+    return {url.split("?", 1)[0] for url in urls}
+
+
+def test_clients_never_share_cached_requests_or_results(call, s3, deployment, unique_prefix):
+    def explain(client: str) -> dict:
+        event = explain_event("api-explain-gradient.json", methods=["Saliency"], filename=f"{unique_prefix}.png")
+        response = call(as_client(event, client))
+        assert response["statusCode"] == 200, response["body"][:1000]
+        return body(response)
+
+    first_a = explain(CLIENT_A)
+    assert first_a["cached"] is False
+    first_b = explain(CLIENT_B)  # the same bytes and options from another client
+    assert first_b["cached"] is False, "client B learnt that client A had sent this input"
+    assert first_b["results_prefix"] != first_a["results_prefix"]
+    assert not output_objects(first_a) & output_objects(first_b)  # none of A's links
+
+    again_a, again_b = explain(CLIENT_A), explain(CLIENT_B)
+    assert again_a["cached"] is True and again_a["results_prefix"] == first_a["results_prefix"]
+    assert again_b["cached"] is True and again_b["results_prefix"] == first_b["results_prefix"]
+    assert not output_objects(again_a) & output_objects(again_b)
+
+    # One stored request per client, and no client id in any key.
+    stored = [o["Key"] for o in s3.list_objects_v2(Bucket=deployment.bucket("InputBucket"),
+                                                   Prefix="requests/gradient/shapes/v1/api/")["Contents"]
+              if o["Key"].endswith(f"/{unique_prefix}.png")]
+    assert len(stored) == 2
+    for key in stored + [first_a["results_prefix"], first_b["results_prefix"]]:
+        assert CLIENT_A not in key and CLIENT_B not in key
+    manifest = json.loads(fetch(first_b["manifest_url"]))
+    assert manifest["input"]["key"] in stored
+
+
+def test_jobs_and_their_idempotency_are_per_client(call, unique_prefix):
+    def explain(client: str, mode: str, name: str = unique_prefix) -> dict:
+        event = explain_event("api-explain-gradient.json", methods=["Saliency"], filename=f"{name}.png", mode=mode)
+        return call(as_client(event, client))
+
+    assert explain(CLIENT_A, "sync")["statusCode"] == 200
+    # Client A's explanation is not client B's: B's request is new to B, so it becomes B's job.
+    accepted_b = explain(CLIENT_B, "async")
+    assert accepted_b["statusCode"] == 202, accepted_b["body"][:500]
+    job_b = body(accepted_b)["job_id"]
+    assert body(explain(CLIENT_B, "async"))["job_id"] == job_b  # idempotent for B
+    cached_a = explain(CLIENT_A, "async")  # A's own results answer A's request
+    assert cached_a["statusCode"] == 200 and body(cached_a)["cached"] is True
+
+    # The same new request from two clients: two jobs, each idempotent for its client.
+    job_a = body(explain(CLIENT_A, "async", f"{unique_prefix}-y"))["job_id"]
+    job_b_y = body(explain(CLIENT_B, "async", f"{unique_prefix}-y"))["job_id"]
+    assert job_a != job_b_y
+    assert body(explain(CLIENT_A, "async", f"{unique_prefix}-y"))["job_id"] == job_a
+
+    for job, owner, stranger in ((job_b, CLIENT_B, CLIENT_A), (job_a, CLIENT_A, CLIENT_B)):
+        assert call(job_event(job, client=owner))["statusCode"] == 200
+        refused = call(job_event(job, client=stranger))
+        assert refused["statusCode"] == 404 and body(refused)["error"]["code"] == "unknown_job"
+
+
+def keys_containing(s3, bucket: str, text: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", []) if text in o["Key"]]
+
+
+@pytest.mark.parametrize("authorizer", [None, {}, {"integrationLatency": 0}, {"principalId": ""}])
+@pytest.mark.parametrize("name", ["api-explain-gradient.json", "api-explain-perturbation-async.json",
+                                  "api-get-job.json", "api-list-models.json", "api-create-upload.json"])
+def test_a_request_without_the_authorizers_principal_is_refused(call, s3, deployment, unique_prefix, name,
+                                                               authorizer):
+    """A route without the Lambda authorizer is a deployment error: never served as some shared client."""
+    event = load_event(name)
+    if event["body"] and "input_base64" in event["body"]:
+        event = explain_event(name, filename=f"{unique_prefix}.png")
+    event["requestContext"]["authorizer"] = authorizer
+    response = call(event)
+
+    assert response["statusCode"] == 500, response["body"][:500]
+    error = body(response)["error"]
+    assert error["code"] == "missing_authorizer_context"
+    assert "authorizer" in error["message"] and "deployment" in error["message"]
+    for bucket in ("InputBucket", "ResultsBucket"):
+        assert keys_containing(s3, deployment.bucket(bucket), unique_prefix) == []
+
+
+def test_a_job_whose_last_attempt_was_killed_reports_failed(call, deployment):
+    """The family pipeline records each attempt on the job; a final one past its deadline was killed."""
+    from decimal import Decimal
+
+    from explain_core.jobs import JobStore, new_job_id
+    from explain_core.settings import Settings
+
+    settings = Settings(input_bucket=deployment.bucket("InputBucket"),
+                        results_bucket=deployment.bucket("ResultsBucket"),
+                        model_bucket=deployment.bucket("ModelBucket"), jobs_table=deployment.tables["JobsTable"])
+    store, job_id = JobStore(settings), new_job_id()
+    store.create(job_id=job_id, family="gradient", model="shapes", version="v1", client_id=TEST_CLIENT,
+                 input_key=store.input_key("gradient", "shapes", "v1", job_id, "big.png"),
+                 estimated_seconds=None, reason="mode async was requested")
+    started = time.time() - 2000
+    store.table.update_item(
+        Key={"job_id": job_id},
+        UpdateExpression="SET attempts = :a, max_attempts = :m, last_attempt_at = :s, last_attempt_deadline = :d",
+        ExpressionAttributeValues={":a": 3, ":m": 3, ":s": Decimal(str(started)), ":d": Decimal(str(started + 900))},
+    )
+    response = call(job_event(job_id))
+    assert response["statusCode"] == 200, response["body"][:500]
+    job = body(response)
+    assert job["status"] == "failed" and job["retrying"] is False
+    assert job["error"]["code"] == "timed_out" and "dead-letter queue" in job["error"]["message"]

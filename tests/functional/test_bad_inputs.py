@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from devtools.demo import encode_image
+from devtools.events import deliver
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 
 
@@ -108,7 +109,7 @@ def test_transient_failure_is_retried_with_an_error_record(deployment, samples, 
                         model_bucket=deployment.bucket("ModelBucket"))
     pipeline = ExplanationPipeline("gradient", settings, s3)
 
-    response = pipeline.handle_sqs_event(event, lambda_context)
+    response = pipeline.handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
 
@@ -134,7 +135,7 @@ def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, sampl
 
     monkeypatch.setattr("explain_core.pipeline.forward_seconds_per_image", lambda *args: 0.04)
 
-    assert pipeline.handle_sqs_event(event, context) == {"batchItemFailures": []}
+    assert pipeline.handle_sqs_event(deliver(event, s3), context) == {"batchItemFailures": []}
 
     manifest = read_json(s3, deployment.bucket("ResultsBucket"),
                          f"results/{key.removeprefix('incoming/')}/manifest.json")

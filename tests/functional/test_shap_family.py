@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
+from devtools.events import deliver
+from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json, upload_event
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +25,6 @@ def image_key(name: str) -> str:
 
 def results_of(key: str) -> str:
     return f"results/{key.removeprefix('incoming/')}/"
-
-
-def upload_event(*keys: str) -> dict:
-    """An SQS event with one message per upload (keys URL-encoded as S3 sends them), from the family's event file."""
-    from urllib.parse import quote_plus
-
-    event = load_event("shap-upload.json")
-    template = event["Records"][0]
-    event["Records"] = []
-    for i, key in enumerate(keys):
-        record = json.loads(json.dumps(template))
-        body = json.loads(record["body"])
-        body["Records"][0]["s3"]["object"]["key"] = quote_plus(key)
-        record["body"], record["messageId"] = json.dumps(body), f"00000000-0000-4000-8000-{i:012d}"
-        event["Records"].append(record)
-    return event
 
 
 def load_npy(s3, bucket, key) -> np.ndarray:
@@ -389,7 +374,7 @@ def test_a_tabular_method_that_would_outlast_the_invocation_is_refused(handlers,
     wiring = deployment.function_for_family("shap")
     context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, timeout_seconds=30)
     with local_lambda.function_environment(deployment, wiring):
-        assert handlers["shap"](upload_event(key), context) == {"batchItemFailures": []}
+        assert handlers["shap"](deliver(upload_event(key), s3), context) == {"batchItemFailures": []}
 
     manifest = read_json(s3, deployment.bucket("ResultsBucket"), results_of(key) + "manifest.json")
     deep, kernel = manifest["methods"]

@@ -165,7 +165,7 @@ def test_outputs_never_look_like_inputs_even_in_a_shared_bucket():
     ref = shared.parse_input("shared", "incoming/gradient/m/v1/x.png", "gradient")
     for key in (
         shared.manifest_key(ref),
-        shared.output_key(ref, "Saliency", "0-cat", "png"),
+        shared.output_key(ref, "20261201T150000-0a1b2c3d", "Saliency", "0-cat", "png"),
         shared.error_key(ref.key),
         shared.model_key("m", "v1", "model.keras"),
     ):
@@ -183,12 +183,21 @@ def test_family_prefix(layout):
 def test_results_layout(layout, ref):
     assert layout.results_base(ref) == "results/gradient/resnet50/v1/cats/tabby cat.jpg/"
     assert layout.manifest_key(ref) == "results/gradient/resnet50/v1/cats/tabby cat.jpg/manifest.json"
-    assert layout.output_key(ref, "GradCAM", "3-tabby_cat", "png") == (
-        "results/gradient/resnet50/v1/cats/tabby cat.jpg/GradCAM/3-tabby_cat.png"
+    attempt = "20261201T150000-0a1b2c3d"
+    assert layout.output_key(ref, attempt, "GradCAM", "3-tabby_cat", "png") == (
+        f"results/gradient/resnet50/v1/cats/tabby cat.jpg/attempts/{attempt}/GradCAM/3-tabby_cat.png"
     )
-    assert layout.output_key(ref, "GradCAM", "3-tabby_cat", "npy") == (
-        "results/gradient/resnet50/v1/cats/tabby cat.jpg/GradCAM/3-tabby_cat.npy"
+    assert layout.output_key(ref, attempt, "GradCAM", "3-tabby_cat", "npy") == (
+        f"results/gradient/resnet50/v1/cats/tabby cat.jpg/attempts/{attempt}/GradCAM/3-tabby_cat.npy"
     )
+
+
+def test_attempt_ids_are_unique_and_sort_by_start_time():
+    from explain_core.keys import new_attempt_id
+
+    first, second = new_attempt_id(), new_attempt_id()
+    assert first != second
+    assert first[:15] <= second[:15]  # YYYYMMDDTHHMMSS
 
 
 @pytest.mark.parametrize(

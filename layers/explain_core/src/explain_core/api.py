@@ -11,6 +11,11 @@ Every error is a typed JSON body (:class:`ErrorResponse`) with its HTTP status: 
 404 unknown model, input, job or route, 409 a job request in progress, 413 too large,
 415 unsupported format, 422 invalid method, parameter or target. An unexpected failure is
 logged with its trace and answered with a 500 that names the request id, never the trace.
+
+Every route is behind the Lambda authorizer, whose principal (the API client's id) keeps each
+client's requests, results and jobs to itself. A request without that principal means the
+deployment is wrong (a route without the authorizer): it is refused with a 500
+``missing_authorizer_context`` before anything is read or stored, never served as a shared client.
 """
 
 import json
@@ -49,6 +54,7 @@ from explain_core.api_models import (
 from explain_core.errors import (
     ExplainError,
     MalformedRequestError,
+    MissingAuthorizerContextError,
     RequestInProgressError,
     RouteNotFoundError,
     UnsupportedMediaTypeError,
@@ -155,10 +161,30 @@ def _json(status: int, model, headers: dict | None = None) -> Response:
                     body=model.model_dump_json(exclude_none=False), headers=headers)
 
 
+def _principal(event: dict) -> str | None:
+    """The principal id the Lambda authorizer put in the event (API Gateway, and SAM CLI's start-api
+    for TOKEN authorizers, copy it to ``requestContext.authorizer.principalId``), or None."""
+    authorizer = (event.get("requestContext") or {}).get("authorizer")
+    principal = authorizer.get("principalId") if isinstance(authorizer, dict) else None
+    return principal if isinstance(principal, str) and principal.strip() else None
+
+
+def _missing_principal(event: dict) -> MissingAuthorizerContextError:
+    route = f"{event.get('httpMethod')} {event.get('resource') or event.get('path')}"
+    return MissingAuthorizerContextError(
+        f"the request reached the function without the Lambda authorizer's principal "
+        f"(requestContext.authorizer.principalId): the deployment is wrong, route {route} must have the "
+        f"API's Lambda authorizer (ApiKeyAuthorizer in template.yaml); nothing was processed",
+        route=route,
+    )
+
+
 def _client_id() -> str:
-    """The API client the Lambda authorizer identified (its principal id)."""
-    authorizer = app.current_event.raw_event.get("requestContext", {}).get("authorizer") or {}
-    return str(authorizer.get("principalId") or authorizer.get("client_id") or "anonymous")
+    """The API client the Lambda authorizer identified (its principal id); never a shared default."""
+    principal = _principal(app.current_event.raw_event)
+    if principal is None:
+        raise _missing_principal(app.current_event.raw_event)
+    return principal
 
 
 def _received_at() -> float:
@@ -254,7 +280,10 @@ def _error(status: int, error: dict) -> Response:
 
 @app.exception_handler(ExplainError)
 def typed_error(exc: ExplainError):
-    logger.info("request refused", extra={"error": exc.to_dict()})
+    if exc.status >= 500:
+        logger.error("request failed", extra={"error": exc.to_dict()})
+    else:
+        logger.info("request refused", extra={"error": exc.to_dict()})
     metrics.add_metric(name="RequestsRefused", unit=MetricUnit.Count, value=1)
     return _error(exc.status, exc.to_dict())
 
@@ -295,8 +324,21 @@ def unexpected(exc: Exception):
 # ---------------------------------------------------------------------------------------- handler
 def resolve(event: dict, context) -> dict:
     metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
+    if _principal(event) is None:  # before anything is read or stored
+        error = _missing_principal(event)
+        logger.error("request without the Lambda authorizer's principal: the route lacks the authorizer",
+                     extra={"error": error.to_dict()})
+        metrics.add_metric(name="RequestsWithoutAuthorizer", unit=MetricUnit.Count, value=1)
+        return _refusal(error, context)
     event, refusal = _with_json_content_type(event, context)
     return refusal if refusal is not None else app.resolve(event, context)
+
+
+def _refusal(error: ExplainError, context) -> dict:
+    """A typed error answered before the resolver runs."""
+    response = ErrorResponse(error=error.to_dict(), request_id=getattr(context, "aws_request_id", None))
+    return {"statusCode": error.status, "multiValueHeaders": {"Content-Type": ["application/json"]},
+            "body": response.model_dump_json(), "isBase64Encoded": False}
 
 
 def _with_json_content_type(event: dict, context) -> tuple[dict, dict | None]:
@@ -318,13 +360,8 @@ def _with_json_content_type(event: dict, context) -> tuple[dict, dict | None]:
                 kept = {k: v for k, v in (event.get(field) or {}).items() if k.lower() != "content-type"}
                 normalised[field] = {**kept, "Content-Type": value}
         return normalised, None
-    error = ErrorResponse(
-        error=UnsupportedMediaTypeError(f"request bodies are JSON (Content-Type: application/json), not {media}",
-                                        content_type=media).to_dict(),
-        request_id=getattr(context, "aws_request_id", None),
-    )
-    return event, {"statusCode": 415, "multiValueHeaders": {"Content-Type": ["application/json"]},
-                   "body": error.model_dump_json(), "isBase64Encoded": False}
+    return event, _refusal(UnsupportedMediaTypeError(
+        f"request bodies are JSON (Content-Type: application/json), not {media}", content_type=media), context)
 
 
 def _is_json_object(event: dict) -> bool:

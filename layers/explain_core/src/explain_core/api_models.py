@@ -165,7 +165,12 @@ class JobStatus(BaseModel):
     estimated_seconds: float | None = None
     retrying: bool = Field(default=False, description="A transient failure: the job is queued again")
     result: ExplanationResult | None = None
-    error: ErrorDetail | None = None
+    error: ErrorDetail | None = Field(
+        default=None,
+        description="Why the job failed or is being retried. timed_out: an attempt was killed (the function's "
+                    "time or memory limit); details.dead_lettered: the job's message went to the dead-letter "
+                    "queue after its last attempt (details.redrive says how to run it again)",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -9,7 +9,12 @@ sent to the dead-letter queue.
 
 def is_missing_object(error) -> bool:
     """True when a botocore ClientError says the S3 object does not exist (GET: NoSuchKey, HEAD: 404)."""
-    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
+
+
+def is_precondition_failed(error) -> bool:
+    """True when a botocore ClientError is S3's answer to an If-Match / If-None-Match that did not hold."""
+    return error.response.get("Error", {}).get("Code") in ("412", "PreconditionFailed", "ConditionalRequestConflict")
 
 
 class ExplainError(Exception):
@@ -60,6 +65,19 @@ class ModelCardError(InvalidModelError):
     code = "invalid_model_card"
 
 
+class ModelTooLargeError(InvalidModelError):
+    """A model over the size limit, or one that cannot fit in /tmp even after evicting every other cached model."""
+
+    code = "model_too_large"
+    status = 413
+
+
+class UnsafeModelError(InvalidModelError):
+    """A model file that would run code or reach files while loading (Lambda layers, non-Keras modules, ...)."""
+
+    code = "unsafe_model"
+
+
 class UnknownMethodError(ExplainError):
     code = "unknown_method"
     status = 422
@@ -106,6 +124,27 @@ class UnsupportedModelError(ExplainError):
     status = 422
 
 
+class InvalidModelOutputError(ExplainError):
+    """The model produced NaN or infinity (in its predictions, or in a method's attributions)."""
+
+    code = "invalid_model_output"
+    status = 422
+
+
+class InputDeletedError(ExplainError):
+    """The uploaded object (or the version the event named) no longer exists."""
+
+    code = "input_deleted"
+    status = 404
+
+
+class InputChangedError(ExplainError):
+    """The uploaded object was replaced after its event: that event's version is gone or superseded."""
+
+    code = "input_changed"
+    status = 409
+
+
 # ---------------------------------------------------------------------- the REST API's own errors
 class MalformedRequestError(ExplainError):
     """A request body that is not JSON or does not match the request schema."""
@@ -146,3 +185,22 @@ class RequestInProgressError(ExplainError):
 
     code = "request_in_progress"
     status = 409
+
+
+class MissingAuthorizerContextError(ExplainError):
+    """An API request without the Lambda authorizer's principal: the deployment is wrong, not the request.
+
+    Every route has the authorizer (template.yaml); a request reaching a function without it is
+    refused rather than served as some shared client, which would mix clients' requests and jobs.
+    """
+
+    code = "missing_authorizer_context"
+    status = 500
+
+
+class JobTimedOutError(ExplainError):
+    """Describes a job whose last attempt started but never finished: its invocation was killed
+    (the function's timeout or memory limit). Never raised: a job status carries it."""
+
+    code = "timed_out"
+    status = 500

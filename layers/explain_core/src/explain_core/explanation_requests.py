@@ -2,9 +2,11 @@
 
 The decision, per request (``mode=auto``, the default):
 
-1. the input is stored under ``requests/<family>/<model>/<version>/api/<digest>/<file>``
-   (digest of the bytes and options: the same request maps to the same key), validated and
-   decoded exactly as the S3 path does; a request explained before is answered from its manifest;
+1. the input is stored under ``requests/<family>/<model>/<version>/api/<client>/<digest>/<file>``
+   (``client``: a hash of the API client's id; ``digest``: of that hash, the bytes and the options:
+   the same request from the same client maps to the same key), validated and decoded exactly as
+   the S3 path does; a request the same client had explained before is answered from its manifest.
+   Clients never share a stored request or its results, so no client learns what another sent;
 2. ``estimate`` = the pipeline's cost estimate: the model's pass time measured on this input,
    times each method's registry pass count (x3 with a backward pass), plus a fixed overhead per
    method (:meth:`ExplanationPipeline.estimate_seconds`);
@@ -17,7 +19,8 @@ The decision, per request (``mode=auto``, the default):
 
 ``mode=sync`` refuses instead of starting a job (422 over_time_budget); ``mode=async`` always
 starts one. Job creation is idempotent (Powertools idempotency, DynamoDB): the same request from
-the same client within IDEMPOTENCY_SECONDS returns the same job.
+the same client within IDEMPOTENCY_SECONDS returns the same job (the idempotency key covers the
+client id); a job is only ever shown to the client that started it (JobStore.get).
 """
 
 import base64
@@ -60,6 +63,13 @@ DEFAULT_FILENAME = "input.png"
 logger = Logger(child=True)
 
 
+def client_segment(client_id: str) -> str:
+    """The key segment of an API client: a hash of its id, so no client id appears in S3 keys."""
+    if not client_id:
+        raise ValueError("an API request needs the client id of the Lambda authorizer")
+    return hashlib.sha256(f"explain-api-client:{client_id}".encode()).hexdigest()[:24]
+
+
 class ExplanationRequests:
     def __init__(self, family: str, pipeline: ExplanationPipeline, jobs: JobStore, links: Links,
                  idempotency_table: str):
@@ -87,8 +97,11 @@ class ExplanationRequests:
         # Checked before anything is stored; stored in canonical form, which S3 metadata can hold
         # (ASCII) and under which equivalent requests share one key.
         metadata = parse_options(request.options_metadata(), loaded.card, self.family).to_metadata()
-        digest = hashlib.sha256(data + json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:32]
-        key = f"{self.keys.request_prefix(self.family)}{model}/{version}/api/{digest}/{filename}"
+        # Per client: another client's identical request has its own key and results (never "cached").
+        client = client_segment(client_id)
+        digest = hashlib.sha256(client.encode() + b"\n" + data + json.dumps(metadata, sort_keys=True).encode())
+        digest = digest.hexdigest()[:32]
+        key = f"{self.keys.request_prefix(self.family)}{model}/{version}/api/{client}/{digest}/{filename}"
         stored = self.s3.put_object(Bucket=self.settings.input_bucket, Key=key, Body=data, Metadata=metadata)
         request_id = getattr(context, "aws_request_id", None)
         upload = Upload(request_id or "", self.settings.input_bucket, key, stored["ETag"].strip('"'))

@@ -3,9 +3,18 @@
 A job is an ordinary S3-path upload (``incoming/<family>/<model>/<version>/jobs/<job id>/<file>``,
 options in its metadata), so the family's queue, retries, dead-letter queue and error records
 apply unchanged. The record maps the job id to that input; the manifest (written last) or the
-error record says how it ended. Nothing has to update the record, so it cannot go stale.
+error record says how it ended.
+
+What no record can say is an invocation killed by its timeout or memory limit: it writes
+nothing. So the family pipeline records each attempt on the job (:meth:`JobStore.record_attempt`:
+the SQS receive count, the maximum, when it started and the latest its invocation can end), and
+a job whose last attempt is past that deadline (plus ATTEMPT_GRACE_SECONDS) with no outcome was
+killed: queued again (SQS redelivers it after the visibility timeout) or, after the last attempt,
+failed (``timed_out``: the message goes to the dead-letter queue). A final error record of a
+message moved to the dead-letter queue (``dead_lettered``) says so, and how to redrive it.
 """
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -15,13 +24,15 @@ from botocore.exceptions import ClientError
 
 from explain_core.api_models import ErrorDetail, JobStatus
 from explain_core.api_responses import Links, explanation_result
-from explain_core.errors import UnknownJobError, is_missing_object
+from explain_core.errors import JobTimedOutError, UnknownJobError, is_missing_object
 from explain_core.keys import KeyLayout, check_name
 from explain_core.results import now_iso
 from explain_core.settings import Settings
 
 #: Job records expire (DynamoDB TTL) after a week; the results stay in the results bucket.
 JOB_RECORD_SECONDS = 7 * 24 * 3600
+#: An attempt past its invocation's deadline by more than this, with no outcome, was killed.
+ATTEMPT_GRACE_SECONDS = 60
 
 
 def new_job_id() -> str:
@@ -29,12 +40,20 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    def __init__(self, settings: Settings, dynamodb=None):
+    def __init__(self, settings: Settings | None, dynamodb=None, *, table_name: str | None = None):
         import boto3
 
         self.settings = settings
-        self.keys = KeyLayout(settings)
-        self.table = (dynamodb or boto3.resource("dynamodb")).Table(settings.jobs_table)
+        self.keys = KeyLayout(settings) if settings is not None else None
+        name = table_name or (settings.jobs_table if settings is not None else "")
+        if not name:
+            raise ValueError("the jobs table is not configured (JOBS_TABLE)")
+        self.table = (dynamodb or boto3.resource("dynamodb")).Table(name)
+
+    @classmethod
+    def from_table_name(cls, table_name: str, dynamodb=None) -> "JobStore":
+        """A store that reads and updates job records (get, delete, record_attempt), without Settings."""
+        return cls(None, dynamodb, table_name=table_name)
 
     def input_key(self, family: str, model: str, version: str, job_id: str, filename: str) -> str:
         model, version = check_name(model, "model"), check_name(version, "version")
@@ -64,6 +83,29 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         self.table.delete_item(Key={"job_id": job_id})
 
+    def record_attempt(self, job_id: str, *, attempt: int, max_attempts: int, started_at: float,
+                       deadline: float) -> None:
+        """Record, at its start, an attempt of the family pipeline on a job's input (its S3 metadata
+        carries ``job-id``): ``attempt`` is the SQS receive count, ``max_attempts`` the queue's
+        maximum receives, ``started_at`` and ``deadline`` (the latest the invocation can end: its
+        timeout) epoch seconds. A job without a record (expired, or not an API job) is left alone;
+        any other DynamoDB error propagates."""
+        try:
+            self.table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET attempts = :attempt, max_attempts = :max_attempts, "
+                                 "last_attempt_at = :started_at, last_attempt_deadline = :deadline",
+                ConditionExpression="attribute_exists(job_id)",
+                ExpressionAttributeValues={  # DynamoDB takes no floats
+                    ":attempt": int(attempt), ":max_attempts": int(max_attempts),
+                    ":started_at": Decimal(str(round(float(started_at), 3))),
+                    ":deadline": Decimal(str(round(float(deadline), 3))),
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+
     def get(self, job_id: str, client_id: str) -> dict:
         """The caller's job; another client's job is reported as unknown, never shown."""
         item = self.table.get_item(Key={"job_id": job_id}).get("Item")
@@ -82,7 +124,63 @@ def _read_json(s3, bucket: str, key: str) -> dict | None:
         raise
 
 
-def job_status(job: dict, s3, links: Links) -> JobStatus:
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+def _epoch(iso: str | None) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(iso).timestamp() if iso else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _redrive(family: str) -> str:
+    return (f"aws sqs start-message-move-task --source-arn <ARN of the {family} dead-letter queue> "
+            f"(moves its messages back to the {family} queue)")
+
+
+def _final_error(record: dict, family: str) -> ErrorDetail:
+    """The error of a final error record; one whose message went to the dead-letter queue says so."""
+    error = {"details": {}, **record["error"]}
+    if record.get("dead_lettered"):
+        attempts = record.get("max_attempts") or record.get("attempt")
+        after = f"after {attempts} attempts" if attempts else "after its retries"
+        cause = error["message"].rstrip(".")
+        error["message"] = (f"{cause}. The message went to the dead-letter queue {after}; once the cause is "
+                            f"fixed, redrive it to run the job again: {_redrive(family)}")
+        error["details"] = {**error["details"], "dead_lettered": True, "attempts": record.get("attempt"),
+                            "max_attempts": record.get("max_attempts"), "redrive": _redrive(family)}
+    return ErrorDetail(**error)
+
+
+def _killed_attempt(job: dict, record: dict | None, now: float) -> tuple[ErrorDetail, bool] | None:
+    """(error, final) when the job's last recorded attempt passed its deadline without an outcome."""
+    if job.get("last_attempt_deadline") is None:
+        return None
+    deadline = float(job["last_attempt_deadline"])
+    if now <= deadline + ATTEMPT_GRACE_SECONDS:
+        return None  # still running, or writing its outputs
+    started = float(job.get("last_attempt_at", deadline))
+    written = _epoch(record.get("time")) if record is not None else None
+    if written is not None and written >= started:
+        return None  # that attempt ended, with this (retrying) error record
+    attempts, max_attempts = int(job.get("attempts", 0)), int(job.get("max_attempts", 0))
+    final = 0 < max_attempts <= attempts
+    what = f"the last of {max_attempts} attempts" if final else f"attempt {attempts} of {max_attempts or '?'}"
+    then = ("the message is in the dead-letter queue (redrive it to run the job again)" if final else
+            "SQS will redeliver the message after its visibility timeout")
+    details = {"attempts": attempts, "max_attempts": max_attempts, "last_attempt_at": _iso(started),
+               "last_attempt_deadline": _iso(deadline)}
+    if final:
+        details.update(dead_lettered=True, redrive=_redrive(job["family"]))
+    error = JobTimedOutError(
+        f"{what} started at {_iso(started)} and did not finish before the function's timeout: it was killed "
+        f"(time or memory limit); {then}", **details)
+    return ErrorDetail(**error.to_dict()), final
+
+
+def job_status(job: dict, s3, links: Links, *, now: float | None = None) -> JobStatus:
     bucket = links.settings.results_bucket
     described = {
         "job_id": job["job_id"], "family": job["family"],
@@ -95,10 +193,14 @@ def job_status(job: dict, s3, links: Links) -> JobStatus:
         result = explanation_result(manifest, links, job["manifest_key"])
         return JobStatus(**described, status=manifest["status"], result=result)
     record = _read_json(s3, bucket, job["error_key"])
+    if record is not None and not record.get("retrying"):
+        return JobStatus(**described, status="failed", error=_final_error(record, job["family"]))
+    killed = _killed_attempt(job, record, time.time() if now is None else now)
+    if killed is not None:
+        error, final = killed
+        return JobStatus(**described, status="failed" if final else "queued", retrying=not final, error=error)
     if record is None:
         return JobStatus(**described, status="queued")
     error = ErrorDetail(**{"details": {}, **record["error"]})
-    if record.get("retrying"):
-        return JobStatus(**described, status="queued", retrying=True, error=error)
-    return JobStatus(**described, status="failed", error=error)
+    return JobStatus(**described, status="queued", retrying=True, error=error)
 

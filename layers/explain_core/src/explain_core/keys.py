@@ -4,7 +4,8 @@ Inputs:  ``s3://INPUT_BUCKET/incoming/<family>/<model>/<version>/<path/to/image.
 API:     synchronous requests store their input under ``requests/<family>/...`` (never notified),
          jobs under ``incoming/<family>/<model>/<version>/jobs/<job id>/<file>`` (the S3 path).
 Results: ``s3://RESULTS_BUCKET/results/<family>/<model>/<version>/<path/to/image.png>/``
-         ``manifest.json`` and ``<method>/<class>.png`` + ``<method>/<class>.npy``
+         ``manifest.json`` (written last) and, per attempt, ``attempts/<attempt id>/<method>/<class>.png``
+         + ``.npy``: the manifest lists the outputs of the attempt that wrote it
 Errors:  ``s3://RESULTS_BUCKET/errors/<family>/<model>/<version>/<path/to/image.png>.json``
 
 Results live in a different bucket from inputs (and under other prefixes), so an output can
@@ -12,6 +13,8 @@ never match the input notification and retrigger a function.
 """
 
 import re
+import time
+import uuid
 from dataclasses import dataclass
 
 from explain_core.errors import InvalidKeyError
@@ -85,8 +88,12 @@ class KeyLayout:
     def manifest_key(self, ref: InputRef) -> str:
         return self.results_base(ref) + "manifest.json"
 
-    def output_key(self, ref: InputRef, method: str, class_label: str, ext: str) -> str:
-        return f"{self.results_base(ref)}{method}/{class_label}.{ext}"
+    def attempt_prefix(self, ref: InputRef, attempt: str) -> str:
+        """Outputs of one attempt at an input: concurrent or repeated attempts never share a key."""
+        return f"{self.results_base(ref)}attempts/{attempt}/"
+
+    def output_key(self, ref: InputRef, attempt: str, method: str, class_label: str, ext: str) -> str:
+        return f"{self.attempt_prefix(ref, attempt)}{method}/{class_label}.{ext}"
 
     def error_key(self, key: str) -> str:
         """Error record for an input key, even one that does not parse."""
@@ -99,6 +106,11 @@ class KeyLayout:
 
     def model_key(self, model: str, version: str, filename: str) -> str:
         return f"{self.settings.models_prefix}{check_name(model, 'model')}/{check_name(version, 'version')}/{filename}"
+
+
+def new_attempt_id() -> str:
+    """A key segment unique to one attempt at one input, sortable by start time (UTC)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
 def class_label(index: int, names: list[str] | None) -> str:

@@ -11,7 +11,19 @@ Failure policy (nothing is silently lost, the function never crashes on user dat
 - anything else (S3 unavailable, out of memory, ...) also writes an error record, marked
   ``retrying``, and reports the message as a batch item failure: SQS redelivers it and, after
   the queue's maximum receives, moves it to the dead-letter queue;
-- a message whose body is not an S3 notification is reported as failed, so it ends in the DLQ.
+- a message whose body is not an S3 notification is reported as failed, so it ends in the DLQ;
+- on the message's last receive (``MAX_RECEIVE_COUNT``) a transient failure's record says
+  ``dead_lettered``: nothing will retry it, and an API job reports ``failed``;
+- one input never fails its neighbours: when a batched step fails, each input of the group is
+  tried alone, so only the input that causes the failure fails.
+
+Consistency (S3 and SQS deliver at least once): the object read is the version the event names
+(its versionId, else If-Match on its ETag; a deleted or replaced object is a final
+``input_deleted`` / ``input_changed``), one attempt at a time explains an input
+(:mod:`explain_core.input_lock`), outputs go under a per-attempt prefix, and the manifest is
+written last by compare-and-swap, never over a newer version's (:mod:`explain_core.results`).
+Non-finite numbers never reach a result: NaN or infinite predictions fail the input and NaN or
+infinite attributions fail the method, both as ``invalid_model_output``.
 """
 
 import hashlib
@@ -20,7 +32,7 @@ import platform
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import metadata as importlib_metadata
 from urllib.parse import unquote_plus
 
@@ -30,6 +42,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
+from botocore.exceptions import ClientError
 
 from explain_core import __version__
 from explain_core.attribution import (
@@ -41,14 +54,26 @@ from explain_core.attribution import (
     run_method,
     to_model_input,
 )
-from explain_core.errors import ExplainError, ImageTooLargeError, OverTimeBudgetError, TableTooLargeError
+from explain_core.errors import (
+    ExplainError,
+    ImageTooLargeError,
+    InputChangedError,
+    InputDeletedError,
+    InvalidModelOutputError,
+    OverTimeBudgetError,
+    RequestInProgressError,
+    TableTooLargeError,
+    is_missing_object,
+    is_precondition_failed,
+)
 from explain_core.images import DecodedImage, decode_image
-from explain_core.keys import InputRef, KeyLayout, class_label
+from explain_core.input_lock import InputIdentity, InputLock, LockOutcome
+from explain_core.keys import InputRef, KeyLayout, class_label, new_attempt_id
 from explain_core.model_store import LoadedModel, ModelStore
 from explain_core.registry import SHAP, MethodSpec
 from explain_core.rendering import npy_bytes, overlay_png
 from explain_core.request_options import RequestOptions, parse_options
-from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, ResultWriter, now_iso
+from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, SOURCE_ORDER, ResultWriter, now_iso, strict_json
 from explain_core.settings import Settings
 from explain_core.shap_methods import output_kind
 from explain_core.tables import Table, parse_table
@@ -81,12 +106,22 @@ class Upload:
     bucket: str
     key: str
     etag: str | None
+    #: The S3 version the event names (versioned buckets only).
+    version_id: str | None = None
+    #: Orders versions of this key (results.SOURCE_ORDER): the event's sequencer, else its time.
+    order: str | None = None
+    #: SQS ApproximateReceiveCount of the message: 1 on the first delivery.
+    receive_count: int = 1
     ref: InputRef | None = None
     image: DecodedImage | None = None
     table: Table | None = None
     options: RequestOptions | None = None
     timings: dict = field(default_factory=dict)
     duplicate: bool = False
+    #: Outputs of this attempt go under results/.../attempts/<attempt>/.
+    attempt: str = field(default_factory=new_attempt_id)
+    #: Set while this invocation holds the input's lock.
+    identity: InputIdentity | None = None
 
 
 @cache
@@ -110,6 +145,7 @@ class ExplanationPipeline:
         self.writer = ResultWriter(s3_client, settings)
         self.explainers = ExplainerCache()
         self.batch_size = batch_size
+        self.lock = InputLock(settings.idempotency_table, family) if settings.idempotency_table else None
 
     @classmethod
     def from_environment(cls, family: str) -> "ExplanationPipeline":
@@ -141,7 +177,11 @@ class ExplanationPipeline:
             except ExplainError as exc:
                 self._fail(upload, exc, retry, request_id)
         for (model, version), group in groups.items():
-            self._explain_group(model, version, group, retry, context)
+            try:
+                self._explain_group(model, version, group, retry, context)
+            except Exception as exc:  # a bug at group level: only this group's inputs fail
+                for upload in group:
+                    self._fail(upload, exc, retry, request_id)
 
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -169,33 +209,49 @@ class ExplanationPipeline:
                 if not s3_record.event_name.startswith("ObjectCreated:"):
                     continue
                 bucket = s3_record.s3.bucket.name
-                key = unquote_plus(s3_record.s3.get_object.key)  # S3 URL-encodes keys in notifications
-                etag = s3_record.s3.get_object.get("eTag")
+                s3_object = s3_record.s3.get_object
+                key = unquote_plus(s3_object.key)  # S3 URL-encodes keys in notifications
+                etag = s3_object.get("eTag")
                 if not self.keys.is_input(bucket, key, self.family):
                     # Retrigger guard: never process anything but this family's input prefix.
                     logger.warning("ignoring object outside the input prefix", extra={"bucket": bucket, "key": key})
                     metrics.add_metric(name="IgnoredObjects", unit=MetricUnit.Count, value=1)
                     continue
-                uploads.append(Upload(record.message_id, bucket, key, etag))
+                uploads.append(Upload(
+                    record.message_id, bucket, key, etag, version_id=s3_object.get("versionId") or None,
+                    order=_event_order(s3_object.get("sequencer"), s3_record.get("eventTime")),
+                    receive_count=int(record.attributes.approximate_receive_count or 1),
+                ))
         except (KeyError, TypeError, AttributeError) as exc:
             raise PoisonMessageError(f"message body is not an S3 event notification: {exc!r}") from exc
         return uploads
 
     def _fail(self, upload: Upload, exc: Exception, retry: dict, request_id: str | None) -> None:
+        self._release(upload, exc)
         user_error = isinstance(exc, ExplainError)
+        last_attempt = upload.receive_count >= self.settings.max_receive_count
+        delivery = {}
         if user_error:
             logger.warning("input refused", extra={"key": upload.key, "error": exc.to_dict()})
             error = exc.to_dict()
             metrics.add_metric(name="InputErrors", unit=MetricUnit.Count, value=1)
         else:
-            logger.exception("explaining failed; the message will be retried", extra={"key": upload.key})
+            logger.exception("explaining failed; the message will be retried" if not last_attempt else
+                             "explaining failed on the last attempt; the message goes to the dead-letter queue",
+                             extra={"key": upload.key, "attempt": upload.receive_count})
             error = {"type": type(exc).__name__, "code": "internal_error", "message": str(exc)[:2000], "details": {}}
             retry[upload.message_id] = exc
             metrics.add_metric(name="TransientErrors", unit=MetricUnit.Count, value=1)
+            delivery = {"attempt": upload.receive_count, "max_attempts": self.settings.max_receive_count,
+                        "dead_lettered": last_attempt}
+        if isinstance(exc, InputChangedError) and self.writer.manifest_metadata(self._manifest_key(upload)):
+            # The newer version's own event explains it (or did): its result must not be shadowed.
+            logger.info("superseded input version skipped", extra={"key": upload.key})
+            return
         try:
             self.writer.put_error(
                 bucket=upload.bucket, key=upload.key, etag=upload.etag, family=self.family,
-                error=error, retrying=not user_error, request_id=request_id,
+                error=error, retrying=not user_error and not last_attempt, request_id=request_id, **delivery,
             )
         except Exception as write_error:  # the record must not be lost: let SQS retry it
             logger.exception("could not write the error record", extra={"key": upload.key})
@@ -218,40 +274,69 @@ class ExplanationPipeline:
         for upload in group:
             try:
                 upload.timings["model_s"] = model_seconds
-                self._prepare(upload, loaded)
+                self._prepare(upload, loaded, context)
                 if upload.duplicate:
                     logger.info("duplicate event: results already exist", extra={"key": upload.key})
                     metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=1)
-                else:
+                elif self._lock(upload, loaded, context):
                     ready.append(upload)
             except Exception as exc:
                 self._fail(upload, exc, retry, request_id)
-        if not ready:
-            return
-        try:
-            if loaded.card.modality == "tabular":
-                outputs = [self._explain_table(upload, loaded, context) for upload in ready]
-            else:
-                outputs = self._explain(ready, loaded, context)
-        except Exception as exc:
-            for upload in ready:
-                self._fail(upload, exc, retry, request_id)
-            return
-        for upload, (objects, manifest) in zip(ready, outputs, strict=True):
+        for upload, (objects, manifest) in self._explain_isolated(ready, loaded, context, retry, request_id):
             try:
                 self._write(upload, loaded, objects, manifest, request_id)
             except Exception as exc:
                 self._fail(upload, exc, retry, request_id)
 
-    def _prepare(self, upload: Upload, loaded: LoadedModel) -> None:
+    def _explain_isolated(self, uploads: list[Upload], loaded: LoadedModel, context, retry: dict,
+                          request_id) -> list[tuple[Upload, tuple[list, dict]]]:
+        """(upload, (objects, manifest)) per input explained. When the batch fails, each input is
+        explained alone, so that only the input that causes the failure fails."""
+        if not uploads:
+            return []
+        try:
+            return list(zip(uploads, self._explain_batch(uploads, loaded, context), strict=True))
+        except Exception as exc:
+            if len(uploads) == 1:
+                self._fail(uploads[0], exc, retry, request_id)
+                return []
+            logger.warning("a batch failed; explaining its inputs one by one",
+                           extra={"inputs": len(uploads), "error": repr(exc)[:500]})
+        return [done for upload in uploads
+                for done in self._explain_isolated([upload], loaded, context, retry, request_id)]
+
+    def _explain_batch(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[tuple[list, dict]]:
+        if loaded.card.modality == "tabular":
+            return [self._explain_table(upload, loaded, context) for upload in uploads]
+        return self._explain(uploads, loaded, context)
+
+    def _prepare(self, upload: Upload, loaded: LoadedModel, context) -> None:
         data, metadata = self._download(upload, loaded)
+        self._record_job_attempt(metadata.get("job-id"), upload, context)
         self.accept(upload, loaded, data, metadata)
 
     def _download(self, upload: Upload, loaded: LoadedModel) -> tuple[bytes, dict]:
-        """The object's bytes and user metadata; its size is checked before the body is read."""
+        """The bytes and user metadata of the version the event names; the size is checked before the body is read."""
         started = time.perf_counter()
         tabular = loaded.card.modality == "tabular"
-        response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key)
+        # The event's version: its versionId in a versioned bucket, else its ETag (If-Match).
+        version = {"VersionId": upload.version_id} if upload.version_id else (
+            {"IfMatch": upload.etag} if upload.etag else {})
+        try:
+            response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key, **version)
+        except ClientError as exc:
+            if is_missing_object(exc):
+                raise InputDeletedError(
+                    f"s3://{upload.bucket}/{upload.key} was deleted after its upload event (nothing to explain)",
+                    key=upload.key, etag=upload.etag, version_id=upload.version_id,
+                ) from exc
+            if is_precondition_failed(exc):
+                raise InputChangedError(
+                    f"s3://{upload.bucket}/{upload.key} was replaced after its upload event (ETag {upload.etag} is "
+                    "gone); the new version's own event explains it",
+                    key=upload.key, etag=upload.etag,
+                ) from exc
+            raise
         size = response["ContentLength"]
         limit = self.settings.max_table_bytes if tabular else self.settings.max_image_bytes
         if size > limit:
@@ -260,8 +345,50 @@ class ExplanationPipeline:
             raise error(f"the object is {size} bytes; the limit is {limit}", size=size, limit=limit)
         data = response["Body"].read()
         upload.etag = response["ETag"].strip('"')
+        upload.version_id = response.get("VersionId") if upload.version_id else None
         upload.timings["download_s"] = time.perf_counter() - started
         return data, response.get("Metadata", {})
+
+    def _record_job_attempt(self, job_id: str | None, upload: Upload, context) -> None:
+        """An API job's input: its record says when this attempt started and when it must have ended
+        (the job status reports a killed attempt as failed)."""
+        if not job_id or not self.settings.jobs_table:
+            return
+        now = time.time()
+        try:
+            self.jobs.record_attempt(job_id, attempt=upload.receive_count,
+                                     max_attempts=self.settings.max_receive_count, started_at=now,
+                                     deadline=now + _remaining_millis(context) / 1000)
+        except Exception:  # the status is best effort; the explanation is not
+            logger.exception("could not record the job's attempt", extra={"job_id": job_id})
+
+    @cached_property
+    def jobs(self):
+        from explain_core.jobs import JobStore
+
+        return JobStore(self.settings)
+
+    def _lock(self, upload: Upload, loaded: LoadedModel, context) -> bool:
+        """Hold the input's lock; False when another invocation is explaining it or has explained it."""
+        if self.lock is None:
+            return True
+        identity = InputIdentity(upload.bucket, upload.key, upload.version_id or upload.etag or "",
+                                 self._fingerprint(upload, loaded))
+        outcome = self.lock.acquire(identity, _remaining_millis(context))
+        if outcome is LockOutcome.ACQUIRED:
+            upload.identity = identity
+            return True
+        logger.info("input held by another invocation", extra={"key": upload.key, "lock": outcome.value})
+        metrics.add_metric(name="InputsHeldElsewhere", unit=MetricUnit.Count, value=1)
+        return False
+
+    def _release(self, upload: Upload, error: Exception) -> None:
+        if upload.identity is not None:
+            self.lock.release(upload.identity, error)
+            upload.identity = None
+
+    def _manifest_key(self, upload: Upload) -> str:
+        return self.keys.manifest_key(upload.ref)
 
     def accept(self, upload: Upload, loaded: LoadedModel, data: bytes, metadata: dict) -> None:
         """Parse the request options, recognise a duplicate, decode the image or parse the table."""
@@ -313,11 +440,14 @@ class ExplanationPipeline:
 
     def explain_and_write(self, upload: Upload, loaded: LoadedModel, context) -> dict:
         """Explain one accepted input and write its outputs; returns the manifest. Errors propagate."""
-        if loaded.card.modality == "tabular":
-            objects, manifest = self._explain_table(upload, loaded, context)
-        else:
-            (objects, manifest), = self._explain([upload], loaded, context)
-        self._write(upload, loaded, objects, manifest, getattr(context, "aws_request_id", None))
+        if not self._lock(upload, loaded, context):
+            raise RequestInProgressError("the same input is being explained by another request; retry shortly")
+        try:
+            (objects, manifest), = self._explain_batch([upload], loaded, context)
+            self._write(upload, loaded, objects, manifest, getattr(context, "aws_request_id", None))
+        except Exception as exc:
+            self._release(upload, exc)
+            raise
         return manifest
 
     @staticmethod
@@ -334,6 +464,9 @@ class ExplanationPipeline:
         started = time.perf_counter()
         scores = class_scores(loaded.model, inputs, card, self.batch_size)
         predict_seconds = time.perf_counter() - started
+        # A NaN row fails the batch; explained one by one, only the inputs with NaN predictions fail.
+        for upload, row in zip(uploads, scores, strict=True):
+            _check_finite(row, f"the model's predictions for {upload.key}", key=upload.key)
         pass_seconds = forward_seconds_per_image(loaded.model, inputs, self.batch_size)
 
         targets = [u.options.classes_to_explain(scores[i]) for i, u in enumerate(uploads)]
@@ -357,6 +490,11 @@ class ExplanationPipeline:
                 result = run_method(explainer, batch_inputs, one_hot)
                 metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
                 for row, (i, cls) in enumerate(rows):
+                    problem = _non_finite_attributions(result, row, name, card.class_name(cls))
+                    if problem is not None:
+                        method_results[(i, name, params_json, cls)] = {"error": self._method_error(problem, name,
+                                                                                                    card)}
+                        continue
                     method_results[(i, name, params_json, cls)] = {
                         "attributions": result.attributions[row],
                         "heatmap": result.heatmaps[row],
@@ -391,8 +529,8 @@ class ExplanationPipeline:
                     entry["error"] = found["error"]
                     continue
                 label = class_label(cls, card.class_names)
-                heatmap_key = self.keys.output_key(ref, spec.name, label, "png")
-                array_key = self.keys.output_key(ref, spec.name, label, "npy")
+                heatmap_key = self.keys.output_key(ref, upload.attempt, spec.name, label, "png")
+                array_key = self.keys.output_key(ref, upload.attempt, spec.name, label, "npy")
                 objects.append((heatmap_key, overlay_png(
                     upload.image.pixels, found["heatmap"], max_side=self.settings.max_overlay_side
                 ), "image/png"))
@@ -415,8 +553,7 @@ class ExplanationPipeline:
 
         manifest = self._manifest(
             upload, loaded, methods,
-            input_description={"format": upload.image.format, "width": upload.image.width,
-                               "height": upload.image.height},
+            input_description=upload.image.description(),
             predictions=[described(c) for c in ranked],
             explained_classes=[described(c) for c in classes],
             timings={"predict_s": round(predict_seconds, 4), "batch_images": batch_rows},
@@ -430,7 +567,8 @@ class ExplanationPipeline:
         return {
             "status": "succeeded" if not failed else ("failed" if failed == len(methods) else "partial"),
             "family": self.family,
-            "input": {"bucket": upload.bucket, "key": upload.key, "etag": upload.etag, **input_description},
+            "input": {"bucket": upload.bucket, "key": upload.key, "etag": upload.etag,
+                      **({"version_id": upload.version_id} if upload.version_id else {}), **input_description},
             "model": {
                 "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
                 "card_etag": loaded.card_etag, "modality": card.modality, "framework": card.framework,
@@ -445,15 +583,16 @@ class ExplanationPipeline:
             "timings": {**{k: round(v, 4) for k, v in upload.timings.items()}, **timings},
             "versions": library_versions(),
             "results_prefix": self.keys.results_base(upload.ref),
+            "attempt": upload.attempt,
         }
 
-    def _tabular_files(self, ref: InputRef, explanation: TabularExplanation, card) -> tuple[list, dict]:
+    def _tabular_files(self, upload: Upload, explanation: TabularExplanation, card) -> tuple[list, dict]:
         """One method's outputs for one class: values CSV, plots and summary JSON; and its manifest entry."""
         label = class_label(explanation.class_index, card.class_names)
         summary = tabular_summary(explanation)
-        files = [(self.keys.output_key(ref, explanation.method, label, f.name), f.body, f.content_type)
-                 for f in report_files(explanation)]
-        summary_key = self.keys.output_key(ref, explanation.method, label, "summary.json")
+        files = [(self.keys.output_key(upload.ref, upload.attempt, explanation.method, label, f.name), f.body,
+                  f.content_type) for f in report_files(explanation)]
+        summary_key = self.keys.output_key(upload.ref, upload.attempt, explanation.method, label, "summary.json")
         entry = {
             "output_kind": explanation.output_kind,
             "base_value": summary["base_value"],
@@ -461,7 +600,7 @@ class ExplanationPipeline:
             "summary": summary_key,
             "files": [key for key, _, _ in files],
         }
-        return [*files, (summary_key, json.dumps(summary, indent=2).encode(), "application/json")], entry
+        return [*files, (summary_key, strict_json(summary), "application/json")], entry
 
     @staticmethod
     def _background_description(loaded: LoadedModel) -> dict:
@@ -475,10 +614,17 @@ class ExplanationPipeline:
     @tracer.capture_method
     def _explain_table(self, upload: Upload, loaded: LoadedModel, context) -> tuple[list, dict]:
         """Every requested method on one tabular upload; values CSV, summary JSON and plots per class."""
-        card, table, ref = loaded.card, upload.table, upload.ref
+        card, table = loaded.card, upload.table
         started = time.perf_counter()
         outputs = raw_outputs(loaded.model, table.values, card, self.batch_size)
         predict_seconds = time.perf_counter() - started
+        bad_rows = ~np.all(np.isfinite(outputs), axis=1)
+        if bad_rows.any():
+            lines = [int(table.line_numbers[i]) for i in np.flatnonzero(bad_rows)[:20]]
+            raise InvalidModelOutputError(
+                f"the model's outputs for {upload.key} are NaN or infinite on {int(bad_rows.sum())} row(s) "
+                f"(lines {', '.join(map(str, lines))})", key=upload.key, lines=lines,
+            )
         predicted = np.argmax(probabilities(outputs, card), axis=1)
         classes = self._table_classes(upload, card)
         row_seconds = self._row_seconds(loaded, table.values)  # the call above warmed the model
@@ -500,13 +646,17 @@ class ExplanationPipeline:
                     method_started = time.perf_counter()
                     values = explainer.explain(table.values, targets)
                     seconds += time.perf_counter() - method_started
+                    _check_finite(values, f"{spec.name}'s values for class {card.class_name(cls)}",
+                                  method=spec.name, class_name=card.class_name(cls))
+                    _check_finite(explainer.base_values, f"{spec.name}'s base value for class "
+                                  f"{card.class_name(cls)}", method=spec.name, class_name=card.class_name(cls))
                     explanation = TabularExplanation(
                         method=spec.name, class_index=cls, class_name=card.class_name(cls),
                         output_kind=output_kind(card), feature_names=table.feature_names, data=table.values,
                         values=values, base_values=explainer.base_values, model_output=outputs[:, cls],
                         line_numbers=table.line_numbers, predicted=[card.class_name(int(p)) for p in predicted],
                     )
-                    files, output = self._tabular_files(ref, explanation, card)
+                    files, output = self._tabular_files(upload, explanation, card)
                     objects += files
                     entry["outputs"].append({**described(cls), **output})
                 entry["seconds"] = round(seconds, 4)
@@ -598,12 +748,57 @@ class ExplanationPipeline:
         manifest["created_at"] = now_iso()
         manifest["timings"]["write_s"] = round(time.perf_counter() - started, 4)
         manifest["output_keys"] = [key for key, _, _ in objects]
+        manifest_key = self._manifest_key(upload)
+        metadata = {SOURCE_ETAG: upload.etag, REQUEST_FINGERPRINT: self._fingerprint(upload, loaded)}
+        if upload.order:
+            metadata[SOURCE_ORDER] = upload.order
         # The manifest goes last: its presence means every output it lists is in place.
-        self.writer.put_json(
-            self.keys.manifest_key(upload.ref),
-            manifest,
-            metadata={SOURCE_ETAG: upload.etag, REQUEST_FINGERPRINT: self._fingerprint(upload, loaded)},
-        )
+        try:
+            replaced = self.writer.put_manifest(manifest_key, manifest, metadata)
+        except InputChangedError:
+            self.writer.delete_many(manifest["output_keys"])  # a newer version's manifest stands
+            raise
+        self.writer.delete_many(replaced)  # the outputs of the attempt whose manifest this replaced
         self.writer.delete_error(upload.key)
+        if upload.identity is not None:
+            self.lock.complete(upload.identity, manifest_key)
+            upload.identity = None
         metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
         logger.info("explained", extra={"key": upload.key, "status": manifest["status"], "outputs": len(objects)})
+
+
+def _event_order(sequencer: str | None, event_time: str | None) -> str | None:
+    """SOURCE_ORDER of an S3 event: its sequencer (hex, compared after left-padding, as S3 documents),
+    else its ISO event time. Events of one key order its versions."""
+    if sequencer:
+        return "s:" + sequencer.upper().zfill(32)
+    return f"t:{event_time}" if event_time else None
+
+
+def _remaining_millis(context) -> int:
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return int(context.get_remaining_time_in_millis())
+    return 900_000  # Lambda's maximum timeout
+
+
+def _check_finite(values, what: str, **details) -> None:
+    """Raise InvalidModelOutputError naming ``what`` when ``values`` hold NaN or infinity."""
+    array = np.asarray(values, dtype=np.float64) if values is not None else np.zeros(0)
+    if not np.all(np.isfinite(array)):
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise InvalidModelOutputError(f"{what} contain {nan} NaN and {inf} infinite value(s)", nan=nan,
+                                      infinite=inf, **details)
+
+
+def _non_finite_attributions(result, row: int, method: str, class_name: str) -> InvalidModelOutputError | None:
+    """The error of one explained row whose attributions, heatmap or base value are not finite."""
+    parts = [result.attributions[row], result.heatmaps[row]]
+    if result.base_values is not None:
+        parts.append(result.base_values[row])
+    try:
+        for part in parts:
+            _check_finite(part, f"{method}'s attributions for class {class_name}", method=method,
+                          class_name=class_name)
+    except InvalidModelOutputError as exc:
+        return exc
+    return None

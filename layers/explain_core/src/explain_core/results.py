@@ -1,4 +1,13 @@
-"""Writing explanation outputs and error records to the results bucket."""
+"""Writing explanation outputs and error records to the results bucket.
+
+Every JSON document is strict JSON (``allow_nan=False``): a NaN or infinity that reached a
+document is a bug, raised here rather than written as a literal ``NaN`` that JSON parsers refuse.
+
+A manifest is replaced only by compare-and-swap (S3 conditional writes: ``If-Match`` on the ETag
+read, ``If-None-Match: *`` for the first one), and never by an older version of its input (the
+S3 event's ``sequencer`` orders versions of one key). Outputs live under a per-attempt prefix
+that the manifest lists, so a manifest never points at another attempt's files.
+"""
 
 import datetime as dt
 import json
@@ -6,12 +15,32 @@ from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import ClientError
 
-from explain_core.errors import is_missing_object
+from explain_core.errors import InputChangedError, is_missing_object, is_precondition_failed
 from explain_core.keys import KeyLayout
 from explain_core.settings import Settings
 
 SOURCE_ETAG = "source-etag"
 REQUEST_FINGERPRINT = "request-fingerprint"
+#: Orders versions of one input key: the S3 event's sequencer (or, without one, its event time).
+SOURCE_ORDER = "source-order"
+#: Compare-and-swap rounds before giving up (each lost round means another writer just won).
+MANIFEST_WRITE_ATTEMPTS = 5
+
+
+def strict_json(document) -> bytes:
+    """``document`` as strict JSON (no NaN or infinity: ValueError instead)."""
+    return json.dumps(document, indent=2, default=str, allow_nan=False).encode()
+
+
+def newer_order(candidate: str | None, current: str | None) -> bool:
+    """True when ``candidate`` is a strictly later version than ``current`` (both SOURCE_ORDER values).
+
+    Orders of different kinds (sequencer vs event time), or missing ones, cannot be compared:
+    then the later writer wins, as S3 itself would do.
+    """
+    if not candidate or not current or candidate[:2] != current[:2]:
+        return False
+    return candidate > current
 
 
 def now_iso() -> str:
@@ -39,7 +68,7 @@ class ResultWriter:
         self.s3.put_object(
             Bucket=self.bucket,
             Key=key,
-            Body=json.dumps(document, indent=2, default=str).encode(),
+            Body=strict_json(document),
             ContentType="application/json",
             Metadata=metadata or {},
         )
@@ -53,8 +82,58 @@ class ResultWriter:
                 return None
             raise
 
+    def put_manifest(self, key: str, manifest: dict, metadata: dict) -> list[str]:
+        """Write ``manifest`` unless a newer version of the input has one already; returns the output
+        keys of the manifest it replaced (the caller deletes them), or raises InputChangedError."""
+        body = strict_json(manifest)
+        order = metadata.get(SOURCE_ORDER)
+        for _ in range(MANIFEST_WRITE_ATTEMPTS):
+            current = self._read_manifest(key)
+            condition = {"IfNoneMatch": "*"}
+            replaced: list[str] = []
+            if current is not None:
+                etag, current_metadata, document = current
+                if newer_order(current_metadata.get(SOURCE_ORDER), order):
+                    raise InputChangedError(
+                        "a newer version of this input was explained already; this event's version is superseded",
+                        key=manifest["input"]["key"], current_order=current_metadata.get(SOURCE_ORDER),
+                        event_order=order,
+                    )
+                condition = {"IfMatch": etag}
+                replaced = [k for k in document.get("output_keys", []) if k not in manifest["output_keys"]]
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                                   Metadata=metadata, **condition)
+                return replaced
+            except ClientError as exc:
+                if not is_precondition_failed(exc):
+                    raise
+                # Another writer replaced the manifest between our read and our write: read again.
+        raise RuntimeError(f"could not write {key}: {MANIFEST_WRITE_ATTEMPTS} concurrent writers won first")
+
+    def _read_manifest(self, key: str) -> tuple[str, dict, dict] | None:
+        """(ETag, metadata, document) of a manifest, or None."""
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing_object(exc):
+                return None
+            raise
+        try:
+            document = json.loads(response["Body"].read())
+        except ValueError:
+            document = {}  # an unreadable manifest is simply replaced
+        return response["ETag"], response.get("Metadata", {}), document
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete objects (another attempt's outputs), 1000 per request as S3 allows."""
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+
     def put_error(self, *, bucket: str, key: str, etag: str | None, family: str, error: dict, retrying: bool,
-                  request_id: str | None) -> str:
+                  request_id: str | None, **delivery) -> str:
+        """The input's error record. ``delivery``: the SQS attempt, max_attempts and dead_lettered."""
         error_key = self.keys.error_key(key)
         self.put_json(
             error_key,
@@ -66,6 +145,7 @@ class ResultWriter:
                 # True when the message goes back to the queue (transient failure); after the
                 # queue's maximum receives it lands in the dead-letter queue.
                 "retrying": retrying,
+                **delivery,
                 "request_id": request_id,
                 "time": now_iso(),
             },

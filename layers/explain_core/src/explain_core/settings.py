@@ -27,7 +27,12 @@ class Settings:
     max_overlay_side: int = 1024
     model_cache_dir: str = "/tmp/explain-models"
     max_cached_models: int = 2
+    #: Size limit of one model file; the effective limit is :attr:`model_size_limit`.
     max_model_bytes: int = 2 * 1024**3
+    #: Size of /tmp (Lambda EphemeralStorage, EPHEMERAL_STORAGE_MB): models are cached there.
+    tmp_capacity_bytes: int = 2048 * 1024**2
+    #: Room in /tmp kept free for outputs and working files: a model download never eats into it.
+    tmp_reserve_bytes: int = 512 * 1024**2
     #: Tabular uploads (CSV, JSON Lines): size and row limits, checked before parsing.
     max_table_bytes: int = 10 * 1024 * 1024
     max_table_rows: int = 1000
@@ -37,6 +42,13 @@ class Settings:
     #: API: the endpoint presigned URLs are signed for (empty: the normal S3 endpoint).
     presign_endpoint_url: str = ""
     presigned_url_seconds: int = 3600
+    #: The queues' redrive maxReceiveCount: the receive after which a failed message is dead-lettered.
+    max_receive_count: int = 3
+
+    @property
+    def model_size_limit(self) -> int:
+        """The largest model file loaded: ``min(max_model_bytes, tmp_capacity_bytes - tmp_reserve_bytes)``."""
+        return max(0, min(self.max_model_bytes, self.tmp_capacity_bytes - self.tmp_reserve_bytes))
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -57,10 +69,13 @@ class Settings:
             model_cache_dir=env.get("MODEL_CACHE_DIR", cls.model_cache_dir),
             max_cached_models=_int_env("MAX_CACHED_MODELS", cls.max_cached_models),
             max_model_bytes=_int_env("MAX_MODEL_BYTES", cls.max_model_bytes),
+            tmp_capacity_bytes=_int_env("EPHEMERAL_STORAGE_MB", cls.tmp_capacity_bytes // 1024**2) * 1024**2,
+            tmp_reserve_bytes=_int_env("TMP_RESERVE_BYTES", cls.tmp_reserve_bytes),
             max_table_bytes=_int_env("MAX_TABLE_BYTES", cls.max_table_bytes),
             max_table_rows=_int_env("MAX_TABLE_ROWS", cls.max_table_rows),
             jobs_table=env.get("JOBS_TABLE", ""),
             idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
             presign_endpoint_url=env.get("PRESIGN_ENDPOINT_URL", ""),
             presigned_url_seconds=_int_env("PRESIGNED_URL_SECONDS", cls.presigned_url_seconds),
+            max_receive_count=_int_env("MAX_RECEIVE_COUNT", cls.max_receive_count),
         )
