@@ -162,3 +162,49 @@ def test_the_pipeline_can_open_the_store_with_the_table_name_alone(settings, job
     assert (item["attempts"], item["max_attempts"]) == (2, 3)
     assert float(item["last_attempt_at"]) == 1_800_000_000.25
     assert float(item["last_attempt_deadline"]) == 1_800_000_900.25
+
+
+# ----------------------------------------------------------------- through the family's handler
+def staged_job_input(store, s3, settings, samples, job_id: str) -> str:
+    """The job's input as the API uploads it: under jobs/<id>/, its id in the metadata."""
+    from tests.conftest import png_bytes
+
+    key = store.get(job_id, CLIENT)["input_key"]
+    s3.put_object(Bucket=settings.input_bucket, Key=key, Body=png_bytes(samples[0][0]),
+                  Metadata={"methods": "Occlusion", "job-id": job_id})
+    return key
+
+
+def test_the_handler_records_each_attempt_at_a_job(store, s3, settings, links, job, samples, invoke):
+    from tests.conftest import upload_event
+
+    key = staged_job_input(store, s3, settings, samples, job)
+    before = time.time()
+
+    assert invoke("perturbation", upload_event(key, family="perturbation")) == {"batchItemFailures": []}
+
+    record = store.get(job, CLIENT)
+    assert (record["attempts"], record["max_attempts"]) == (1, 3)
+    assert before <= float(record["last_attempt_at"]) <= time.time()
+    assert float(record["last_attempt_deadline"]) > float(record["last_attempt_at"])  # + the invocation's time
+    assert status_of(store, s3, links, job).status == "succeeded"
+
+
+def test_a_job_that_fails_on_its_last_receive_reports_failed(store, s3, settings, links, job, samples, invoke,
+                                                             handlers, monkeypatch):
+    """The handler's own record of the last receive (not a test-made one) makes the job fail."""
+    from tests.conftest import upload_event
+
+    key = staged_job_input(store, s3, settings, samples, job)
+
+    def unavailable(*args, **kwargs):
+        raise ConnectionError("simulated outage of the model bucket")
+
+    monkeypatch.setattr(handlers["perturbation"].pipeline.store, "get", unavailable)
+    event = upload_event(key, family="perturbation", receive_count=3)
+    retried = {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert invoke("perturbation", event) == retried
+
+    status = status_of(store, s3, links, job)
+    assert status.status == "failed"
+    assert status.error.details["dead_lettered"] is True and "dead-letter queue" in status.error.message
