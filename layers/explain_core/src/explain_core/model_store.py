@@ -6,13 +6,26 @@ Layout in the model bucket: ``models/<name>/<version>/card.json``, the model fil
 ``(n, height, width, 3)`` in 0-255 at the model's input size; tabular models: rows
 ``(n, features)`` in the card's feature order).
 
-Keras v3 ``.keras`` archives are loaded with ``safe_mode=True`` (no arbitrary code from lambda
-layers), XGBoost models from its own JSON/UBJ formats, arrays with ``allow_pickle=False``:
+Keras v3 ``.keras`` archives are checked before Keras reads them (:func:`check_keras_archive`:
+no Lambda layers, no module outside Keras, no function that is not a modeling function, no layer
+that reads a file or a SavedModel) and then loaded with ``safe_mode=True``; legacy HDF5 files
+(``.h5``, whose Lambda layers ``safe_mode`` does not cover) and pickles are refused before any
+Keras call. XGBoost models load from its own JSON/UBJ formats, arrays with ``allow_pickle=False``:
 nothing is ever unpickled. Each request checks the stored ETags (HEAD requests), so replacing a
 model, its card or its background in S3 takes effect on the next invocation.
+
+The /tmp cache (``model_cache_dir/<name>/<version>/<etag>/<file>``) is bounded: a model over
+``Settings.model_size_limit`` is refused (:class:`ModelTooLargeError`, final), and before a
+download the least recently used other models are evicted from disk until the file fits with
+``tmp_reserve_bytes`` to spare. Each ``get`` touches the model's folder, so the recency survives
+warm invocations and new processes. A model evicted from disk stays usable from memory.
 """
 
+import builtins
+import contextlib
+import errno
 import io
+import json
 import os
 import shutil
 import threading
@@ -24,7 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 from botocore.exceptions import ClientError
 
-from explain_core.errors import InvalidModelError, UnknownModelError, is_missing_object
+from explain_core.errors import (
+    InvalidModelError,
+    ModelTooLargeError,
+    UnknownModelError,
+    UnsafeModelError,
+    is_missing_object,
+)
 from explain_core.keys import KeyLayout
 from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
@@ -32,6 +51,20 @@ from explain_core.settings import Settings
 BACKGROUND_FILE = "background.npy"
 #: Background rows kept at most (they multiply the cost of every SHAP explanation).
 MAX_BACKGROUND_ROWS = 1000
+#: Largest config.json read from a .keras archive (uncompressed).
+MAX_KERAS_CONFIG_BYTES = 16 * 1024 * 1024
+#: The first bytes of an HDF5 file (legacy Keras .h5 models).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Layers refused in any model: they run Python code (Lambda: bytecode, or any function it names,
+#: CVE-2024-3660, CVE-2025-1550, CVE-2025-9906) or load a TensorFlow SavedModel (CVE-2026-1462).
+UNSAFE_LAYERS = frozenset({"Lambda", "TFSMLayer"})
+#: Layers whose ``vocabulary`` may name a file or URL read while loading (CVE-2025-12058).
+LOOKUP_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
+#: Modules a function named in config.json may come from: modeling functions only (activations,
+#: losses, metrics, ops), never keras.config, keras.saving, keras.models or keras.utils (whose
+#: get_file downloads files: CVE-2025-8747).
+FUNCTION_MODULES = ("keras.activations", "keras.losses", "keras.metrics", "keras.ops",
+                    "keras.src.activations", "keras.src.losses", "keras.src.metrics", "keras.src.ops")
 
 
 @dataclass
@@ -118,6 +151,7 @@ class ModelStore:
             if cached and (cached.model_etag, cached.card_etag, cached.background_etag) == etags:
                 self._memory.move_to_end((name, version))
                 cached.source = "memory"
+                self._touch(name, version)
                 return cached
             loaded = self._load(name, version, card, model_key, etags, model_head["ContentLength"])
             if background_head:
@@ -134,24 +168,24 @@ class ModelStore:
     def _load(self, name, version, card: ModelCard, model_key, etags, size) -> LoadedModel:
         started = time.perf_counter()
         model_etag, card_etag, background_etag = etags
-        if size > self.settings.max_model_bytes:
-            raise InvalidModelError(
-                f"model {name}/{version} is {size} bytes; the limit is {self.settings.max_model_bytes}", model=name
+        limit = self.settings.model_size_limit
+        if size > limit:
+            raise ModelTooLargeError(
+                f"model {name}/{version} is {size} bytes; the limit is {limit} bytes (the smaller of "
+                f"MAX_MODEL_BYTES={self.settings.max_model_bytes} and the function's /tmp size "
+                f"{self.settings.tmp_capacity_bytes} less {self.settings.tmp_reserve_bytes} kept for outputs)",
+                model=name, version=version, size=size, limit=limit,
             )
-        directory = os.path.join(self.settings.model_cache_dir, name, version)
+        directory = self._directory(name, version)
         path = os.path.join(directory, model_etag, card.model_file)
         source = "tmp"
         if not os.path.exists(path):
             source = "s3"
             # A new ETag supersedes older copies: free /tmp before downloading.
             shutil.rmtree(directory, ignore_errors=True)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            partial = path + ".part"
-            # IfMatch: the bytes must be the version whose ETag names the cache directory.
-            body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=model_key, IfMatch=model_etag)["Body"]
-            with open(partial, "wb") as out:
-                shutil.copyfileobj(body, out, length=1024 * 1024)
-            os.replace(partial, path)
+            self._make_room(name, version, size)
+            self._download(name, version, model_key, model_etag, path)
+        self._touch(name, version)
         if card.framework == "xgboost":
             model = self._load_xgboost(path, name, version)
         else:
@@ -159,6 +193,84 @@ class ModelStore:
         self._check_card(model, card)
         return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
                            background_etag=background_etag)
+
+    # ------------------------------------------------------------------ the /tmp cache
+    def _directory(self, name: str, version: str) -> str:
+        return os.path.join(self.settings.model_cache_dir, name, version)
+
+    def _touch(self, name: str, version: str) -> None:
+        """Mark the model's folder as used now: eviction takes the least recently used first."""
+        try:
+            os.utime(self._directory(name, version))
+        except FileNotFoundError:  # evicted from disk while in memory: nothing to mark
+            pass
+
+    def _download(self, name: str, version: str, model_key: str, model_etag: str, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = path + ".part"
+        try:
+            # IfMatch: the bytes must be the version whose ETag names the cache directory.
+            body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=model_key, IfMatch=model_etag)["Body"]
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(body, out, length=1024 * 1024)
+            os.replace(partial, path)
+        except BaseException as exc:
+            # Never leave a partial file behind: it would hold /tmp space that nothing accounts for.
+            shutil.rmtree(self._directory(name, version), ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise ModelTooLargeError(
+                    f"model {name}/{version} does not fit in the function's /tmp (no space left while "
+                    "downloading it); raise EphemeralStorageMB or use a smaller model",
+                    model=name, version=version,
+                ) from exc
+            raise
+
+    def _cached_folders(self) -> list[tuple[int, str, int]]:
+        """(mtime in ns, path, bytes) of every ``<name>/<version>`` folder in the cache directory."""
+        folders = []
+        root = self.settings.model_cache_dir
+        for model_name in _listdir(root):
+            model_dir = os.path.join(root, model_name)
+            for version in _listdir(model_dir):
+                folder = os.path.join(model_dir, version)
+                try:
+                    folders.append((os.stat(folder).st_mtime_ns, folder, _tree_bytes(folder)))
+                except FileNotFoundError:
+                    continue
+        return folders
+
+    def _free_bytes(self, used: int) -> int:
+        """Free /tmp space: the filesystem's, but never more than the configured /tmp size less the cache."""
+        real = shutil.disk_usage(self.settings.model_cache_dir).free
+        return min(real, self.settings.tmp_capacity_bytes - used)
+
+    def _make_room(self, name: str, version: str, size: int) -> None:
+        """Evict other models' folders, least recently used first, until ``size`` bytes fit with the reserve."""
+        root = self.settings.model_cache_dir
+        os.makedirs(root, exist_ok=True)
+        needed = size + self.settings.tmp_reserve_bytes
+        used = _tree_bytes(root)
+        if self._free_bytes(used) >= needed:
+            return
+        keep = os.path.normpath(self._directory(name, version))
+        candidates = sorted(f for f in self._cached_folders() if os.path.normpath(f[1]) != keep)
+        evictable = sum(f[2] for f in candidates)
+        real_free = shutil.disk_usage(root).free
+        best = min(real_free + evictable, self.settings.tmp_capacity_bytes - used + evictable)
+        if best < needed:
+            raise ModelTooLargeError(
+                f"model {name}/{version} ({size} bytes) does not fit in the function's /tmp even with every "
+                f"other cached model evicted ({best} bytes free at most, {self.settings.tmp_reserve_bytes} of "
+                "them kept for outputs)",
+                model=name, version=version, size=size,
+            )
+        for _, folder, folder_bytes in candidates:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # drop the model's folder once its last version is gone
+                os.rmdir(os.path.dirname(folder))
+            used -= folder_bytes
+            if self._free_bytes(used) >= needed:
+                return
 
     def _load_background(self, name: str, version: str, card: ModelCard, model, head: dict) -> np.ndarray:
         from explain_core.attribution import preprocess
@@ -210,13 +322,10 @@ class ModelStore:
 
     @staticmethod
     def _load_keras(path: str, name: str, version: str):
+        # Checked before Keras is even imported: nothing in a refused file reaches Keras.
+        check_keras_archive(path, name, version)
         import keras
 
-        if not zipfile.is_zipfile(path):
-            raise InvalidModelError(
-                f"model {name}/{version} is not a Keras v3 .keras archive (legacy HDF5 and pickles are refused)",
-                model=name,
-            )
         try:
             return keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad archive or an unsafe layer
@@ -260,3 +369,112 @@ class ModelStore:
                 raise InvalidModelError(
                     f"the card's cam_layer {card.cam_layer!r} is not a layer of the model", model=card.name
                 ) from exc
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for filename in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, filename)).st_size
+    return total
+
+
+# ---------------------------------------------------------------------- model file safety
+def check_keras_archive(path: str, name: str, version: str) -> None:
+    """Refuse a model file that is not a plain Keras v3 archive, before any Keras call.
+
+    Legacy HDF5 (``.h5``) models are refused outright: Keras ignores ``safe_mode`` for them
+    (CVE-2025-9905) and their Lambda layers carry Python bytecode. In a ``.keras`` archive the
+    config.json is walked: every object must come from a Keras module, no Lambda or TFSMLayer
+    layer, no serialized Python function (``__lambda__``), functions only from the modeling
+    modules, no lookup vocabulary read from a path. Keras (pinned to a release with the published
+    safe_mode fixes) then loads it with ``safe_mode=True`` as a second line of defence.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head == HDF5_SIGNATURE:
+        raise UnsafeModelError(
+            f"model {name}/{version} is a legacy HDF5 (.h5) model, which is refused: Keras does not apply safe_mode "
+            "to HDF5 files. It is not a Keras v3 .keras archive; re-save it with model.save('model.keras')",
+            model=name, version=version,
+        )
+    if not zipfile.is_zipfile(path):
+        kind = "a pickle" if head[:1] == b"\x80" else "not a zip archive"
+        raise InvalidModelError(
+            f"model {name}/{version} is not a Keras v3 .keras archive ({kind}; legacy HDF5 and pickles are refused)",
+            model=name, version=version,
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                info = archive.getinfo("config.json")
+            except KeyError:
+                raise InvalidModelError(
+                    f"model {name}/{version} is not a Keras v3 .keras archive (no config.json)", model=name,
+                    version=version,
+                ) from None
+            if info.file_size > MAX_KERAS_CONFIG_BYTES:
+                raise InvalidModelError(
+                    f"model {name}/{version}: config.json is {info.file_size} bytes; the limit is "
+                    f"{MAX_KERAS_CONFIG_BYTES}", model=name, version=version,
+                )
+            config = json.loads(archive.read(info))
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError) as exc:
+        raise InvalidModelError(
+            f"model {name}/{version} is not a valid Keras v3 .keras archive: {exc}", model=name, version=version,
+        ) from exc
+    problem = _unsafe_config(config)
+    if problem:
+        raise UnsafeModelError(
+            f"model {name}/{version} could not be loaded safely: its config.json {problem}; the model is refused "
+            "before Keras reads it", model=name, version=version,
+        )
+
+
+def _unsafe_config(node, depth: int = 0) -> str | None:
+    """Why a Keras config.json is unsafe to deserialize, or None."""
+    if depth > 200:
+        return "is nested too deeply"
+    if isinstance(node, list):
+        for item in node:
+            problem = _unsafe_config(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    if not isinstance(node, dict):
+        return None
+    class_name = node.get("class_name")
+    module = node.get("module")
+    if class_name == "__lambda__" or "bytecode_b64" in node or node.get("function_type") == "lambda":
+        return "holds serialized Python bytecode (a lambda function)"
+    if class_name in UNSAFE_LAYERS:
+        what = "loads a TensorFlow SavedModel" if class_name == "TFSMLayer" else "runs arbitrary Python functions"
+        return f"has a {class_name} layer, which {what}"
+    if module == "builtins":
+        # How Keras names its own built-in functions (losses, metrics): {"module": "builtins", "class_name":
+        # "function", "config": "categorical_crossentropy"}. Never a function of Python's builtins module.
+        function = node.get("config")
+        if class_name != "function" or not isinstance(function, str) or not function.isidentifier() \
+                or hasattr(builtins, function):
+            return f"names the Python builtin {function if class_name == 'function' else class_name!r}"
+    elif module is not None:
+        if not isinstance(module, str) or not (module == "keras" or module.startswith("keras.")):
+            return f"names the Python module {module!r} (only Keras modules are allowed; custom objects are refused)"
+        if class_name == "function" and not any(module == m or module.startswith(m + ".") for m in FUNCTION_MODULES):
+            return f"names the function {module}.{node.get('config')}, which is not a modeling function"
+    layer_config = node.get("config") if isinstance(node.get("config"), dict) else {}
+    if class_name in LOOKUP_LAYERS and isinstance(layer_config.get("vocabulary"), str):
+        return f"has a {class_name} layer whose vocabulary is read from a path"
+    for value in node.values():
+        problem = _unsafe_config(value, depth + 1)
+        if problem:
+            return problem
+    return None
