@@ -37,5 +37,5 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path):
         for key in manifest["output_keys"]:
             assert (tmp_path / key).stat().st_size > 0
     # The tabular results carry SHAP values, a summary and plots.
-    csv_files = sorted(tmp_path.glob("results/shap/breast-cancer-*/v1/samples/*/*/*.values.csv"))
+    csv_files = sorted(tmp_path.glob("results/shap/breast-cancer-*/v1/samples/*/attempts/*/*/*.values.csv"))
     assert len(csv_files) == 4  # TreeExplainer; Kernel, Deep and Gradient explainers
