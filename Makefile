@@ -17,9 +17,11 @@ $(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layer
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r layers/requirements-ml.txt -r layers/requirements-aws.txt $(addprefix -r ,$(FUNCTION_REQUIREMENTS))
-	@# xplique declares tensorflow[and-cuda]: installed without its declared dependencies.
-	$(PY) -m pip install --quiet --no-deps -r layers/requirements-nodeps.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@# xplique declares tensorflow[and-cuda]: installed without its declared dependencies, and last,
+	@# because every later pip install that resolves dependencies checks the whole environment and
+	@# reports xplique's undeclared-on-purpose requirement as an ERROR (the --no-deps steps do not).
+	$(PY) -m pip install --quiet --no-deps -r layers/requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e layers/explain_core
 	touch $@
 

@@ -3,7 +3,12 @@
 ``python -m devtools.demo`` starts the emulator on loopback, wires it as template.yaml
 describes, publishes the demo model, uploads sample images, lets the real handlers process the
 real SQS events, prints a summary table, copies the results to ./local-results/, then keeps
-watching the bucket for your own uploads until Ctrl-C (``--once`` stops after the samples).
+watching the queues for your own uploads until Ctrl-C (``--once`` stops after the samples): one
+line per upload (status, prediction, local copy of its manifest or error record), progress while
+a burst of uploads is worked through, and only that upload's own results copied.
+
+The console is for people: what the functions write (Powertools' JSON logs, EMF metrics,
+TensorFlow's and absl's logs) goes to ./local-results/functions.log (the path is printed at start).
 
 After the samples it calls the REST API's handlers in-process (authorizer, a synchronous
 explanation, a job run by the queue); ``make local-api`` serves the API over HTTP with SAM.
@@ -15,17 +20,19 @@ uploads a table to a tabular model.
 
 import argparse
 import contextlib
+import datetime as dt
 import io
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from devtools import demo_model, local_aws, tabular_demo
-from devtools.local_lambda import SqsEventSource
+from devtools import demo_model, local_aws, local_lambda, tabular_demo
+from devtools.local_lambda import NotifiedObject, SqsEventSource
 from explain_core.errors import InvalidKeyError
 from explain_core.keys import KeyLayout
 from explain_core.registry import FAMILIES
@@ -35,6 +42,10 @@ from explain_core.settings import Settings
 TABULAR_SAMPLE_ROWS = 8
 DEFAULT_PORT = int(os.environ.get("LOCAL_AWS_PORT", "5055"))
 OUTPUT_DIR = Path(os.environ.get("DEMO_OUTPUT_DIR", "local-results"))
+#: The functions' own output (JSON logs, metrics, TensorFlow's logs), under --output.
+FUNCTIONS_LOG = "functions.log"
+#: Seconds between rounds of watch mode while every queue is empty.
+IDLE_SECONDS = 0.5
 
 
 def log(message: str) -> None:
@@ -72,20 +83,27 @@ def upload_samples(deployment) -> list[str]:
     return [key for key, _ in uploads]
 
 
-def outcome(s3, keys: KeyLayout, key: str) -> dict | None:
-    """The manifest or error record of an input key (``kind`` says which), once it exists."""
+def outcome(s3, keys: KeyLayout, key: str, etag: str | None = None) -> dict | None:
+    """The manifest or error record of an input key (``kind`` says which), once it exists.
+
+    With ``etag`` (the uploaded object's, from its S3 notification), the document about that
+    version of the input wins: a new upload that failed is not hidden by an older one's manifest.
+    """
     candidates = [("error", keys.error_key(key))]
     family = key.removeprefix(keys.settings.input_prefix).split("/", 1)[0]
     with contextlib.suppress(InvalidKeyError):  # a key naming no model only gets an error record
         ref = keys.parse_input(keys.settings.input_bucket, key, family)
         candidates.insert(0, ("manifest", keys.manifest_key(ref)))
+    found = []
     for kind, result_key in candidates:
         try:
             document = json.loads(s3.get_object(Bucket=keys.settings.results_bucket, Key=result_key)["Body"].read())
-            return {"kind": kind, "key": result_key, **document}
         except s3.exceptions.NoSuchKey:
             continue
-    return None
+        found.append({"kind": kind, "key": result_key, **document})
+        if etag is None or str((document.get("input") or {}).get("etag") or "").strip('"') == etag.strip('"'):
+            return found[-1]
+    return found[0] if found else None
 
 
 def key_layout(deployment) -> KeyLayout:
@@ -147,6 +165,150 @@ def summary_table(outcomes: dict) -> str:
     return "\n".join(lines)
 
 
+def copy_outcome(s3, results_bucket: str, found: dict, destination: Path) -> list[Path]:
+    """Copy one input's results to ``destination``: the outputs its manifest lists, then the
+    manifest (or its error record alone). Nothing else is listed or copied: the manifest's
+    ``output_keys`` say where the outputs are. Local outputs of the manifest this one replaced
+    are removed, as the function removes them from the bucket."""
+    root = destination.resolve()
+
+    def local(key: str) -> Path | None:
+        path = (root / key).resolve()
+        return path if path.is_relative_to(root) else None  # a key with ../ stays out
+
+    wanted = [*found.get("output_keys", []), found["key"]] if found["kind"] == "manifest" else [found["key"]]
+    previous = local(found["key"]) if found["kind"] == "manifest" else None
+    if previous and previous.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            for key in set(json.loads(previous.read_text()).get("output_keys", [])) - set(wanted):
+                stale = local(key)
+                if stale:
+                    stale.unlink(missing_ok=True)
+                    for directory in stale.parents:  # the emptied attempt folders, up to the manifest's
+                        if directory in (previous.parent, root) or any(directory.iterdir()):
+                            break
+                        directory.rmdir()
+    copied = []
+    for key in wanted:
+        target = local(key)
+        if target is None:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(s3.get_object(Bucket=results_bucket, Key=key)["Body"].read())
+        copied.append(target)
+    return copied
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter to read)."""
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+@dataclass
+class Burst:
+    """Progress through the uploads that arrived since the queues were last empty."""
+
+    started: float | None = None
+    done: int = 0
+    failed: int = 0
+
+    def add(self, status: str, invoked_at: float) -> None:
+        """Count one input, whose invocation started at ``invoked_at`` (time.perf_counter())."""
+        if self.started is None:
+            self.started = invoked_at
+        self.done += 1
+        self.failed += status.startswith("failed")
+
+    def reset(self) -> None:
+        self.started, self.done, self.failed = None, 0, 0
+
+    def line(self, queued: int) -> str:
+        seconds = time.perf_counter() - self.started if self.started is not None else 0
+        rate = f", {self.done / seconds:.1f} inputs/s" if seconds > 0 else ""
+        return f"progress: {self.done} done ({self.failed} failed), {queued} queued{rate}"
+
+
+def queued(sources: dict) -> int:
+    """Messages waiting in the family queues plus those in flight (received, not yet deleted)."""
+    return sum(sum(source.backlog()) for source in sources.values())
+
+
+def status_of(found: dict | None) -> str:
+    """``succeeded``, ``partial (Method: code)``, ``failed code`` ..., from a manifest or an error record."""
+    if found is None:
+        return "no result"
+    if found["kind"] == "error":
+        error = found.get("error", {})
+        note = " (dead-lettered)" if found.get("dead_lettered") else " (will retry)" if found.get("retrying") else ""
+        return f"failed {error.get('code', '?')}{note}"
+    failed = [f"{m['name']}: {(m.get('error') or {}).get('code', '?')}" for m in found.get("methods", [])
+              if m.get("status") == "failed"]
+    return found.get("status", "?") + (f" ({', '.join(failed)})" if failed else "")
+
+
+def seconds_since(event_time: str | None) -> float | None:
+    """Seconds since an S3 event time (ISO 8601)."""
+    with contextlib.suppress(TypeError, ValueError):
+        return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(event_time)).total_seconds()
+    return None
+
+
+def watch_once(sources: dict, s3, keys: KeyLayout, output_dir: Path, *, burst: Burst | None = None,
+               echo=log, wait: bool = False) -> list[dict]:
+    """One round of watch mode: poll every family's queue once (Lambda's event source mapping);
+    after each invocation, read the outcome of each input its messages name, copy that input's
+    results (only them) to ``output_dir``, and print one line per input (and the burst's progress).
+
+    Returns one dict per input processed: key, family, status, outcome (manifest or error record,
+    with ``kind`` and ``key``), local (its local copy), copied (paths), seconds (the invocation's),
+    batch (inputs in it), latency (seconds from upload to now, when known).
+    """
+    processed = []
+    for family, source in sources.items():
+        batch = source.poll(wait=wait)
+        if batch is None:
+            continue
+        invoked_at = time.perf_counter() - batch.seconds
+        inputs: dict[str, NotifiedObject] = {}
+        for obj in batch.objects:
+            inputs[obj.key] = obj  # the last event of a key names its current version
+        for key, obj in inputs.items():
+            found = outcome(s3, keys, key, etag=obj.etag)
+            copied = copy_outcome(s3, keys.settings.results_bucket, found, output_dir) if found else []
+            result = {
+                "key": key, "family": family, "status": status_of(found), "outcome": found, "copied": copied,
+                "local": copied[-1] if copied else None, "seconds": batch.seconds, "batch": len(inputs),
+                "latency": seconds_since(obj.event_time),
+            }
+            processed.append(result)
+            if burst is not None:
+                burst.add(result["status"], invoked_at)
+            echo(input_line(result))
+        if burst is not None and burst.done:
+            waiting = queued(sources)
+            if burst.done > 1:
+                echo(burst.line(waiting))
+            if not waiting:
+                burst.reset()  # the queues are empty: the next upload starts a new burst
+    return processed
+
+
+def input_line(result: dict) -> str:
+    """One line for people about one input: key, status, prediction, local copy, time taken."""
+    found = result["outcome"]
+    prediction = "-"
+    if found and found["kind"] == "manifest":
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            prediction = predicted(found)
+    local = display_path(result["local"]) if result["local"] else "(not copied)"
+    took = f"{result['seconds']:.1f} s (batch of {result['batch']})"
+    if result["latency"] is not None:
+        took += f", {result['latency']:.1f} s after upload"
+    return f"{result['key']}  {result['status']}  {prediction}  -> {local}  {took}"
+
+
 def copy_results(s3, results_bucket: str, destination: Path) -> int:
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=results_bucket):
@@ -156,6 +318,20 @@ def copy_results(s3, results_bucket: str, destination: Path) -> int:
             s3.download_file(results_bucket, obj["Key"], str(target))
             count += 1
     return count
+
+
+@contextlib.contextmanager
+def functions_logged_to(path: Path):
+    """Send the functions' output (JSON logs, EMF metrics, TensorFlow's C++ and Python logs,
+    warnings) to ``path`` while the demo runs; the console keeps the demo's own lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")  # one run's output; appended to below (file descriptor 2 writes to it too)
+    with open(path, "a", buffering=1, encoding="utf-8") as stream:
+        local_lambda.send_function_output_to(stream)
+        try:
+            yield stream
+        finally:
+            local_lambda.send_function_output_to(None)
 
 
 def api_round_trip(deployment, sources: dict) -> bool:
@@ -216,6 +392,13 @@ def api_round_trip(deployment, sources: dict) -> bool:
 
 
 def run(args) -> int:
+    functions_log = args.output / FUNCTIONS_LOG
+    with functions_logged_to(functions_log):
+        log(f"the functions' logs (JSON lines, metrics, TensorFlow) go to {display_path(functions_log)}")
+        return _run(args)
+
+
+def _run(args) -> int:
     log(f"starting the local S3/SQS emulator on 127.0.0.1:{args.port}")
     try:
         server, endpoint = local_aws.start_emulator(port=args.port)
@@ -226,12 +409,14 @@ def run(args) -> int:
     log(f"wired from template.yaml: buckets {', '.join(deployment.buckets.values())}; "
         f"queues {', '.join(Path(u).name for u in deployment.queue_urls.values())}")
     log("preparing the demo model (trained on first run, about a minute on 2 cores)")
-    model_dir = demo_model.ensure_demo_model()
+    with local_lambda.captured_output():  # TensorFlow's start-up and training logs: to the functions' log
+        model_dir = demo_model.ensure_demo_model()
+        tabular_models = tabular_demo.ensure_tabular_models()
     training = json.loads((model_dir / "training.json").read_text())
     s3 = deployment.client("s3")
     demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
     log(f"published models/{demo_model.NAME}/{demo_model.VERSION}/ (held-out accuracy {training['test_accuracy']:.1%})")
-    for name, directory in tabular_demo.ensure_tabular_models().items():
+    for name, directory in tabular_models.items():
         tabular_demo.publish(s3, deployment.bucket("ModelBucket"), directory, name)
         accuracy = json.loads((directory / "training.json").read_text())["test_accuracy"]
         log(f"published models/{name}/{tabular_demo.VERSION}/ (held-out accuracy {accuracy:.1%})")
@@ -266,13 +451,11 @@ or with any S3 client, e.g. the AWS CLI (any credentials work locally):
   aws --endpoint-url {endpoint} s3 cp my-image.jpg s3://{input_bucket}/incoming/gradient/shapes/v1/my-image.jpg
 Results appear under s3://{results_bucket}/results/ and in {args.output}/. Ctrl-C stops.
 """, flush=True)
+    layout, burst = key_layout(deployment), Burst()
     try:
         while True:
-            for family, source in sources.items():
-                count, response = source.poll_once()
-                if count:
-                    log(f"{family:>12}: invoked with {count} message(s); results copied: "
-                        f"{copy_results(s3, results_bucket, args.output)} objects in {args.output}/")
+            if not watch_once(sources, s3, layout, args.output, burst=burst):
+                time.sleep(IDLE_SECONDS)
     except KeyboardInterrupt:
         log("stopping")
     finally:

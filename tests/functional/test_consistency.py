@@ -168,8 +168,8 @@ def test_two_versions_in_quick_succession_give_the_newest_result(deployment, s3,
 def test_manifest_writes_race_to_the_newest_version(s3, deployment, unique_prefix):
     """Eight attempts at eight versions of one key write their manifests at once: the newest stands,
     and an older version can never replace it afterwards (S3 compare-and-swap on the manifest)."""
-    settings = Settings(input_bucket=deployment.bucket("InputBucket"),
-                        results_bucket=deployment.bucket("ResultsBucket"), model_bucket=deployment.bucket("ModelBucket"))
+    settings = Settings(input_bucket=deployment.bucket("InputBucket"), model_bucket=deployment.bucket("ModelBucket"),
+                        results_bucket=deployment.bucket("ResultsBucket"))
     writer = ResultWriter(s3, settings)
     key = f"results/{FAMILY}/shapes/v1/{unique_prefix}/race.png/manifest.json"
     orders = [f"s:{version:032X}" for version in range(1, 9)]
