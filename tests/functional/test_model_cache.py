@@ -16,7 +16,7 @@ from devtools.events import deliver
 from explain_core.errors import ExplainError, ModelTooLargeError
 from explain_core.model_store import ModelStore
 from explain_core.settings import Settings
-from tests.conftest import load_event, png_bytes, read_json
+from tests.conftest import png_bytes, read_json, upload_event
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +194,8 @@ def test_the_pipeline_writes_a_final_error_record_for_a_model_too_large(s3, depl
     images, _, _ = samples
     name = "too-large-queue"
     publish(s3, deployment, name, unique_prefix, model_bytes, demo_card)
-    event = load_event("gradient-upload.json")
-    body = json.loads(event["Records"][0]["body"])
     key = f"incoming/gradient/{name}/{unique_prefix}/circle.png"
-    body["Records"][0]["s3"]["object"]["key"] = key
-    event["Records"][0]["body"] = json.dumps(body)
+    event = upload_event(key, family="gradient")
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]))
     settings = cache_settings(deployment, tmp_path / "cache", capacity=len(model_bytes), reserve=1024)
 

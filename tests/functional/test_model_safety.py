@@ -38,7 +38,7 @@ from devtools.events import deliver
 from explain_core.errors import ExplainError, InvalidModelError, ModelCardError, UnsafeModelError
 from explain_core.model_store import ModelStore
 from explain_core.settings import Settings
-from tests.conftest import load_event, png_bytes, read_json
+from tests.conftest import png_bytes, read_json, upload_event
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -323,11 +323,8 @@ def test_an_unsafe_model_gets_a_final_error_record_through_the_queue_path(s3, de
     name = "unsafe-queue"
     publish(s3, deployment, name, unique_prefix, edited(clean_archive, cve_2025_1550_os_system(marker, tmp_path)),
             card)
-    event = load_event("gradient-upload.json")
-    body = json.loads(event["Records"][0]["body"])
     key = f"incoming/gradient/{name}/{unique_prefix}/circle.png"
-    body["Records"][0]["s3"]["object"]["key"] = key
-    event["Records"][0]["body"] = json.dumps(body)
+    event = upload_event(key, family="gradient")
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]))
     settings = Settings(input_bucket=deployment.bucket("InputBucket"),
                         results_bucket=deployment.bucket("ResultsBucket"),
