@@ -90,13 +90,23 @@ def test_sync_explanation_returns_predictions_and_links_to_the_outputs(call, sam
     assert manifest["status"] == "succeeded"
 
 
+def unsigned(value):
+    """``value`` with every presigned URL cut to its object path (the signature changes with time)."""
+    if isinstance(value, dict):
+        return {k: unsigned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unsigned(v) for v in value]
+    return value.split("?X-Amz-", 1)[0] if isinstance(value, str) else value
+
+
 def test_the_same_request_is_answered_from_its_results(call):
     first = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"])))
     started = time.perf_counter()
     second = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"])))
     assert not first["cached"] and second["cached"]
     assert second["results_prefix"] == first["results_prefix"]
-    assert second["methods"] == first["methods"]
+    # The same outputs; the links are signed anew (their X-Amz-Date may differ by a second).
+    assert unsigned(second["methods"]) == unsigned(first["methods"])
     assert time.perf_counter() - started < 5
     other = body(call(explain_event("api-explain-gradient.json", methods=["Saliency"], target="square")))
     assert other["results_prefix"] != first["results_prefix"]  # other options, other results
