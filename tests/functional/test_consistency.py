@@ -5,6 +5,7 @@ the same moment, an event can arrive after its object was replaced or deleted, a
 uploads that have nothing to do with each other. Each case must end in one consistent result.
 """
 
+import json
 import multiprocessing
 import random
 import threading
@@ -254,3 +255,52 @@ def test_a_failure_on_the_last_receive_is_recorded_as_dead_lettered(invoke, s3, 
         record = read_json(s3, deployment.bucket("ResultsBucket"), error_key(key))
         assert record["retrying"] is retrying and record["dead_lettered"] is (not retrying)
         assert (record["attempt"], record["max_attempts"]) == (receive, 3)
+
+
+def versioned_event(key: str, bucket: str, *, etag: str, version_id: str, sequencer: str) -> dict:
+    """The notification S3 sends for one version of ``key`` in a versioned bucket."""
+    event = upload_event(key, family=FAMILY)
+    body = json.loads(event["Records"][0]["body"])
+    s3_record = body["Records"][0]["s3"]
+    s3_record["bucket"]["name"] = bucket
+    s3_record["object"].update({"eTag": etag, "versionId": version_id, "sequencer": sequencer})
+    event["Records"][0]["body"] = json.dumps(body)
+    return event
+
+
+def test_in_a_versioned_bucket_each_event_reads_its_version_and_the_newest_result_stands(
+        s3, deployment, published_model, samples, unique_prefix, lambda_context):
+    """A late event of an older version reads that version (VersionId), but never replaces the
+    newer version's manifest (S3 sequencers order the versions of a key)."""
+    from explain_core.pipeline import ExplanationPipeline
+
+    images, labels, _ = samples
+    bucket = f"explain-versioned-{unique_prefix}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    settings = Settings(input_bucket=bucket, results_bucket=deployment.bucket("ResultsBucket"),
+                        model_bucket=deployment.bucket("ModelBucket"))
+    pipeline = ExplanationPipeline(FAMILY, settings, s3)
+    key = f"incoming/{FAMILY}/shapes/v1/{unique_prefix}/versioned.png"
+    versions = []
+    for i, sequencer in ((0, "0055AED6DCD90281E5"), (1, "0055AED6DCD90281E6")):
+        put = s3.put_object(Bucket=bucket, Key=key, Body=png_bytes(images[i]), Metadata={"methods": "Saliency"})
+        versions.append(versioned_event(key, bucket, etag=put["ETag"].strip('"'), version_id=put["VersionId"],
+                                        sequencer=sequencer))
+    old, new = versions
+    results = settings.results_bucket
+
+    assert pipeline.handle_sqs_event(new, lambda_context) == {"batchItemFailures": []}
+    manifest = read_json(s3, results, results_prefix(key) + "manifest.json")
+    assert manifest["predictions"][0]["class_index"] == labels[1]
+    assert manifest["input"]["version_id"] == json_body(new)["Records"][0]["s3"]["object"]["versionId"]
+
+    # The old version's event arrives late: its version is still readable, but its result is older.
+    assert pipeline.handle_sqs_event(old, lambda_context) == {"batchItemFailures": []}
+    assert_one_consistent_result(s3, results, key, manifest["input"]["etag"])
+    assert read_json(s3, results, results_prefix(key) + "manifest.json")["attempt"] == manifest["attempt"]
+    assert not exists(s3, results, error_key(key))
+
+
+def json_body(event: dict) -> dict:
+    return json.loads(event["Records"][0]["body"])
