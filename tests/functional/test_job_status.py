@@ -155,8 +155,7 @@ def test_recording_an_attempt_of_an_unknown_job_does_nothing(store):
     assert store.table.get_item(Key={"job_id": job_id}).get("Item") is None
 
 
-def test_the_pipeline_can_open_the_store_with_the_table_name_alone(settings, job):
-    store = JobStore.from_table_name(settings.jobs_table)
+def test_an_attempt_is_stored_with_its_times(store, job):
     store.record_attempt(job, attempt=2, max_attempts=3, started_at=1_800_000_000.25, deadline=1_800_000_900.25)
     item = store.table.get_item(Key={"job_id": job})["Item"]
     assert (item["attempts"], item["max_attempts"]) == (2, 3)

@@ -40,20 +40,12 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    def __init__(self, settings: Settings | None, dynamodb=None, *, table_name: str | None = None):
+    def __init__(self, settings: Settings, dynamodb=None):
         import boto3
 
         self.settings = settings
-        self.keys = KeyLayout(settings) if settings is not None else None
-        name = table_name or (settings.jobs_table if settings is not None else "")
-        if not name:
-            raise ValueError("the jobs table is not configured (JOBS_TABLE)")
-        self.table = (dynamodb or boto3.resource("dynamodb")).Table(name)
-
-    @classmethod
-    def from_table_name(cls, table_name: str, dynamodb=None) -> "JobStore":
-        """A store that reads and updates job records (get, delete, record_attempt), without Settings."""
-        return cls(None, dynamodb, table_name=table_name)
+        self.keys = KeyLayout(settings)
+        self.table = (dynamodb or boto3.resource("dynamodb")).Table(settings.jobs_table)
 
     def input_key(self, family: str, model: str, version: str, job_id: str, filename: str) -> str:
         model, version = check_name(model, "model"), check_name(version, "version")
