@@ -431,12 +431,7 @@ class Harness:
 
 def notified_key(message: dict) -> str | None:
     """The object key in an S3 notification message (None for anything else)."""
-    from urllib.parse import unquote_plus
-
-    try:
-        return unquote_plus(json.loads(message["Body"])["Records"][0]["s3"]["object"]["key"])
-    except (KeyError, IndexError, TypeError, json.JSONDecodeError):
-        return None
+    return next(iter(local_lambda.notified_keys([message])), None)
 
 
 def upload_metadata(spec: MethodSpec, overrides: dict) -> dict:

@@ -144,14 +144,7 @@ def read_json(s3, bucket: str, key: str) -> dict:
 
 def event_keys(event: dict) -> list[str]:
     """The decoded object keys an SQS event of S3 notifications names."""
-    from urllib.parse import unquote_plus
-
-    keys = []
-    for record in event["Records"]:
-        body = json.loads(record["body"])
-        if isinstance(body, dict):
-            keys += [unquote_plus(r["s3"]["object"]["key"]) for r in body.get("Records", [])]
-    return keys
+    return local_lambda.notified_keys(event["Records"])
 
 
 def clear_outputs(s3, deployment, family: str) -> None:
