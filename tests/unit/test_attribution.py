@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from explain_core.attribution import (
+    BatchAttributions,
     ExplainerCache,
-    MethodResult,
     build_explainer,
     class_scores,
     grid_segmentation,
@@ -139,7 +139,7 @@ def test_run_method_reduces_channels_by_mean():
     explainer = FakeExplainer(raw)
     targets = np.eye(3, dtype=np.float32)[[0, 2]]
     result = run_method(explainer, inputs, targets)
-    assert isinstance(result, MethodResult)
+    assert isinstance(result, BatchAttributions)
     assert explainer.calls[0][0] is inputs and explainer.calls[0][1] is targets
     assert result.attributions.shape == (2, 16, 16, 3)
     assert result.heatmaps.shape == (2, 16, 16)

@@ -134,11 +134,11 @@ services = _Services()
 
 
 class FamilyEndpoint:
-    """POST /explanations/{family} in a family's function, sharing the function's warm pipeline."""
+    """POST /explanations/{family} in a family's function, sharing the function's warm session."""
 
-    def __init__(self, family: str, pipeline):
+    def __init__(self, family: str, session):
         self.family = family
-        self.pipeline = pipeline
+        self.session = session
 
     @cached_property
     def requests(self):
@@ -147,8 +147,8 @@ class FamilyEndpoint:
         from explain_core.explanation_requests import ExplanationRequests
         from explain_core.jobs import JobStore
 
-        settings = self.pipeline.settings
-        return ExplanationRequests(self.family, self.pipeline, JobStore(settings), Links(settings),
+        settings = self.session.settings
+        return ExplanationRequests(self.session, JobStore(settings), Links(settings),
                                    settings.idempotency_table)
 
     def resolve(self, event: dict, context) -> dict:

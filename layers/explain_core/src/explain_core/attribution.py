@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from explain_core.frameworks import handler_for
 from explain_core.model_card import ModelCard
 from explain_core.registry import SHAP, MethodSpec
 
@@ -25,24 +26,9 @@ def to_model_input(images, card: ModelCard) -> np.ndarray:
 
 
 def raw_outputs(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> np.ndarray:
-    """The model's outputs (N, classes) as the card describes them: logits, probabilities or margins.
-
-    A binary XGBoost model has one margin, the log-odds of class 1; class 0's is its negation, so
-    both columns read as "log-odds of this class against the other".
-    """
-    if card.framework == "xgboost":
-        import xgboost
-
-        # A model trained on a DataFrame stores its feature names and refuses unnamed data.
-        data = xgboost.DMatrix(np.asarray(inputs, dtype=np.float64), feature_names=model.feature_names)
-        margin = np.asarray(model.predict(data, output_margin=True), dtype=np.float64)
-        return np.stack([-margin, margin], axis=1) if margin.ndim == 1 else margin
-    # predict_on_batch, not predict: predict builds and traces a tf.data pipeline on every call
-    # (0.1-0.3 s, more than a whole Grad-CAM on a small model).
-    return np.concatenate([
-        np.asarray(model.predict_on_batch(inputs[start:start + batch_size]), dtype=np.float64)
-        for start in range(0, len(inputs), batch_size)
-    ])
+    """The model's outputs (N, classes) as the card describes them: logits, probabilities or margins
+    (see the framework handler's ``predict``)."""
+    return handler_for(card).predict(model, inputs, card, batch_size)
 
 
 def probabilities(outputs: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -61,11 +47,11 @@ def class_scores(model, inputs: np.ndarray, card: ModelCard, batch_size: int) ->
     return probabilities(raw_outputs(model, inputs, card, batch_size), card)
 
 
-def forward_seconds_per_image(model, inputs: np.ndarray, batch_size: int) -> float:
-    """Time of one warm forward pass per image (call after the model has run once)."""
+def forward_seconds_per_image(model, inputs: np.ndarray, card: ModelCard, batch_size: int) -> float:
+    """Time of one warm forward pass per input, batched (call after the model has run once)."""
     batch = inputs[:batch_size]
     started = time.perf_counter()
-    model.predict_on_batch(batch)
+    raw_outputs(model, batch, card, batch_size)
     return (time.perf_counter() - started) / len(batch)
 
 
@@ -87,7 +73,9 @@ def grid_segmentation(grid_size: int):
 
 
 @dataclass
-class MethodResult:
+class BatchAttributions:
+    """One method's run over a batch of images."""
+
     attributions: np.ndarray  # as returned by Xplique, per image
     heatmaps: np.ndarray  # (N, H, W) float32, channel-reduced
     seconds: float
@@ -140,7 +128,7 @@ def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batc
     return spec.explainer_class()(model, batch_size=batch_size, **kwargs)
 
 
-def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> MethodResult:
+def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> BatchAttributions:
     """Explain ``targets`` (one-hot, (N, classes)) for preprocessed ``inputs`` (N, H, W, C)."""
     started = time.perf_counter()
     raw = explainer.explain(inputs, targets)
@@ -151,7 +139,7 @@ def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> MethodResu
         heatmaps = heatmaps.mean(axis=-1)
     heatmaps = _resize_maps(heatmaps, inputs.shape[1:3])
     base_values = getattr(explainer, "base_values", None)
-    return MethodResult(attributions, heatmaps.astype(np.float32), seconds,
+    return BatchAttributions(attributions, heatmaps.astype(np.float32), seconds,
                         None if base_values is None else np.array(base_values, dtype=np.float64))
 
 

@@ -7,9 +7,9 @@ The decision, per request (``mode=auto``, the default):
    the same request from the same client maps to the same key), validated and decoded exactly as
    the S3 path does; a request the same client had explained before is answered from its manifest.
    Clients never share a stored request or its results, so no client learns what another sent;
-2. ``estimate`` = the pipeline's cost estimate: the model's pass time measured on this input,
+2. ``estimate`` = the session's cost estimate: the model's pass time measured on this input,
    times each method's registry pass count (x3 with a backward pass), plus a fixed overhead per
-   method (:meth:`ExplanationPipeline.estimate_seconds`);
+   method (:meth:`ExplanationSession.estimate_seconds`);
 3. ``available`` = API Gateway's integration timeout (29 s) counted from when API Gateway received
    the request (so a cold start's time is already spent), capped by the Lambda's remaining time,
    minus SYNC_RESERVE_S for writing outputs and presigning links;
@@ -35,22 +35,21 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
-from botocore.exceptions import ClientError
 
 from explain_core.api_models import MAX_INLINE_INPUT_BYTES, ExplanationRequest, ExplanationResult, JobAccepted
 from explain_core.api_responses import Links, explanation_result
 from explain_core.errors import (
     ExplainError,
-    ImageTooLargeError,
+    InputDeletedError,
     MalformedRequestError,
     OverTimeBudgetError,
     RequestTooLargeError,
     UnknownInputError,
-    is_missing_object,
 )
 from explain_core.jobs import JobStore, new_job_id
-from explain_core.pipeline import ExplanationPipeline, Upload
+from explain_core.model_store import LoadedModel
 from explain_core.request_options import parse_options
+from explain_core.session import ExplanationSession, Upload
 
 #: API Gateway's default (and, for most accounts, maximum) integration timeout for REST APIs.
 API_GATEWAY_TIMEOUT_S = 29.0
@@ -71,13 +70,12 @@ def client_segment(client_id: str) -> str:
 
 
 class ExplanationRequests:
-    def __init__(self, family: str, pipeline: ExplanationPipeline, jobs: JobStore, links: Links,
-                 idempotency_table: str):
-        self.family = family
-        self.pipeline = pipeline
-        self.settings = pipeline.settings
-        self.s3 = pipeline.s3
-        self.keys = pipeline.keys
+    """The API adapter: one POST /explanations/<family> request through the family's explanation session."""
+
+    def __init__(self, session: ExplanationSession, jobs: JobStore, links: Links, idempotency_table: str):
+        self.family = session.family
+        self.session = session
+        self.settings = session.settings
         self.jobs = jobs
         self.links = links
         self.idempotency = IdempotencyConfig(expires_after_seconds=IDEMPOTENCY_SECONDS)
@@ -90,38 +88,38 @@ class ExplanationRequests:
                context) -> ExplanationResult | JobAccepted:
         """Explain now (returns the result) or start a job (returns its acceptance)."""
         self.idempotency.register_lambda_context(context)
-        data, filename = self._input(request)
         model, version = request.model.name, request.model.version
-        loaded = self.pipeline.store.get(model, version)
-        self.pipeline.explainers.retain(self.pipeline.store.models_in_memory())
+        loaded = self.session.load(model, version)
+        data, filename = self._input(request, loaded)
         # Checked before anything is stored; stored in canonical form, which S3 metadata can hold
         # (ASCII) and under which equivalent requests share one key.
-        metadata = parse_options(request.options_metadata(), loaded.card, self.family).to_metadata()
+        options = parse_options(request.options_metadata(), loaded.card, self.family)
+        metadata = options.to_metadata()
         # Per client: another client's identical request has its own key and results (never "cached").
         client = client_segment(client_id)
         digest = hashlib.sha256(client.encode() + b"\n" + data + json.dumps(metadata, sort_keys=True).encode())
         digest = digest.hexdigest()[:32]
-        key = f"{self.keys.request_prefix(self.family)}{model}/{version}/api/{client}/{digest}/{filename}"
-        stored = self.s3.put_object(Bucket=self.settings.input_bucket, Key=key, Body=data, Metadata=metadata)
+        key = f"{self.session.keys.request_prefix(self.family)}{model}/{version}/api/{client}/{digest}/{filename}"
+        stored = self.session.s3.put_object(Bucket=self.settings.input_bucket, Key=key, Body=data, Metadata=metadata)
         request_id = getattr(context, "aws_request_id", None)
         upload = Upload(request_id or "", self.settings.input_bucket, key, stored["ETag"].strip('"'))
-        upload.ref = self.keys.parse_input(upload.bucket, key, self.family)
+        upload.ref = self.session.keys.parse_input(upload.bucket, key, self.family)
         try:
-            self.pipeline.accept(upload, loaded, data, metadata)
-            manifest_key = self.keys.manifest_key(upload.ref)
+            self.session.accept(upload, loaded, data, options=options)
+            manifest_key = self.session.manifest_key(upload)
             if upload.duplicate:
-                manifest = json.loads(self.s3.get_object(Bucket=self.settings.results_bucket,
-                                                         Key=manifest_key)["Body"].read())
+                manifest = json.loads(self.session.s3.get_object(Bucket=self.settings.results_bucket,
+                                                                 Key=manifest_key)["Body"].read())
                 return explanation_result(manifest, self.links, manifest_key, cached=True)
             estimate = None
             reason = "mode async was requested"
             if request.mode != "async":
-                estimate = self.pipeline.estimate_seconds(upload, loaded)
+                estimate = self.session.estimate_seconds(upload, loaded)
                 available = self._available_seconds(received_at, context)
                 logger.info("sync decision", extra={"estimate_s": round(estimate, 2),
                                                     "available_s": round(available, 2)})
                 if estimate <= available:
-                    manifest = self.pipeline.explain_and_write(upload, loaded, context)
+                    manifest = self.session.explain_and_write(upload, loaded, context)
                     return explanation_result(manifest, self.links, manifest_key)
                 reason = (f"estimated {estimate:.1f} s, more than the {max(available, 0):.1f} s left of API "
                           f"Gateway's {API_GATEWAY_TIMEOUT_S:.0f} s timeout")
@@ -131,8 +129,7 @@ class ExplanationRequests:
                         estimated_seconds=round(estimate, 1), available_seconds=round(max(available, 0), 1),
                     )
         except ExplainError as exc:
-            self.pipeline.writer.put_error(bucket=upload.bucket, key=key, etag=upload.etag, family=self.family,
-                                           error=exc.to_dict(), retrying=False, request_id=request_id)
+            self.session.put_error(upload, exc.to_dict(), retrying=False, request_id=request_id)
             raise
         job = self.start_job(
             job_request={"family": self.family, "model": model, "version": version, "filename": filename,
@@ -151,7 +148,7 @@ class ExplanationRequests:
                          version=job_request["version"], input_key=input_key, client_id=job_request["client_id"],
                          estimated_seconds=estimate, reason=reason)
         try:
-            self.s3.put_object(Bucket=self.settings.input_bucket, Key=input_key, Body=data,
+            self.session.s3.put_object(Bucket=self.settings.input_bucket, Key=input_key, Body=data,
                                Metadata={**job_request["metadata"], "job-id": job_id})
         except Exception:
             self.jobs.delete(job_id)  # no job without its input; the idempotency record is released too
@@ -160,7 +157,7 @@ class ExplanationRequests:
         return {"job_id": job_id, "estimated_seconds": None if estimate is None else round(estimate, 2),
                 "reason": reason}
 
-    def _input(self, request: ExplanationRequest) -> tuple[bytes, str]:
+    def _input(self, request: ExplanationRequest, loaded: LoadedModel) -> tuple[bytes, str]:
         """The input's bytes and file name, size-checked before decoding or reading."""
         if request.input_base64 is not None:
             # 4 base64 characters hold 3 bytes: refuse before decoding anything large.
@@ -176,19 +173,13 @@ class ExplanationRequests:
             if not data:
                 raise MalformedRequestError("input_base64 is empty")
             return data, request.filename or DEFAULT_FILENAME
-        limit = max(self.settings.max_image_bytes, self.settings.max_table_bytes)
+        uploaded = Upload("", self.settings.input_bucket, request.input_key, None)
         try:
-            response = self.s3.get_object(Bucket=self.settings.input_bucket, Key=request.input_key)
-        except ClientError as exc:
-            if is_missing_object(exc):
-                raise UnknownInputError(f"no uploaded object {request.input_key}; upload it first with the "
-                                        "ticket of POST /uploads", input_key=request.input_key) from exc
-            raise
-        if response["ContentLength"] > limit:
-            response["Body"].close()
-            raise ImageTooLargeError(f"the object is {response['ContentLength']} bytes; the limit is {limit}",
-                                     size=response["ContentLength"], limit=limit)
-        return response["Body"].read(), request.filename or request.input_key.rsplit("/", 1)[1]
+            data, _ = self.session.download(uploaded, loaded)
+        except InputDeletedError as exc:
+            raise UnknownInputError(f"no uploaded object {request.input_key}; upload it first with the "
+                                    "ticket of POST /uploads", input_key=request.input_key) from exc
+        return data, request.filename or request.input_key.rsplit("/", 1)[1]
 
     @staticmethod
     def _available_seconds(received_at: float, context) -> float:

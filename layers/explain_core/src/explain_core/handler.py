@@ -1,7 +1,7 @@
 """The Lambda handler of a family's function, decorated with Powertools.
 
 Each ``functions/<family>/app.py`` is one line on top of this: the decorators (structured logs
-with the Lambda context, X-Ray tracing, EMF metrics with a cold-start metric) and the pipeline
+with the Lambda context, X-Ray tracing, EMF metrics with a cold-start metric) and the session
 are the same for every family, so they exist once. A family's function takes two kinds of
 events: SQS batches of S3 upload notifications, and API Gateway requests to
 POST /explanations/<family> (routed by :mod:`explain_core.api`). Both share the warm model cache.
@@ -11,7 +11,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from explain_core import api
-from explain_core.pipeline import ExplanationPipeline
+from explain_core.session import ExplanationSession
+from explain_core.sqs_adapter import SqsAdapter
 
 
 def family_lambda_handler(family: str):
@@ -20,8 +21,9 @@ def family_lambda_handler(family: str):
     tracer = Tracer()
     metrics = Metrics()
     # Created once per execution environment: clients, model cache and explainers stay warm.
-    pipeline = ExplanationPipeline.from_environment(family)
-    endpoint = api.FamilyEndpoint(family, pipeline)
+    session = ExplanationSession.from_environment(family)
+    uploads = SqsAdapter(session)
+    endpoint = api.FamilyEndpoint(family, session)
 
     @logger.inject_lambda_context
     @tracer.capture_lambda_handler
@@ -30,8 +32,9 @@ def family_lambda_handler(family: str):
         metrics.add_dimension(name="family", value=family)
         if api.is_api_event(event):
             return endpoint.resolve(event, context)
-        return pipeline.handle_sqs_event(event, context)
+        return uploads.handle_sqs_event(event, context)
 
-    lambda_handler.pipeline = pipeline
+    lambda_handler.session = session
+    lambda_handler.uploads = uploads
     lambda_handler.endpoint = endpoint
     return lambda_handler

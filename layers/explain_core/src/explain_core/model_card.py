@@ -1,9 +1,10 @@
 """The model card: a JSON document stored beside each model that says how to use it.
 
-Two modalities share one card type: ``image`` models (Keras, RGB input of a fixed size) and
-``tabular`` models (Keras or XGBoost, one row of named numeric features). The card also names
-the model file, which fixes the loader: ``model.keras`` (Keras v3, ``safe_mode``), or
-``model.json`` / ``model.ubj`` (XGBoost's own formats). Nothing is ever unpickled.
+Every modality shares one card type: ``image`` models (Keras, RGB input of a fixed size) and
+``tabular`` models (Keras or XGBoost, one row of named numeric features); each modality plug-in
+(:mod:`explain_core.modalities`) checks the fields it needs. The card also names the model file,
+which picks the framework handler (:mod:`explain_core.frameworks`): ``model.keras`` (Keras v3,
+``safe_mode``), or ``model.json`` / ``model.ubj`` (XGBoost's own formats). Nothing is ever unpickled.
 """
 
 from typing import Literal
@@ -11,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from explain_core.errors import ModelCardError
+from explain_core.frameworks import MODEL_FILES, handler_for, handlers_with_output
+from explain_core.modalities import MODALITIES, modality_for
 
 
 class Preprocessing(BaseModel):
@@ -38,8 +41,6 @@ class TargetPolicy(BaseModel):
 
 #: The card's file name beside the model: models/<name>/<version>/card.json.
 CARD_FILE = "card.json"
-#: Model files the store loads, and the framework each one means.
-MODEL_FILES = {"model.keras": "keras", "model.json": "xgboost", "model.ubj": "xgboost"}
 MAX_FEATURES = 2000
 
 
@@ -49,9 +50,9 @@ class ModelCard(BaseModel):
     name: str
     version: str
     description: str = ""
-    modality: Literal["image", "tabular"] = "image"
-    #: The model's file beside the card; XGBoost models are tabular only.
-    model_file: Literal["model.keras", "model.json", "model.ubj"] = "model.keras"
+    modality: Literal[tuple(MODALITIES)] = "image"  # type: ignore[valid-type]
+    #: The model's file beside the card: it names the framework (XGBoost models are tabular only).
+    model_file: Literal[tuple(MODEL_FILES)] = "model.keras"  # type: ignore[valid-type]
     #: Image models: the input size.
     input_height: int | None = Field(default=None, ge=8, le=1024)
     input_width: int | None = Field(default=None, ge=8, le=1024)
@@ -77,19 +78,16 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _modality_fields(self):
-        if self.modality == "image":
-            if self.input_height is None or self.input_width is None:
-                raise ValueError("an image model needs input_height and input_width")
-            if self.framework != "keras":
-                raise ValueError("image models must be Keras models (model.keras)")
-        else:
-            if self.feature_names and len(set(self.feature_names)) != len(self.feature_names):
-                raise ValueError("feature_names must be unique")
-            unknown = [c for c in self.explained_classes or () if c not in self.class_names]
-            if unknown:
-                raise ValueError(f"explained_classes {unknown} are not in class_names")
-        if self.output == "margin" and self.framework != "xgboost":
-            raise ValueError('output "margin" is for XGBoost models')
+        modality, handler = modality_for(self), handler_for(self)
+        modality.check_card(self)
+        if handler.name not in modality.frameworks:
+            files = ", ".join(f for f, name in MODEL_FILES.items() if name in modality.frameworks)
+            kinds = " or ".join(h.display_name for h in _handlers(modality.frameworks))
+            raise ValueError(f"{modality.name} models must be {kinds} models ({files})")
+        if self.output not in handler.outputs:
+            kinds = " or ".join(h.display_name for h in handlers_with_output(self.output))
+            raise ValueError(f'output "{self.output}" is for {kinds} models')
+        handler.check_card(self)
         return self
 
     @property
@@ -98,8 +96,8 @@ class ModelCard(BaseModel):
 
     @property
     def input_size(self) -> tuple[int, int] | None:
-        """(height, width) of an image model; None for a tabular one."""
-        return (self.input_height, self.input_width) if self.modality == "image" else None
+        """(height, width) of a model with a fixed input size (images); else None."""
+        return None if self.input_height is None or self.input_width is None else (self.input_height, self.input_width)
 
     def default_explained_classes(self) -> list[int]:
         """Tabular: the class indices explained when the upload names no target."""
@@ -122,3 +120,9 @@ class ModelCard(BaseModel):
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+
+
+def _handlers(names) -> list:
+    from explain_core.frameworks import HANDLERS
+
+    return [handler for handler in HANDLERS if handler.name in names]

@@ -6,10 +6,11 @@ Layout in the model bucket: ``models/<name>/<version>/card.json``, the model fil
 ``(n, height, width, 3)`` in 0-255 at the model's input size; tabular models: rows
 ``(n, features)`` in the card's feature order).
 
-Keras v3 ``.keras`` archives are checked before Keras reads them (:func:`check_keras_archive`:
-no Lambda layers, no module outside Keras, no function that is not a modeling function, no layer
-that reads a file or a SavedModel) and then loaded with ``safe_mode=True``; legacy HDF5 files
-(``.h5``, whose Lambda layers ``safe_mode`` does not cover) and pickles are refused before any
+The card's framework handler (:mod:`explain_core.frameworks`) loads and checks the model file:
+Keras v3 ``.keras`` archives are checked before Keras reads them
+(:func:`explain_core.frameworks.keras.check_keras_archive`: no Lambda layers, no module outside
+Keras, no function that is not a modeling function, no layer that reads a file or a SavedModel)
+and then loaded with ``safe_mode=True``; legacy HDF5 files and pickles are refused before any
 Keras call. XGBoost models load from its own JSON/UBJ formats, arrays with ``allow_pickle=False``:
 nothing is ever unpickled. Each request checks the stored ETags (HEAD requests), so replacing a
 model, its card or its background in S3 takes effect on the next invocation.
@@ -21,16 +22,13 @@ download the least recently used other models are evicted from disk until the fi
 warm invocations and new processes. A model evicted from disk stays usable from memory.
 """
 
-import builtins
 import contextlib
 import errno
 import io
-import json
 import os
 import shutil
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,32 +39,17 @@ from explain_core.errors import (
     InvalidModelError,
     ModelTooLargeError,
     UnknownModelError,
-    UnsafeModelError,
     is_missing_object,
 )
+from explain_core.frameworks import FrameworkHandler, handler_for
 from explain_core.keys import KeyLayout
+from explain_core.modalities import Modality, modality_for
 from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
 
 BACKGROUND_FILE = "background.npy"
 #: Background rows kept at most (they multiply the cost of every SHAP explanation).
 MAX_BACKGROUND_ROWS = 1000
-#: Largest config.json read from a .keras archive (uncompressed).
-MAX_KERAS_CONFIG_BYTES = 16 * 1024 * 1024
-#: The first bytes of an HDF5 file (legacy Keras .h5 models).
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-#: Layers refused in any model: they run Python code (Lambda: bytecode, or any function it names,
-#: CVE-2024-3660, CVE-2025-1550, CVE-2025-9906) or load a TensorFlow SavedModel (CVE-2026-1462).
-UNSAFE_LAYERS = frozenset({"Lambda", "TFSMLayer"})
-#: Layers whose ``vocabulary`` may name a file or URL read while loading (CVE-2025-12058).
-LOOKUP_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
-#: Modules a function named in config.json may come from: modeling functions only (activations,
-#: losses, metrics, ops), never keras.config, keras.saving, keras.models or keras.utils (whose
-#: get_file downloads files: CVE-2025-8747).
-FUNCTION_MODULES = ("keras.activations", "keras.losses", "keras.metrics", "keras.ops",
-                    "keras.src.activations", "keras.src.losses", "keras.src.metrics", "keras.src.ops")
-
-
 @dataclass
 class LoadedModel:
     name: str
@@ -82,23 +65,22 @@ class LoadedModel:
     background_etag: str | None = None
 
     @property
-    def feature_names(self) -> list[str] | None:
-        """Tabular: the card's feature names, else those an XGBoost model stores, else None (the upload's)."""
-        return self.card.feature_names or _stored_feature_names(self.model, self.card)
+    def handler(self) -> FrameworkHandler:
+        return handler_for(self.card)
 
     @property
-    def feature_count(self) -> int | None:
-        return _feature_count(self.model, self.card) if self.card.modality == "tabular" else None
+    def modality(self) -> Modality:
+        return modality_for(self.card)
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        """Tabular: the card's feature names, else those the model file stores, else None (the upload's)."""
+        return self.card.feature_names or self.handler.stored_feature_names(self.model)
 
-def _stored_feature_names(model, card: ModelCard) -> list[str] | None:
-    return list(model.feature_names) if card.framework == "xgboost" and model.feature_names else None
-
-
-def _feature_count(model, card: ModelCard) -> int:
-    if card.framework == "xgboost":
-        return model.num_features()
-    return int(model.inputs[0].shape[-1])
+    @property
+    def feature_count(self) -> int:
+        """Tabular: the number of features the model takes."""
+        return self.handler.feature_count(self.model)
 
 
 class ModelStore:
@@ -186,11 +168,9 @@ class ModelStore:
             self._make_room(name, version, size)
             self._download(name, version, model_key, model_etag, path)
         self._touch(name, version)
-        if card.framework == "xgboost":
-            model = self._load_xgboost(path, name, version)
-        else:
-            model = self._load_keras(path, name, version)
-        self._check_card(model, card)
+        handler = handler_for(card)
+        model = handler.load(path, name, version)
+        handler.check(model, card)
         return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
                            background_etag=background_etag)
 
@@ -273,8 +253,6 @@ class ModelStore:
                 return
 
     def _load_background(self, name: str, version: str, card: ModelCard, model, head: dict) -> np.ndarray:
-        from explain_core.attribution import preprocess
-
         key = self.keys.model_key(name, version, BACKGROUND_FILE)
         if head["ContentLength"] > self.settings.max_model_bytes:
             raise InvalidModelError(f"{BACKGROUND_FILE} of {name}/{version} is too large", model=name)
@@ -286,10 +264,8 @@ class ModelStore:
             raise InvalidModelError(
                 f"{BACKGROUND_FILE} of {name}/{version} is not a numeric .npy array: {exc}", model=name
             ) from exc
-        if card.modality == "image":
-            expected = (card.input_height, card.input_width, card.input_channels)
-        else:
-            expected = (_feature_count(model, card),)
+        modality, handler = modality_for(card), handler_for(card)
+        expected = modality.model_input_shape(card, handler, model)
         problem = None
         if array.dtype.kind not in "uif" or array.ndim != 1 + len(expected) or tuple(array.shape[1:]) != expected:
             problem = f"shape {array.shape} and dtype {array.dtype}; expected (n, {', '.join(map(str, expected))})"
@@ -299,76 +275,7 @@ class ModelStore:
             problem = "non-finite values"
         if problem:
             raise InvalidModelError(f"{BACKGROUND_FILE} of {name}/{version} has {problem}", model=name)
-        if card.modality == "image":
-            return preprocess(array.astype(np.float32), card)
-        return array.astype(np.float64)
-
-    @staticmethod
-    def _load_xgboost(path: str, name: str, version: str):
-        try:
-            import xgboost
-        except ImportError as exc:  # only the shap function's image installs XGBoost
-            raise InvalidModelError(
-                f"model {name}/{version} is an XGBoost model, which this function cannot load; XGBoost models are "
-                "explained by the shap family (upload under incoming/shap/)", model=name,
-            ) from exc
-
-        booster = xgboost.Booster()
-        try:
-            booster.load_model(path)  # JSON or UBJ, told apart by the file name: never a pickle
-        except xgboost.core.XGBoostError as exc:
-            raise InvalidModelError(f"model {name}/{version} is not a valid XGBoost model: {exc}", model=name) from exc
-        return booster
-
-    @staticmethod
-    def _load_keras(path: str, name: str, version: str):
-        # Checked before Keras is even imported: nothing in a refused file reaches Keras.
-        check_keras_archive(path, name, version)
-        import keras
-
-        try:
-            return keras.saving.load_model(path, compile=False, safe_mode=True)
-        except Exception as exc:  # Keras raises many types for a bad archive or an unsafe layer
-            raise InvalidModelError(f"model {name}/{version} could not be loaded safely: {exc}", model=name) from exc
-
-    @staticmethod
-    def _check_card(model, card: ModelCard):
-        if card.framework == "xgboost":
-            features, stored = model.num_features(), _stored_feature_names(model, card)
-            if card.feature_names and features != len(card.feature_names):
-                raise InvalidModelError(
-                    f"the XGBoost model has {features} features but the card names {len(card.feature_names)}",
-                    model=card.name,
-                )
-            if card.feature_names and stored and stored != card.feature_names:
-                raise InvalidModelError(
-                    "the card's feature_names differ from those stored in the XGBoost model (names or order)",
-                    model=card.name,
-                )
-            return
-        if card.modality == "tabular":
-            width = len(card.feature_names) if card.feature_names else model.inputs[0].shape[-1]
-            expected_input = (None, width)
-        else:
-            expected_input = (None, card.input_height, card.input_width, card.input_channels)
-        input_shape = tuple(model.inputs[0].shape)
-        output_shape = tuple(model.outputs[0].shape)
-        if input_shape != expected_input:
-            raise InvalidModelError(
-                f"model input shape {input_shape} does not match the card's {expected_input}", model=card.name
-            )
-        if len(output_shape) != 2 or output_shape[1] != len(card.class_names):
-            raise InvalidModelError(
-                f"model output shape {output_shape} does not match the card's {len(card.class_names)} classes",
-                model=card.name,
-            )
-        if card.cam_layer is not None:
-            try:
-                model.get_layer(card.cam_layer)
-            except ValueError as exc:
-                raise InvalidModelError(
-                    f"the card's cam_layer {card.cam_layer!r} is not a layer of the model", model=card.name
-                ) from exc
+        return modality.prepare_background(array, card)
 
 
 def _listdir(path: str) -> list[str]:
@@ -385,96 +292,3 @@ def _tree_bytes(path: str) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, filename)).st_size
     return total
-
-
-# ---------------------------------------------------------------------- model file safety
-def check_keras_archive(path: str, name: str, version: str) -> None:
-    """Refuse a model file that is not a plain Keras v3 archive, before any Keras call.
-
-    Legacy HDF5 (``.h5``) models are refused outright: Keras ignores ``safe_mode`` for them
-    (CVE-2025-9905) and their Lambda layers carry Python bytecode. In a ``.keras`` archive the
-    config.json is walked: every object must come from a Keras module, no Lambda or TFSMLayer
-    layer, no serialized Python function (``__lambda__``), functions only from the modeling
-    modules, no lookup vocabulary read from a path. Keras (pinned to a release with the published
-    safe_mode fixes) then loads it with ``safe_mode=True`` as a second line of defence.
-    """
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head == HDF5_SIGNATURE:
-        raise UnsafeModelError(
-            f"model {name}/{version} is a legacy HDF5 (.h5) model, which is refused: Keras does not apply safe_mode "
-            "to HDF5 files. It is not a Keras v3 .keras archive; re-save it with model.save('model.keras')",
-            model=name, version=version,
-        )
-    if not zipfile.is_zipfile(path):
-        kind = "a pickle" if head[:1] == b"\x80" else "not a zip archive"
-        raise InvalidModelError(
-            f"model {name}/{version} is not a Keras v3 .keras archive ({kind}; legacy HDF5 and pickles are refused)",
-            model=name, version=version,
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            try:
-                info = archive.getinfo("config.json")
-            except KeyError:
-                raise InvalidModelError(
-                    f"model {name}/{version} is not a Keras v3 .keras archive (no config.json)", model=name,
-                    version=version,
-                ) from None
-            if info.file_size > MAX_KERAS_CONFIG_BYTES:
-                raise InvalidModelError(
-                    f"model {name}/{version}: config.json is {info.file_size} bytes; the limit is "
-                    f"{MAX_KERAS_CONFIG_BYTES}", model=name, version=version,
-                )
-            config = json.loads(archive.read(info))
-    except (zipfile.BadZipFile, OSError, ValueError, RecursionError) as exc:
-        raise InvalidModelError(
-            f"model {name}/{version} is not a valid Keras v3 .keras archive: {exc}", model=name, version=version,
-        ) from exc
-    problem = _unsafe_config(config)
-    if problem:
-        raise UnsafeModelError(
-            f"model {name}/{version} could not be loaded safely: its config.json {problem}; the model is refused "
-            "before Keras reads it", model=name, version=version,
-        )
-
-
-def _unsafe_config(node, depth: int = 0) -> str | None:
-    """Why a Keras config.json is unsafe to deserialize, or None."""
-    if depth > 200:
-        return "is nested too deeply"
-    if isinstance(node, list):
-        for item in node:
-            problem = _unsafe_config(item, depth + 1)
-            if problem:
-                return problem
-        return None
-    if not isinstance(node, dict):
-        return None
-    class_name = node.get("class_name")
-    module = node.get("module")
-    if class_name == "__lambda__" or "bytecode_b64" in node or node.get("function_type") == "lambda":
-        return "holds serialized Python bytecode (a lambda function)"
-    if class_name in UNSAFE_LAYERS:
-        what = "loads a TensorFlow SavedModel" if class_name == "TFSMLayer" else "runs arbitrary Python functions"
-        return f"has a {class_name} layer, which {what}"
-    if module == "builtins":
-        # How Keras names its own built-in functions (losses, metrics): {"module": "builtins", "class_name":
-        # "function", "config": "categorical_crossentropy"}. Never a function of Python's builtins module.
-        function = node.get("config")
-        if class_name != "function" or not isinstance(function, str) or not function.isidentifier() \
-                or hasattr(builtins, function):
-            return f"names the Python builtin {function if class_name == 'function' else class_name!r}"
-    elif module is not None:
-        if not isinstance(module, str) or not (module == "keras" or module.startswith("keras.")):
-            return f"names the Python module {module!r} (only Keras modules are allowed; custom objects are refused)"
-        if class_name == "function" and not any(module == m or module.startswith(m + ".") for m in FUNCTION_MODULES):
-            return f"names the function {module}.{node.get('config')}, which is not a modeling function"
-    layer_config = node.get("config") if isinstance(node.get("config"), dict) else {}
-    if class_name in LOOKUP_LAYERS and isinstance(layer_config.get("vocabulary"), str):
-        return f"has a {class_name} layer whose vocabulary is read from a path"
-    for value in node.values():
-        problem = _unsafe_config(value, depth + 1)
-        if problem:
-            return problem
-    return None

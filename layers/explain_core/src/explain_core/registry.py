@@ -350,7 +350,7 @@ METHODS: tuple[MethodSpec, ...] = (
     ),
     # --- SHAP: Shapley values (shap library); image and tabular models ---
     MethodSpec(
-        "GradientExplainer", SHAP, _SHAP + "GradientShap",
+        "GradientExplainer", SHAP, _SHAP + "GradientExplainer",
         "Erion et al., Improving performance of deep learning models with axiomatic attribution priors and "
         "expected gradients (2021), https://arxiv.org/abs/1906.10670; " + _SHAP_REFERENCE,
         params=(
@@ -361,7 +361,7 @@ METHODS: tuple[MethodSpec, ...] = (
         description="expected gradients: gradients averaged over paths from background samples",
     ),
     MethodSpec(
-        "DeepExplainer", SHAP, _SHAP + "DeepShap",
+        "DeepExplainer", SHAP, _SHAP + "DeepExplainer",
         "Shrikumar et al., Learning Important Features Through Propagating Activation Differences (2017), "
         "https://arxiv.org/abs/1704.02685; " + _SHAP_REFERENCE,
         params=(Param("nb_background", int, 32, 1, 256, doc="background samples used as DeepLIFT references"),),
@@ -369,7 +369,7 @@ METHODS: tuple[MethodSpec, ...] = (
         description="Deep SHAP: DeepLIFT multipliers averaged over background references",
     ),
     MethodSpec(
-        "PartitionExplainer", SHAP, _SHAP + "PartitionShap",
+        "PartitionExplainer", SHAP, _SHAP + "PartitionExplainer",
         "Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7; "
         "shap's Partition explainer, https://shap.readthedocs.io/en/latest/generated/shap.PartitionExplainer.html",
         params=(
@@ -382,7 +382,7 @@ METHODS: tuple[MethodSpec, ...] = (
         description="Owen values of a hierarchy of image regions, hidden by blurring or inpainting",
     ),
     MethodSpec(
-        "SuperpixelKernelExplainer", SHAP, _SHAP + "SuperpixelKernelShap",
+        "SuperpixelKernelExplainer", SHAP, _SHAP + "SuperpixelKernelExplainer",
         "Achanta et al., SLIC Superpixels Compared to State-of-the-Art Superpixel Methods (2012), "
         "https://doi.org/10.1109/TPAMI.2012.120; " + _SHAP_REFERENCE,
         params=(
@@ -396,12 +396,12 @@ METHODS: tuple[MethodSpec, ...] = (
         description="Kernel SHAP over SLIC super-pixels; hidden segments are blurred",
     ),
     MethodSpec(
-        "KernelExplainer", SHAP, _SHAP + "KernelShap", _SHAP_REFERENCE,
+        "KernelExplainer", SHAP, _SHAP + "KernelExplainer", _SHAP_REFERENCE,
         params=(_SHAP_NB_SAMPLES,), passes=_per_sample, modalities=("tabular",), passes_per_background_row=True,
         description="Kernel SHAP over tabular features against a background sample",
     ),
     MethodSpec(
-        "TreeExplainer", SHAP, _SHAP + "TreeShap",
+        "TreeExplainer", SHAP, _SHAP + "TreeExplainer",
         "Lundberg et al., From local explanations to global understanding with explainable AI for trees "
         "(2020), https://doi.org/10.1038/s42256-019-0138-9",
         params=(

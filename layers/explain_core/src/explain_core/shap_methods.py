@@ -1,11 +1,12 @@
 """SHAP explainers behind the same interface as Xplique's: ``explain(inputs, targets)``.
 
-One class per method over a small shared base, so the registry, the explainer cache, the time
-budget and the pipeline treat them like any other method. Each call explains one output per row
-(the class in ``targets``, one-hot) and leaves the matching expected values in ``base_values``:
-for every row, ``attributions.sum() + base_value`` is the explained model output (additivity).
+One class per method over a small shared base, named as its registry entry, so the registry,
+the explainer cache, the time budget and the session treat them like any other method. Each
+call explains one output per row (the class in ``targets``, one-hot) and leaves the matching
+expected values in ``base_values``: for every row, ``attributions.sum() + base_value`` is the
+explained model output (additivity).
 
-Inputs are what the pipeline gives every method: preprocessed image batches ``(N, H, W, 3)`` in
+Inputs are what the session gives every method: preprocessed image batches ``(N, H, W, 3)`` in
 the model's input space, or tabular rows ``(N, features)``. The explained output is the class's
 logit (``output: logits``), probability, or XGBoost margin (log-odds).
 
@@ -20,50 +21,12 @@ import re
 import numpy as np
 
 from explain_core.errors import UnsupportedModelError
+from explain_core.frameworks import handler_for
+from explain_core.modalities import modality_for
 
-#: Background used when none is stored beside the model (``background.npy``): flat images at
-#: these grey levels, i.e. "no object anywhere", preprocessed as the card prescribes.
-DEFAULT_BACKGROUND_LEVELS = (0.0, 64.0, 128.0, 192.0, 255.0)
-#: Tabular models without a stored background: the explained rows themselves, at most this many
-#: (SHAP's advice is a sample of the training data; the upload is the only data we have).
-MAX_UPLOAD_BACKGROUND_ROWS = 64
 #: Fixed seed for the sampling explainers, so one upload always yields the same values.
 SEED = 0
-#: Rows per model call for tabular Keras models (images use the pipeline's batch size).
-TABULAR_FORWARD_BATCH = 4096
 
-
-# --------------------------------------------------------------------------- model adapters
-
-
-class KerasOutputs:
-    """Batched, traced forward passes of a Keras model: scores of all classes or of one class."""
-
-    def __init__(self, model, batch_size: int):
-        import tensorflow as tf
-
-        self.model = model
-        self.batch_size = batch_size
-        # One traced function instead of model.predict: predict builds a tf.data pipeline per
-        # call (0.1-0.3 s), and the sampling explainers call the model hundreds of times.
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        return np.concatenate([
-            np.asarray(self._forward(x[start:start + self.batch_size]), dtype=np.float64)
-            for start in range(0, len(x), self.batch_size)
-        ]) if len(x) else np.zeros((0, int(self.model.outputs[0].shape[-1])))
-
-    def one_class(self, cls: int):
-        return lambda x: self(x)[:, cls]
-
-    def class_model(self, cls: int):
-        """A Keras model with one output, the class's score (what Deep/Gradient explainers need)."""
-        import keras
-
-        output = keras.layers.Lambda(lambda t: t[:, cls:cls + 1], name=f"class_{cls}")(self.model.outputs[0])
-        return keras.Model(self.model.inputs, output)
 
 
 def output_kind(card) -> str:
@@ -87,14 +50,13 @@ class ShapMethod:
         self.params = params
         self.background = background
         self.base_values = np.zeros(0)
-        # Kernel SHAP on a table evaluates nb_samples x background rows per explained row: model
-        # calls of a few thousand rows are 7-10x faster than image-sized batches of 64.
-        forward_batch = batch_size if card.modality == "image" else max(batch_size, TABULAR_FORWARD_BATCH)
-        self.outputs = KerasOutputs(model, forward_batch) if card.framework == "keras" else None
+        self.modality, self.framework = modality_for(card), handler_for(card)
+        #: The model's raw outputs, batched as the modality prefers (large batches for tables).
+        self.outputs = self.framework.outputs_function(model, self.modality.forward_batch(batch_size))
         self._explainers: dict = {}
 
     def explain(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        inputs = np.asarray(inputs, dtype=np.float32 if self.card.framework == "keras" else np.float64)
+        inputs = np.asarray(inputs, dtype=self.framework.input_dtype)
         classes = np.argmax(np.asarray(targets), axis=1)
         attributions = np.zeros(inputs.shape, dtype=np.float64)
         base_values = np.zeros(len(inputs), dtype=np.float64)
@@ -104,8 +66,7 @@ class ShapMethod:
             attributions[rows] = values.reshape(inputs[rows].shape)
             base_values[rows] = base
         self.base_values = base_values
-        # Images: float32 arrays (.npy outputs of pixel size); tables keep float64 for the CSV.
-        return attributions.astype(np.float32) if self.card.modality == "image" else attributions
+        return attributions.astype(self.modality.attribution_dtype)
 
     def explain_class(self, inputs: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray | float]:
         raise NotImplementedError
@@ -114,7 +75,7 @@ class ShapMethod:
     def shap_explainer(self, cls: int, inputs: np.ndarray, build):
         """``build(background)`` once per class while the background is fixed (traced graphs are reused)."""
         background = self.background_inputs(inputs)
-        fixed = self.background is not None or self.card.modality == "image"
+        fixed = self.background is not None or self.modality.default_background_is_fixed
         if not fixed:  # the background is the upload itself: nothing to reuse
             return build(background)
         if cls not in self._explainers:
@@ -122,21 +83,13 @@ class ShapMethod:
         return self._explainers[cls]
 
     def background_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        """The background in the model's input space (see the module constants for defaults)."""
+        """The background in the model's input space: the stored one, else the modality's default."""
         if self.background is not None:
             return self.background
-        if self.card.modality == "image":
-            from explain_core.attribution import preprocess
-
-            levels = np.asarray(DEFAULT_BACKGROUND_LEVELS, dtype=np.float32)[:, None, None, None]
-            flat = np.broadcast_to(levels, (len(levels), self.card.input_height, self.card.input_width, 3))
-            return preprocess(flat, self.card)
-        return inputs[:MAX_UPLOAD_BACKGROUND_ROWS]
+        return self.modality.default_background(self.card, inputs)
 
     def to_pixels(self, inputs: np.ndarray) -> np.ndarray:
-        """Model-space images back to 0-255 pixels (SLIC and OpenCV's inpainting work on pixels)."""
-        prep = self.card.preprocessing
-        return (inputs * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / np.float32(prep.scale)
+        return to_pixels(inputs, self.card)
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
         from explain_core.attribution import preprocess
@@ -147,7 +100,7 @@ class ShapMethod:
 # --------------------------------------------------------------------------- methods
 
 
-class GradientShap(ShapMethod):
+class GradientExplainer(ShapMethod):
     """Expected gradients: SHAP values as gradients averaged over background-to-input paths.
 
     Erion et al., Improving performance of deep learning models with axiomatic attribution
@@ -166,12 +119,12 @@ class GradientShap(ShapMethod):
             return explainer, float(np.mean(self.outputs(background)[:, cls]))
 
         explainer, base = self.shap_explainer(cls, inputs, build)
-        with _quiet():
+        with quiet():
             values = explainer.shap_values(inputs, nsamples=self.params["nb_samples"], rseed=SEED)
         return np.asarray(values, dtype=np.float64).reshape(inputs.shape), base
 
 
-class DeepShap(ShapMethod):
+class DeepExplainer(ShapMethod):
     """DeepLIFT's rescale rule averaged over a background set (Deep SHAP).
 
     Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
@@ -189,7 +142,7 @@ class DeepShap(ShapMethod):
                                       background[: self.params["nb_background"]].astype(np.float32))
 
         try:
-            with _quiet(), _restored_gradient_recording():
+            with quiet(), _restored_gradient_recording():
                 explainer = self.shap_explainer(cls, inputs, build)
                 values = explainer.shap_values(inputs, check_additivity=True)
         except Exception as exc:  # shap fails deep inside TensorFlow: name the layer instead
@@ -198,7 +151,7 @@ class DeepShap(ShapMethod):
         return values, float(np.asarray(explainer.expected_value).reshape(-1)[0])
 
 
-class PartitionShap(ShapMethod):
+class PartitionExplainer(ShapMethod):
     """Owen values over a hierarchy of image regions, masked by blurring or inpainting.
 
     Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7 ;
@@ -218,8 +171,8 @@ class PartitionShap(ShapMethod):
                                                      algorithm="partition")
         # A blur is linear, so it commutes with the card's per-channel affine preprocessing: blur in
         # model space directly. Inpainting (OpenCV, 8-bit) needs pixels.
-        images = inputs if self.params["masker"] == "blur" else self.to_pixels(inputs)
-        with _quiet():
+        images = inputs if self.params["masker"] == "blur" else to_pixels(inputs, self.card)
+        with quiet():
             result = self._explainers[shape](images, max_evals=self.params["max_evals"], batch_size=self.batch_size,
                                              silent=True)
         return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64)
@@ -236,7 +189,7 @@ class PartitionShap(ShapMethod):
         return masker
 
 
-class SuperpixelKernelShap(ShapMethod):
+class SuperpixelKernelExplainer(ShapMethod):
     """Kernel SHAP over SLIC super-pixels: a segment is present, or replaced by a blur of the image.
 
     A hidden segment is filled from a heavily blurred copy of the image (``fill="blur"``, sigma a
@@ -254,19 +207,10 @@ class SuperpixelKernelShap(ShapMethod):
         self.segment_counts: list[int] = []
 
     def segment(self, pixels: np.ndarray) -> np.ndarray:
-        """SLIC super-pixel labels 0..n-1 of one image (0-255 pixels, (H, W, 3))."""
-        from skimage.segmentation import slic
-
-        return slic(pixels / 255.0, n_segments=self.params["nb_segments"], compactness=self.params["compactness"],
-                    start_label=0, channel_axis=-1)
+        return slic_segments(pixels, self.params["nb_segments"], self.params["compactness"])
 
     def fill_image(self, pixels: np.ndarray) -> np.ndarray:
-        """What hidden segments show: a blurred copy of the image, or its mean colour everywhere."""
-        if self.params["fill"] == "mean":
-            return np.broadcast_to(pixels.reshape(-1, 3).mean(axis=0), pixels.shape)
-        import cv2
-
-        return cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), max(pixels.shape[:2]) / 10)
+        return fill_image(pixels, self.params["fill"])
 
     def explain_class(self, inputs, cls):
         import shap
@@ -274,22 +218,18 @@ class SuperpixelKernelShap(ShapMethod):
         score = self.outputs.one_class(cls)
         values, bases = np.zeros(inputs.shape[:3]), np.zeros(len(inputs))
         for i, image in enumerate(inputs):
-            pixels = np.clip(self.to_pixels(image), 0, 255)
+            pixels = np.clip(to_pixels(image, self.card), 0, 255)
             segments = self.segment(pixels)
             count = int(segments.max()) + 1
             self.segment_counts.append(count)
             fill = self.fill_image(pixels)
 
             def coalitions_to_score(z, pixels=pixels, segments=segments, fill=fill):
-                masked = np.repeat(pixels[None], len(z), axis=0)
-                for row, kept in enumerate(z):
-                    hidden = np.isin(segments, np.flatnonzero(kept == 0))
-                    masked[row][hidden] = fill[hidden]
-                return score(self.from_pixels(masked))
+                return score(self.from_pixels(mask_segments(z, pixels, segments, fill)))
 
             explainer = shap.KernelExplainer(coalitions_to_score, np.zeros((1, count)))
             np.random.seed(SEED)  # KernelExplainer samples coalitions from numpy's global generator
-            with _quiet():
+            with quiet():
                 phi = np.asarray(explainer.shap_values(np.ones((1, count)), nsamples=self.params["nb_samples"],
                                                        l1_reg=False, silent=True), dtype=np.float64).reshape(-1)
             # Spread each segment's value over its pixels, so the map still sums to the output.
@@ -300,7 +240,7 @@ class SuperpixelKernelShap(ShapMethod):
         return np.repeat(values[..., None] / 3.0, 3, axis=-1), bases
 
 
-class KernelShap(ShapMethod):
+class KernelExplainer(ShapMethod):
     """Kernel SHAP on tabular features: weighted linear regression over feature coalitions.
 
     Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
@@ -314,13 +254,13 @@ class KernelShap(ShapMethod):
             cls, inputs, lambda background: shap.KernelExplainer(self.outputs.one_class(cls),
                                                                  background.astype(np.float64)))
         np.random.seed(SEED)
-        with _quiet():
+        with quiet():
             values = explainer.shap_values(inputs.astype(np.float64), nsamples=self.params["nb_samples"],
                                            l1_reg=False, silent=True)
         return np.asarray(values, dtype=np.float64), float(np.asarray(explainer.expected_value).reshape(-1)[0])
 
 
-class TreeShap(ShapMethod):
+class TreeExplainer(ShapMethod):
     """Exact SHAP values of tree ensembles in polynomial time (XGBoost models).
 
     Lundberg et al., From local explanations to global understanding with explainable AI for
@@ -336,13 +276,47 @@ class TreeShap(ShapMethod):
             self.model, data=background if interventional else None,
             feature_perturbation=self.params["feature_perturbation"],
         ))
-        with _quiet():
+        with quiet():
             values = np.asarray(explainer.shap_values(inputs, check_additivity=True), dtype=np.float64)
         expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
         if values.ndim == 2:  # binary: values explain class 1's log-odds; class 0's are the negation
             sign = 1.0 if cls == 1 else -1.0
             return sign * values, sign * float(expected[0])
         return values[..., cls], float(expected[cls])
+
+
+# --------------------------------------------------------------------------- image helpers
+
+
+def to_pixels(inputs: np.ndarray, card) -> np.ndarray:
+    """Model-space images back to 0-255 pixels, unclipped (SLIC and OpenCV's inpainting work on pixels)."""
+    prep = card.preprocessing
+    return (inputs * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)) / np.float32(prep.scale)
+
+
+def slic_segments(pixels: np.ndarray, nb_segments: int, compactness: float) -> np.ndarray:
+    """SLIC super-pixel labels 0..n-1 of one image (0-255 pixels, (H, W, 3))."""
+    from skimage.segmentation import slic
+
+    return slic(pixels / 255.0, n_segments=nb_segments, compactness=compactness, start_label=0, channel_axis=-1)
+
+
+def fill_image(pixels: np.ndarray, fill: str) -> np.ndarray:
+    """What hidden segments show: a blurred copy of the image (``"blur"``), or its mean colour (``"mean"``)."""
+    if fill == "mean":
+        return np.broadcast_to(pixels.reshape(-1, 3).mean(axis=0), pixels.shape)
+    import cv2
+
+    return cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), max(pixels.shape[:2]) / 10)
+
+
+def mask_segments(z: np.ndarray, pixels: np.ndarray, segments: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """One image per coalition row of ``z``: segments whose entry is 0 show ``fill``."""
+    masked = np.repeat(pixels[None], len(z), axis=0)
+    for row, kept in enumerate(z):
+        hidden = np.isin(segments, np.flatnonzero(kept == 0))
+        masked[row][hidden] = fill[hidden]
+    return masked
 
 
 # --------------------------------------------------------------------------- Deep SHAP support
@@ -455,7 +429,7 @@ def _layer_with_op(model, op_type: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Keep the function's logs clean: shap prints progress bars, Keras warns about input names on
     every call and TensorFlow about retracing (each class's explainer traces its own graph)."""
     import logging

@@ -1,0 +1,161 @@
+"""The base of a modality plug-in: one kind of input (images, tables, ...) from bytes to outputs.
+
+A modality owns everything that differs between kinds of input: the card fields its models
+need, the size limit of an input and how it is decoded, the model's expected input shape and
+SHAP background, how a batch of inputs is explained (predictions, method runs, output files and
+the manifest's per-input parts) and its cost estimate. The session (:mod:`explain_core.session`)
+drives the steps every modality shares and never branches on the modality.
+
+Modules of this package import the ML stack inside their methods: the light API image (no
+NumPy) validates model cards through :meth:`Modality.check_card`.
+"""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from aws_lambda_powertools import Logger
+
+from explain_core.errors import ExplainError, InvalidModelOutputError, OverTimeBudgetError
+
+if TYPE_CHECKING:
+    from explain_core.model_store import LoadedModel
+    from explain_core.registry import MethodSpec
+
+#: A pass with a backward pass (gradient methods) costs about three forward passes.
+GRADIENT_PASS_COST = 3.0
+#: Seconds kept in reserve at the end of an invocation for writing results.
+TIME_RESERVE_S = 20.0
+#: Per method, on top of its model passes: building the explainer, tracing, rendering outputs.
+METHOD_OVERHEAD_S = 1.0
+
+logger = Logger(child=True)
+
+
+@dataclass
+class Explained:
+    """One input's explanation before it is written: its output files and its manifest parts."""
+
+    #: (key, body, content type) of every output file.
+    objects: list[tuple[str, bytes, str]]
+    #: The manifest's entry per requested method (see explain_core.manifest).
+    methods: list
+    input_description: dict
+    predictions: object
+    explained_classes: list
+    timings: dict = field(default_factory=dict)
+
+
+class Modality:
+    """One kind of input. Subclasses set the class attributes and implement the methods."""
+
+    #: The card's ``modality``.
+    name: ClassVar[str]
+    #: What one input is called in messages ("image", "table").
+    noun: ClassVar[str]
+    #: Frameworks whose models of this modality can be explained.
+    frameworks: ClassVar[tuple[str, ...]]
+
+    # ------------------------------------------------------------------ the model card and model
+    def check_card(self, card) -> None:
+        """Raise ValueError when the card lacks or contradicts what this modality needs."""
+
+    def model_input_shape(self, card, handler, model) -> tuple:
+        """The shape of one model input (without the batch axis) that the card prescribes."""
+        raise NotImplementedError
+
+    def describe_model(self, loaded: "LoadedModel") -> dict:
+        """The manifest's modality-specific model fields."""
+        raise NotImplementedError
+
+    def prepare_background(self, array, loaded_card):
+        """A stored SHAP background (already checked against :meth:`model_input_shape`) in model input space."""
+        raise NotImplementedError
+
+    def default_background(self, card, inputs):
+        """The SHAP background when none is stored beside the model, in model input space."""
+        raise NotImplementedError
+
+    #: True when the default background does not depend on the inputs (explainers are then reused).
+    default_background_is_fixed: ClassVar[bool] = True
+    #: What the manifest says of the default background.
+    default_background_description: ClassVar[str]
+
+    # ------------------------------------------------------------------ inputs
+    def size_limit(self, settings) -> tuple[int, type[ExplainError]]:
+        """The largest input in bytes, and the error that refuses a larger one (before it is read)."""
+        raise NotImplementedError
+
+    def decode(self, data: bytes, filename: str, loaded: "LoadedModel", settings):
+        """The decoded input (what :meth:`explain` reads); a typed ExplainError when it cannot be."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ explaining
+    def forward_batch(self, batch_size: int) -> int:
+        """Rows per model call in explainers that call the model many times (SHAP's samplers)."""
+        return batch_size
+
+    #: dtype of attribution arrays the SHAP explainers return.
+    attribution_dtype: ClassVar[str] = "float64"
+
+    def explain(self, session, uploads: list, loaded: "LoadedModel", context) -> list[Explained]:
+        """Predict and run every requested method on accepted inputs; one :class:`Explained` per input."""
+        raise NotImplementedError
+
+    def estimate_seconds(self, session, upload, loaded: "LoadedModel") -> float:
+        """Predicted seconds of the model passes of every requested method on one accepted input."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- what every modality shares
+def method_seconds(spec: "MethodSpec", params: dict, rows: int, pass_seconds: float, card) -> float:
+    """Registry cost of a method on ``rows`` inputs at ``pass_seconds`` per model pass."""
+    passes = spec.passes(params, (card.input_height, card.input_width))
+    return passes * rows * pass_seconds * (GRADIENT_PASS_COST if spec.backward else 1.0)
+
+
+def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds: float, card, context) -> None:
+    """Refuse a method that would outlast the invocation: a timeout would fail the whole batch."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return
+    estimate = method_seconds(spec, params, rows, pass_seconds, card)
+    available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
+    if estimate > available:
+        passes = spec.passes(params, (card.input_height, card.input_width))
+        raise OverTimeBudgetError(
+            f"{spec.name} needs about {estimate:.0f} s for {rows} input(s) ({passes} model passes each at "
+            f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "
+            "use fewer samples or upload fewer images at once",
+            method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1),
+        )
+
+
+def method_entry(spec: "MethodSpec", params: dict, card) -> dict:
+    """A method's manifest entry before it runs."""
+    return {
+        "name": spec.name,
+        "params": params,
+        "passes_per_image": spec.passes(params, (card.input_height, card.input_width)),
+        "reference": spec.reference,
+        "status": "succeeded",
+        "outputs": [],
+    }
+
+
+def method_error(exc: Exception, method: str, card) -> dict:
+    """The manifest's error entry of a failed method; a typed error is logged without a trace."""
+    if isinstance(exc, ExplainError):
+        logger.warning("method refused", extra={"method": method, "model": card.name, "error": exc.to_dict()})
+        return exc.to_dict()
+    logger.exception("method failed", extra={"method": method, "model": card.name})
+    return {"type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]}
+
+
+def check_finite(values, what: str, **details) -> None:
+    """Raise InvalidModelOutputError naming ``what`` when ``values`` hold NaN or infinity."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64) if values is not None else np.zeros(0)
+    if not np.all(np.isfinite(array)):
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        raise InvalidModelOutputError(f"{what} contain {nan} NaN and {inf} infinite value(s)", nan=nan,
+                                      infinite=inf, **details)

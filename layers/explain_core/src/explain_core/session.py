@@ -1,0 +1,312 @@
+"""The explanation session: the one public API every entry point uses to explain an input.
+
+Both adapters drive it with the same steps: the SQS adapter (:mod:`explain_core.sqs_adapter`,
+S3 uploads) and the API adapter (:mod:`explain_core.explanation_requests`, POST
+/explanations/<family>)::
+
+    loaded = session.load(model, version)                # model + card (+ SHAP background), cached
+    data, metadata = session.download(upload, loaded)    # the event's version, size-checked first
+    session.accept(upload, loaded, data, metadata)       # options, duplicate check, decoding
+    session.lock(upload, loaded, context)                # one attempt at a time per input
+    seconds = session.estimate_seconds(upload, loaded)   # the API's sync-or-job decision
+    explained = session.explain(uploads, loaded, context)
+    manifest = session.write(upload, loaded, explained[0], request_id)
+
+What differs between images and tables lives in their modality plug-in
+(:mod:`explain_core.modalities`); what differs between Keras and XGBoost in the framework
+handler (:mod:`explain_core.frameworks`). The session holds neither branch.
+
+Consistency (S3 and SQS deliver at least once): the object read is the version the event names
+(its versionId, else If-Match on its ETag; a deleted or replaced object is a final
+``input_deleted`` / ``input_changed``), one attempt at a time explains an input
+(:mod:`explain_core.input_lock`), outputs go under a per-attempt prefix, and the manifest is
+written last by compare-and-swap, never over a newer version's (:mod:`explain_core.results`).
+"""
+
+import hashlib
+import platform
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata as importlib_metadata
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
+
+from explain_core import __version__
+from explain_core.attribution import ExplainerCache
+from explain_core.errors import (
+    InputChangedError,
+    InputDeletedError,
+    RequestInProgressError,
+    is_missing_object,
+    is_precondition_failed,
+)
+from explain_core.input_lock import InputIdentity, InputLock, LockOutcome
+from explain_core.keys import InputRef, KeyLayout, new_attempt_id
+from explain_core.modalities import Explained
+from explain_core.modalities.base import METHOD_OVERHEAD_S
+from explain_core.model_store import LoadedModel, ModelStore
+from explain_core.registry import SHAP
+from explain_core.request_options import RequestOptions, parse_options
+from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, SOURCE_ORDER, ResultWriter, now_iso
+from explain_core.settings import Settings
+
+#: Inputs per model call (and per method run) unless a function says otherwise.
+DEFAULT_BATCH_SIZE = 64
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+
+@dataclass
+class Upload:
+    """One input (an S3 object) as it moves through the session."""
+
+    message_id: str
+    bucket: str
+    key: str
+    etag: str | None
+    #: The S3 version the event names (versioned buckets only).
+    version_id: str | None = None
+    #: Orders versions of this key (results.SOURCE_ORDER): the event's sequencer, else its time.
+    order: str | None = None
+    #: SQS ApproximateReceiveCount of the message: 1 on the first delivery.
+    receive_count: int = 1
+    ref: InputRef | None = None
+    #: The decoded input, as its modality made it (a DecodedImage, a Table, ...).
+    content: object = None
+    options: RequestOptions | None = None
+    timings: dict = field(default_factory=dict)
+    duplicate: bool = False
+    #: Outputs of this attempt go under results/.../attempts/<attempt>/.
+    attempt: str = field(default_factory=new_attempt_id)
+    #: Set while this invocation holds the input's lock.
+    identity: InputIdentity | None = None
+
+
+@cache
+def library_versions() -> dict:
+    versions = {"python": platform.python_version(), "explain_core": __version__}
+    for package in ("tensorflow-cpu", "keras", "xplique", "shap", "xgboost-cpu", "numpy", "aws-lambda-powertools"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+class ExplanationSession:
+    """A family's explanation service: warm models, explainers and clients, shared by every entry point."""
+
+    def __init__(self, family: str, settings: Settings, s3_client, batch_size: int = DEFAULT_BATCH_SIZE):
+        self.family = family
+        self.settings = settings
+        self.s3 = s3_client
+        self.keys = KeyLayout(settings)
+        self.store = ModelStore(s3_client, settings, with_background=family == SHAP)
+        self.writer = ResultWriter(s3_client, settings)
+        self.explainers = ExplainerCache()
+        self.batch_size = batch_size
+        self._lock = InputLock(settings.idempotency_table, family) if settings.idempotency_table else None
+
+    @classmethod
+    def from_environment(cls, family: str) -> "ExplanationSession":
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        return cls(family, Settings.from_env(), s3)
+
+    # ----------------------------------------------------------------- load, read, accept
+    def load(self, model: str, version: str) -> LoadedModel:
+        """The model, its card and (shap family) its background; explainers of replaced models are dropped."""
+        loaded = self.store.get(model, version)
+        self.explainers.retain(self.store.models_in_memory())
+        return loaded
+
+    def download(self, upload: Upload, loaded: LoadedModel) -> tuple[bytes, dict]:
+        """The bytes and user metadata of the version the upload names; the size is checked before the body
+        is read, against the limit of the model's modality."""
+        started = time.perf_counter()
+        # The event's version: its versionId in a versioned bucket, else its ETag (If-Match).
+        version = {"VersionId": upload.version_id} if upload.version_id else (
+            {"IfMatch": upload.etag} if upload.etag else {})
+        try:
+            response = self.s3.get_object(Bucket=upload.bucket, Key=upload.key, **version)
+        except ClientError as exc:
+            if is_missing_object(exc):
+                raise InputDeletedError(
+                    f"s3://{upload.bucket}/{upload.key} was deleted after its upload event (nothing to explain)",
+                    key=upload.key, etag=upload.etag, version_id=upload.version_id,
+                ) from exc
+            if is_precondition_failed(exc):
+                raise InputChangedError(
+                    f"s3://{upload.bucket}/{upload.key} was replaced after its upload event (ETag {upload.etag} is "
+                    "gone); the new version's own event explains it",
+                    key=upload.key, etag=upload.etag,
+                ) from exc
+            raise
+        size = response["ContentLength"]
+        limit, too_large = loaded.modality.size_limit(self.settings)
+        if size > limit:
+            response["Body"].close()
+            raise too_large(f"the object is {size} bytes; the limit is {limit}", size=size, limit=limit)
+        data = response["Body"].read()
+        upload.etag = response["ETag"].strip('"')
+        upload.version_id = response.get("VersionId") if upload.version_id else None
+        upload.timings["download_s"] = time.perf_counter() - started
+        return data, response.get("Metadata", {})
+
+    def accept(self, upload: Upload, loaded: LoadedModel, data: bytes, metadata: dict | None = None, *,
+               options: RequestOptions | None = None) -> None:
+        """Take the request options (``options``, else parsed from the S3 ``metadata``), recognise a
+        duplicate (``upload.duplicate``), decode the input."""
+        upload.options = options if options is not None else parse_options(metadata, loaded.card, self.family)
+        existing = self.writer.manifest_metadata(self.manifest_key(upload))
+        if existing and existing.get(SOURCE_ETAG) == upload.etag and existing.get(
+            REQUEST_FINGERPRINT
+        ) == self._fingerprint(upload, loaded):
+            upload.duplicate = True
+            return
+        started = time.perf_counter()
+        upload.content = loaded.modality.decode(data, upload.ref.name, loaded, self.settings)
+        upload.timings["decode_s"] = time.perf_counter() - started
+
+    # ----------------------------------------------------------------- one attempt at a time
+    def lock(self, upload: Upload, loaded: LoadedModel, context) -> bool:
+        """Hold the input's lock; False when another invocation is explaining it or has explained it."""
+        if self._lock is None:
+            return True
+        identity = InputIdentity(upload.bucket, upload.key, upload.version_id or upload.etag or "",
+                                 self._fingerprint(upload, loaded))
+        outcome = self._lock.acquire(identity, remaining_millis(context))
+        if outcome is LockOutcome.ACQUIRED:
+            upload.identity = identity
+            return True
+        logger.info("input held by another invocation", extra={"key": upload.key, "lock": outcome.value})
+        metrics.add_metric(name="InputsHeldElsewhere", unit=MetricUnit.Count, value=1)
+        return False
+
+    def release(self, upload: Upload, error: Exception) -> None:
+        """Give up the input's lock after ``error`` (the next delivery may try again)."""
+        if upload.identity is not None:
+            self._lock.release(upload.identity, error)
+            upload.identity = None
+
+    # ----------------------------------------------------------------- cost, explain, write
+    def estimate_seconds(self, upload: Upload, loaded: LoadedModel) -> float:
+        """Predicted seconds to explain one accepted input with every requested method.
+
+        The modality measures the model's pass time on this input (batched, as methods run) and
+        prices each method by its registry pass count (times three with a backward pass); each
+        method adds METHOD_OVERHEAD_S for building the explainer and the outputs.
+        """
+        seconds = loaded.modality.estimate_seconds(self, upload, loaded)
+        return seconds + METHOD_OVERHEAD_S * len(upload.options.methods)
+
+    def explain(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[Explained]:
+        """Explain accepted inputs of one model together; raises when the batch as a whole fails."""
+        return loaded.modality.explain(self, uploads, loaded, context)
+
+    def output_key(self, upload: Upload, method: str, class_label: str, ext: str) -> str:
+        """Where one output file of this attempt goes (modalities name their files through it)."""
+        return self.keys.output_key(upload.ref, upload.attempt, method, class_label, ext)
+
+    def manifest_key(self, upload: Upload) -> str:
+        return self.keys.manifest_key(upload.ref)
+
+    def has_manifest(self, upload: Upload) -> bool:
+        return bool(self.writer.manifest_metadata(self.manifest_key(upload)))
+
+    def write(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None) -> dict:
+        """Write the outputs, then the manifest (last, by compare-and-swap); returns the manifest."""
+        manifest = self._manifest(upload, loaded, explained)
+        objects = explained.objects
+        started = time.perf_counter()
+        self.writer.put_many(objects)
+        manifest["request_id"] = request_id
+        manifest["created_at"] = now_iso()
+        manifest["timings"]["write_s"] = round(time.perf_counter() - started, 4)
+        manifest["output_keys"] = [key for key, _, _ in objects]
+        manifest_key = self.manifest_key(upload)
+        metadata = {SOURCE_ETAG: upload.etag, REQUEST_FINGERPRINT: self._fingerprint(upload, loaded)}
+        if upload.order:
+            metadata[SOURCE_ORDER] = upload.order
+        # The manifest goes last: its presence means every output it lists is in place.
+        try:
+            replaced = self.writer.put_manifest(manifest_key, manifest, metadata)
+        except InputChangedError:
+            self.writer.delete_many(manifest["output_keys"])  # a newer version's manifest stands
+            raise
+        self.writer.delete_many(replaced)  # the outputs of the attempt whose manifest this replaced
+        self.writer.delete_error(upload.key)
+        if upload.identity is not None:
+            self._lock.complete(upload.identity, manifest_key)
+            upload.identity = None
+        metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
+        logger.info("explained", extra={"key": upload.key, "status": manifest["status"], "outputs": len(objects)})
+        return manifest
+
+    def explain_and_write(self, upload: Upload, loaded: LoadedModel, context) -> dict:
+        """Explain one accepted input now and write its outputs; returns the manifest. Errors propagate."""
+        if not self.lock(upload, loaded, context):
+            raise RequestInProgressError("the same input is being explained by another request; retry shortly")
+        try:
+            explained, = self.explain([upload], loaded, context)
+            return self.write(upload, loaded, explained, getattr(context, "aws_request_id", None))
+        except Exception as exc:
+            self.release(upload, exc)
+            raise
+
+    def put_error(self, upload: Upload, error: dict, *, retrying: bool, request_id: str | None, **delivery) -> None:
+        """The error record of an input the user can find in the results bucket (errors/...)."""
+        self.writer.put_error(bucket=upload.bucket, key=upload.key, etag=upload.etag, family=self.family, error=error,
+                              retrying=retrying, request_id=request_id, **delivery)
+
+    # ----------------------------------------------------------------- the manifest
+    def _manifest(self, upload: Upload, loaded: LoadedModel, explained: Explained) -> dict:
+        card = loaded.card
+        failed = sum(m["status"] == "failed" for m in explained.methods)
+        return {
+            "status": "succeeded" if not failed else ("failed" if failed == len(explained.methods) else "partial"),
+            "family": self.family,
+            "input": {"bucket": upload.bucket, "key": upload.key, "etag": upload.etag,
+                      **({"version_id": upload.version_id} if upload.version_id else {}),
+                      **explained.input_description},
+            "model": {
+                "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
+                "card_etag": loaded.card_etag, "modality": card.modality, "framework": card.framework,
+                **loaded.modality.describe_model(loaded),
+                "loaded_from": loaded.source,
+            },
+            "predictions": explained.predictions,
+            "explained_classes": explained.explained_classes,
+            "methods": explained.methods,
+            **({"background": self._background_description(loaded)} if self.store.with_background else {}),
+            "timings": {**{k: round(v, 4) for k, v in upload.timings.items()}, **explained.timings},
+            "versions": library_versions(),
+            "results_prefix": self.keys.results_base(upload.ref),
+            "attempt": upload.attempt,
+        }
+
+    @staticmethod
+    def _background_description(loaded: LoadedModel) -> dict:
+        """Where the SHAP background came from (see the modality's default_background)."""
+        if loaded.background is not None:
+            return {"source": "background.npy", "rows": len(loaded.background), "etag": loaded.background_etag}
+        return {"source": "default", "description": loaded.modality.default_background_description}
+
+    @staticmethod
+    def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:
+        # Everything the results depend on: the request, the model, its card and its SHAP background.
+        model = hashlib.sha256(f"{loaded.model_etag}/{loaded.card_etag}/{loaded.background_etag}".encode())
+        return f"{upload.options.fingerprint}-{model.hexdigest()[:16]}"
+
+
+def remaining_millis(context) -> int:
+    """Milliseconds left in the invocation (Lambda's maximum when there is no Lambda context)."""
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return int(context.get_remaining_time_in_millis())
+    return 900_000  # Lambda's maximum timeout
