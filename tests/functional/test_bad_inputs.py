@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devtools.demo import encode_image
-from devtools.events import deliver
+from devtools.local.events import deliver
+from devtools.samples import encode_image
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 
 
@@ -97,7 +97,8 @@ def test_error_messages_say_what_is_wrong(s3, deployment):
 
 def test_transient_failure_is_retried_with_an_error_record(deployment, samples, s3, lambda_context):
     """An S3 failure (here: a results bucket that does not exist) reports the message for retry."""
-    from explain_core.pipeline import ExplanationPipeline
+    from explain_core.session import ExplanationSession
+    from explain_core.sqs_adapter import SqsAdapter
     from explain_core.settings import Settings
 
     images, _, _ = samples
@@ -107,17 +108,18 @@ def test_transient_failure_is_retried_with_an_error_record(deployment, samples, 
                   Metadata={"methods": "Saliency"})
     settings = Settings(input_bucket=deployment.bucket("InputBucket"), results_bucket="explain-missing-bucket",
                         model_bucket=deployment.bucket("ModelBucket"))
-    pipeline = ExplanationPipeline("gradient", settings, s3)
+    uploads = SqsAdapter(ExplanationSession("gradient", settings, s3))
 
-    response = pipeline.handle_sqs_event(deliver(event, s3), lambda_context)
+    response = uploads.handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
 
 
 def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, samples, s3, monkeypatch):
     """With 30 s left, 20,000 RISE passes cannot finish: the method is refused, the others run."""
-    from devtools.local_lambda import LocalLambdaContext
-    from explain_core.pipeline import ExplanationPipeline
+    from devtools.local.lambda_service import LocalLambdaContext
+    from explain_core.session import ExplanationSession
+    from explain_core.sqs_adapter import SqsAdapter
     from explain_core.settings import Settings
 
     images, _, _ = samples
@@ -129,13 +131,13 @@ def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, sampl
     settings = Settings(input_bucket=deployment.bucket("InputBucket"),
                         results_bucket=deployment.bucket("ResultsBucket"),
                         model_bucket=deployment.bucket("ModelBucket"))
-    pipeline = ExplanationPipeline("perturbation", settings, s3)
+    uploads = SqsAdapter(ExplanationSession("perturbation", settings, s3))
     # Slow the measured forward pass down to a MobileNet-like 40 ms per image.
     context = LocalLambdaContext("budget-test", 3008, timeout_seconds=30)
 
-    monkeypatch.setattr("explain_core.pipeline.forward_seconds_per_image", lambda *args: 0.04)
+    monkeypatch.setattr("explain_core.attribution.forward_seconds_per_image", lambda *args: 0.04)
 
-    assert pipeline.handle_sqs_event(deliver(event, s3), context) == {"batchItemFailures": []}
+    assert uploads.handle_sqs_event(deliver(event, s3), context) == {"batchItemFailures": []}
 
     manifest = read_json(s3, deployment.bucket("ResultsBucket"),
                          f"results/{key.removeprefix('incoming/')}/manifest.json")

@@ -14,8 +14,8 @@ import uuid
 import numpy as np
 import pytest
 
-from devtools import local_lambda
-from devtools.events import deliver
+from devtools.local import lambda_service
+from devtools.local.events import deliver
 from explain_core.errors import InputChangedError
 from explain_core.results import SOURCE_ORDER, ResultWriter
 from explain_core.settings import Settings
@@ -98,17 +98,17 @@ def test_a_replaced_input_is_explained_for_its_new_version_only(invoke, s3, depl
 def _invoke_in_a_process(deployment, event: dict, barrier, answers) -> None:
     """A separate Lambda execution environment: its own imports, model cache and clients."""
     wiring = deployment.function_for_family(FAMILY)
-    handler = local_lambda.load_handler(deployment, wiring)
-    pipeline, writes = handler.pipeline, []
-    write = pipeline._write
+    handler = lambda_service.load_handler(deployment, wiring)
+    session, writes = handler.session, []
+    write = session.write
 
     def counted_write(upload, *args):
         writes.append(upload.key)
         return write(upload, *args)
 
-    pipeline._write = counted_write
+    session.write = counted_write
     barrier.wait(timeout=300)
-    response = local_lambda.invoke(deployment, wiring, handler, event)
+    response = lambda_service.invoke(deployment, wiring, handler, event)
     answers.put((response, len(writes)))
 
 
@@ -202,7 +202,7 @@ def test_one_poison_upload_fails_alone_in_a_batch_of_eight(invoke, s3, deploymen
                                                              monkeypatch):
     """A batched step that fails because of one input (here a model that crashes on a flat image)
     fails that input only: its neighbours are explained, the poison one alone is retried."""
-    from explain_core import pipeline as pipeline_module
+    from explain_core import attribution
 
     images, labels, _ = samples
     inputs, results = deployment.bucket("InputBucket"), deployment.bucket("ResultsBucket")
@@ -211,14 +211,14 @@ def test_one_poison_upload_fails_alone_in_a_batch_of_eight(invoke, s3, deploymen
     for i, key in enumerate(keys):
         pixels = np.zeros_like(images[0]) if key == poison else images[i % len(images)]
         s3.put_object(Bucket=inputs, Key=key, Body=png_bytes(pixels), Metadata={"methods": "Saliency"})
-    real_class_scores = pipeline_module.class_scores
+    real_class_scores = attribution.class_scores
 
     def crashes_on_flat_images(model, batch, card, batch_size):
         if any(np.ptp(row) == 0 for row in batch):
             raise RuntimeError("simulated crash of the model on a flat image")
         return real_class_scores(model, batch, card, batch_size)
 
-    monkeypatch.setattr(pipeline_module, "class_scores", crashes_on_flat_images)
+    monkeypatch.setattr(attribution, "class_scores", crashes_on_flat_images)
     event = upload_event(*keys, family=FAMILY)
 
     response = invoke(FAMILY, event)
@@ -242,7 +242,7 @@ def test_a_failure_on_the_last_receive_is_recorded_as_dead_lettered(invoke, s3, 
     images, _, _ = samples
     key = f"incoming/{FAMILY}/shapes/v1/{unique_prefix}/last-try-{uuid.uuid4().hex[:6]}.png"
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]))
-    store = handlers[FAMILY].pipeline.store
+    store = handlers[FAMILY].session.store
 
     def unavailable(*args, **kwargs):
         raise ConnectionError("simulated outage of the model bucket")
@@ -272,7 +272,8 @@ def test_in_a_versioned_bucket_each_event_reads_its_version_and_the_newest_resul
         s3, deployment, published_model, samples, unique_prefix, lambda_context):
     """A late event of an older version reads that version (VersionId), but never replaces the
     newer version's manifest (S3 sequencers order the versions of a key)."""
-    from explain_core.pipeline import ExplanationPipeline
+    from explain_core.session import ExplanationSession
+    from explain_core.sqs_adapter import SqsAdapter
 
     images, labels, _ = samples
     bucket = f"explain-versioned-{unique_prefix}"
@@ -280,7 +281,7 @@ def test_in_a_versioned_bucket_each_event_reads_its_version_and_the_newest_resul
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     settings = Settings(input_bucket=bucket, results_bucket=deployment.bucket("ResultsBucket"),
                         model_bucket=deployment.bucket("ModelBucket"))
-    pipeline = ExplanationPipeline(FAMILY, settings, s3)
+    uploads = SqsAdapter(ExplanationSession(FAMILY, settings, s3))
     key = f"incoming/{FAMILY}/shapes/v1/{unique_prefix}/versioned.png"
     versions = []
     for i, sequencer in ((0, "0055AED6DCD90281E5"), (1, "0055AED6DCD90281E6")):
@@ -290,13 +291,13 @@ def test_in_a_versioned_bucket_each_event_reads_its_version_and_the_newest_resul
     old, new = versions
     results = settings.results_bucket
 
-    assert pipeline.handle_sqs_event(new, lambda_context) == {"batchItemFailures": []}
+    assert uploads.handle_sqs_event(new, lambda_context) == {"batchItemFailures": []}
     manifest = read_json(s3, results, results_prefix(key) + "manifest.json")
     assert manifest["predictions"][0]["class_index"] == labels[1]
     assert manifest["input"]["version_id"] == json_body(new)["Records"][0]["s3"]["object"]["versionId"]
 
     # The old version's event arrives late: its version is still readable, but its result is older.
-    assert pipeline.handle_sqs_event(old, lambda_context) == {"batchItemFailures": []}
+    assert uploads.handle_sqs_event(old, lambda_context) == {"batchItemFailures": []}
     assert_one_consistent_result(s3, results, key, manifest["input"]["etag"])
     assert read_json(s3, results, results_prefix(key) + "manifest.json")["attempt"] == manifest["attempt"]
     assert not exists(s3, results, error_key(key))

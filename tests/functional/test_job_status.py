@@ -1,8 +1,8 @@
 """A job's status when its message never ends normally: dead-lettered, or its invocation killed.
 
 The jobs table and the results bucket are the emulator's (``deployment``); the job records are
-written by :class:`JobStore` as the API writes them, the attempts as the family pipeline records
-them (:meth:`JobStore.record_attempt`), and the error records as the pipeline writes them.
+written by :class:`JobStore` as the API writes them, the attempts as the family's SQS adapter records
+them (:meth:`JobStore.record_attempt`), and the error records as the SQS adapter writes them.
 """
 
 import json
@@ -18,7 +18,7 @@ from explain_core.jobs import JobStore, job_status
 from explain_core.settings import Settings
 
 CLIENT = "job-status-client"
-#: The pipeline's grace period after an invocation's deadline (explain_core.jobs.GRACE).
+#: The grace period after an invocation's deadline (explain_core.jobs.GRACE).
 GRACE = 60
 
 
@@ -53,7 +53,7 @@ def status_of(store, s3, links, job_id: str):
 
 
 def put_error_record(s3, settings, store, job_id: str, **fields) -> None:
-    """An error record as the pipeline writes it (explain_core.results.ResultWriter.put_error)."""
+    """An error record as the SQS adapter writes it (explain_core.results.ResultWriter.put_error)."""
     job = store.get(job_id, CLIENT)
     record = {"status": "failed", "input": {"bucket": settings.input_bucket, "key": job["input_key"], "etag": "e"},
               "family": job["family"], "request_id": "r-1", "time": fields.pop("time", None) or _iso(time.time()),
@@ -63,7 +63,7 @@ def put_error_record(s3, settings, store, job_id: str, **fields) -> None:
 
 
 def attempted(store, job_id: str, *, attempt: int, max_attempts: int, started_at: float, deadline: float) -> None:
-    """The attempt attributes as the pipeline records them (written directly: the status tests need
+    """The attempt attributes as the SQS adapter records them (written directly: the status tests need
     only the stored record, whichever code wrote it)."""
     store.table.update_item(
         Key={"job_id": job_id},
@@ -199,7 +199,7 @@ def test_a_job_that_fails_on_its_last_receive_reports_failed(store, s3, settings
     def unavailable(*args, **kwargs):
         raise ConnectionError("simulated outage of the model bucket")
 
-    monkeypatch.setattr(handlers["perturbation"].pipeline.store, "get", unavailable)
+    monkeypatch.setattr(handlers["perturbation"].session.store, "get", unavailable)
     event = upload_event(key, family="perturbation", receive_count=3)
     retried = {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
     assert invoke("perturbation", event) == retried

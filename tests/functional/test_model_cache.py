@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from devtools.events import deliver
+from devtools.local.events import deliver
 from explain_core.errors import ExplainError, ModelTooLargeError
 from explain_core.model_store import ModelStore
 from explain_core.settings import Settings
@@ -185,11 +185,12 @@ def test_a_full_disk_while_downloading_is_a_final_error_without_a_partial_file(s
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
 
 
-def test_the_pipeline_writes_a_final_error_record_for_a_model_too_large(s3, deployment, samples, model_bytes,
+def test_the_queue_path_writes_a_final_error_record_for_a_model_too_large(s3, deployment, samples, model_bytes,
                                                                         demo_card, unique_prefix, tmp_path,
                                                                         lambda_context):
     """Through the SQS handler path: an error record with retrying false, no batch item failure (no DLQ)."""
-    from explain_core.pipeline import ExplanationPipeline
+    from explain_core.session import ExplanationSession
+    from explain_core.sqs_adapter import SqsAdapter
 
     images, _, _ = samples
     name = "too-large-queue"
@@ -199,7 +200,7 @@ def test_the_pipeline_writes_a_final_error_record_for_a_model_too_large(s3, depl
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]))
     settings = cache_settings(deployment, tmp_path / "cache", capacity=len(model_bytes), reserve=1024)
 
-    response = ExplanationPipeline("gradient", settings, s3).handle_sqs_event(deliver(event, s3), lambda_context)
+    response = SqsAdapter(ExplanationSession("gradient", settings, s3)).handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": []}
     record = read_json(s3, deployment.bucket("ResultsBucket"), f"errors/{key.removeprefix('incoming/')}.json")

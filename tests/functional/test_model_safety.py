@@ -34,7 +34,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from devtools.events import deliver
+from devtools.local.events import deliver
 from explain_core.errors import ExplainError, InvalidModelError, ModelCardError, UnsafeModelError
 from explain_core.model_store import ModelStore
 from explain_core.settings import Settings
@@ -317,7 +317,8 @@ def test_a_lambda_layer_with_python_code_is_refused(store, s3, deployment, card,
 def test_an_unsafe_model_gets_a_final_error_record_through_the_queue_path(s3, deployment, card, clean_archive, marker,
                                                                           samples, tmp_path, unique_prefix,
                                                                           lambda_context):
-    from explain_core.pipeline import ExplanationPipeline
+    from explain_core.session import ExplanationSession
+    from explain_core.sqs_adapter import SqsAdapter
 
     images, _, _ = samples
     name = "unsafe-queue"
@@ -330,7 +331,7 @@ def test_an_unsafe_model_gets_a_final_error_record_through_the_queue_path(s3, de
                         results_bucket=deployment.bucket("ResultsBucket"),
                         model_bucket=deployment.bucket("ModelBucket"), model_cache_dir=str(tmp_path / "cache"))
 
-    response = ExplanationPipeline("gradient", settings, s3).handle_sqs_event(deliver(event, s3), lambda_context)
+    response = SqsAdapter(ExplanationSession("gradient", settings, s3)).handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": []}  # not retried, never dead-lettered
     record = read_json(s3, deployment.bucket("ResultsBucket"), f"errors/{key.removeprefix('incoming/')}.json")

@@ -61,9 +61,9 @@ def test_nan_predictions_are_a_typed_final_error(family, nan_image_model, invoke
 def test_nan_attributions_fail_their_method_only(invoke, s3, deployment, samples, unique_prefix, monkeypatch):
     """A method whose attributions are NaN (e.g. a gradient through a saturated op) is reported failed
     with the method and class named; the other methods' results stand and the manifest is partial."""
-    from explain_core import pipeline as pipeline_module
+    from explain_core import attribution
 
-    real_run_method = pipeline_module.run_method
+    real_run_method = attribution.run_method
 
     def saliency_goes_nan(explainer, inputs, targets):
         result = real_run_method(explainer, inputs, targets)
@@ -71,7 +71,7 @@ def test_nan_attributions_fail_their_method_only(invoke, s3, deployment, samples
             result.attributions[...] = np.nan
         return result
 
-    monkeypatch.setattr(pipeline_module, "run_method", saliency_goes_nan)
+    monkeypatch.setattr(attribution, "run_method", saliency_goes_nan)
     images, labels, _ = samples
     key = f"incoming/gradient/shapes/v1/{unique_prefix}/nan-method.png"
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]),

@@ -108,9 +108,7 @@ class ExplanationRequests:
             self.session.accept(upload, loaded, data, options=options)
             manifest_key = self.session.manifest_key(upload)
             if upload.duplicate:
-                manifest = json.loads(self.session.s3.get_object(Bucket=self.settings.results_bucket,
-                                                                 Key=manifest_key)["Body"].read())
-                return explanation_result(manifest, self.links, manifest_key, cached=True)
+                return explanation_result(self.session.read_manifest(upload), self.links, manifest_key, cached=True)
             estimate = None
             reason = "mode async was requested"
             if request.mode != "async":

@@ -45,6 +45,7 @@ from explain_core.errors import (
 )
 from explain_core.input_lock import InputIdentity, InputLock, LockOutcome
 from explain_core.keys import InputRef, KeyLayout, new_attempt_id
+from explain_core.manifest import BackgroundDescription, Manifest
 from explain_core.modalities import Explained
 from explain_core.modalities.base import METHOD_OVERHEAD_S
 from explain_core.model_store import LoadedModel, ModelStore
@@ -220,25 +221,25 @@ class ExplanationSession:
     def has_manifest(self, upload: Upload) -> bool:
         return bool(self.writer.manifest_metadata(self.manifest_key(upload)))
 
-    def write(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None) -> dict:
+    def write(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None) -> Manifest:
         """Write the outputs, then the manifest (last, by compare-and-swap); returns the manifest."""
         manifest = self._manifest(upload, loaded, explained)
         objects = explained.objects
         started = time.perf_counter()
         self.writer.put_many(objects)
-        manifest["request_id"] = request_id
-        manifest["created_at"] = now_iso()
-        manifest["timings"]["write_s"] = round(time.perf_counter() - started, 4)
-        manifest["output_keys"] = [key for key, _, _ in objects]
+        manifest.request_id = request_id
+        manifest.created_at = now_iso()
+        manifest.timings["write_s"] = round(time.perf_counter() - started, 4)
+        manifest.output_keys = [key for key, _, _ in objects]
         manifest_key = self.manifest_key(upload)
         metadata = {SOURCE_ETAG: upload.etag, REQUEST_FINGERPRINT: self._fingerprint(upload, loaded)}
         if upload.order:
             metadata[SOURCE_ORDER] = upload.order
         # The manifest goes last: its presence means every output it lists is in place.
         try:
-            replaced = self.writer.put_manifest(manifest_key, manifest, metadata)
+            replaced = self.writer.put_manifest(manifest_key, manifest.to_dict(), metadata)
         except InputChangedError:
-            self.writer.delete_many(manifest["output_keys"])  # a newer version's manifest stands
+            self.writer.delete_many(manifest.output_keys)  # a newer version's manifest stands
             raise
         self.writer.delete_many(replaced)  # the outputs of the attempt whose manifest this replaced
         self.writer.delete_error(upload.key)
@@ -246,10 +247,15 @@ class ExplanationSession:
             self._lock.complete(upload.identity, manifest_key)
             upload.identity = None
         metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
-        logger.info("explained", extra={"key": upload.key, "status": manifest["status"], "outputs": len(objects)})
+        logger.info("explained", extra={"key": upload.key, "status": manifest.status, "outputs": len(objects)})
         return manifest
 
-    def explain_and_write(self, upload: Upload, loaded: LoadedModel, context) -> dict:
+    def read_manifest(self, upload: Upload) -> Manifest:
+        """The manifest of an input explained before (a duplicate request)."""
+        body = self.s3.get_object(Bucket=self.settings.results_bucket, Key=self.manifest_key(upload))["Body"].read()
+        return Manifest.from_json(body)
+
+    def explain_and_write(self, upload: Upload, loaded: LoadedModel, context) -> Manifest:
         """Explain one accepted input now and write its outputs; returns the manifest. Errors propagate."""
         if not self.lock(upload, loaded, context):
             raise RequestInProgressError("the same input is being explained by another request; retry shortly")
@@ -266,37 +272,34 @@ class ExplanationSession:
                               retrying=retrying, request_id=request_id, **delivery)
 
     # ----------------------------------------------------------------- the manifest
-    def _manifest(self, upload: Upload, loaded: LoadedModel, explained: Explained) -> dict:
-        card = loaded.card
-        failed = sum(m["status"] == "failed" for m in explained.methods)
-        return {
-            "status": "succeeded" if not failed else ("failed" if failed == len(explained.methods) else "partial"),
-            "family": self.family,
-            "input": {"bucket": upload.bucket, "key": upload.key, "etag": upload.etag,
-                      **({"version_id": upload.version_id} if upload.version_id else {}),
-                      **explained.input_description},
-            "model": {
-                "name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
-                "card_etag": loaded.card_etag, "modality": card.modality, "framework": card.framework,
-                **loaded.modality.describe_model(loaded),
-                "loaded_from": loaded.source,
-            },
-            "predictions": explained.predictions,
-            "explained_classes": explained.explained_classes,
-            "methods": explained.methods,
-            **({"background": self._background_description(loaded)} if self.store.with_background else {}),
-            "timings": {**{k: round(v, 4) for k, v in upload.timings.items()}, **explained.timings},
-            "versions": library_versions(),
-            "results_prefix": self.keys.results_base(upload.ref),
-            "attempt": upload.attempt,
-        }
+    def _manifest(self, upload: Upload, loaded: LoadedModel, explained: Explained) -> Manifest:
+        card, modality = loaded.card, loaded.modality
+        failed = sum(method.status == "failed" for method in explained.methods)
+        return Manifest(
+            status="succeeded" if not failed else ("failed" if failed == len(explained.methods) else "partial"),
+            family=self.family,
+            input=modality.input_type(bucket=upload.bucket, key=upload.key, etag=upload.etag,
+                                      version_id=upload.version_id, **explained.input_description),
+            model=modality.model_type(name=loaded.name, version=loaded.version, etag=loaded.model_etag,
+                                      card_etag=loaded.card_etag, modality=card.modality, framework=card.framework,
+                                      **modality.describe_model(loaded), loaded_from=loaded.source),
+            predictions=explained.predictions,
+            explained_classes=explained.explained_classes,
+            methods=explained.methods,
+            background=self._background_description(loaded) if self.store.with_background else None,
+            timings={**{k: round(v, 4) for k, v in upload.timings.items()}, **explained.timings},
+            versions=library_versions(),
+            results_prefix=self.keys.results_base(upload.ref),
+            attempt=upload.attempt,
+        )
 
     @staticmethod
-    def _background_description(loaded: LoadedModel) -> dict:
+    def _background_description(loaded: LoadedModel) -> BackgroundDescription:
         """Where the SHAP background came from (see the modality's default_background)."""
         if loaded.background is not None:
-            return {"source": "background.npy", "rows": len(loaded.background), "etag": loaded.background_etag}
-        return {"source": "default", "description": loaded.modality.default_background_description}
+            return BackgroundDescription(source="background.npy", rows=len(loaded.background),
+                                         etag=loaded.background_etag)
+        return BackgroundDescription(source="default", description=loaded.modality.default_background_description)
 
     @staticmethod
     def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:

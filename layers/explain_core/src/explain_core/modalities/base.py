@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from aws_lambda_powertools import Logger
 
 from explain_core.errors import ExplainError, InvalidModelOutputError, OverTimeBudgetError
+from explain_core.manifest import ErrorDetail, MethodEntry
 
 if TYPE_CHECKING:
     from explain_core.model_store import LoadedModel
@@ -37,8 +38,9 @@ class Explained:
 
     #: (key, body, content type) of every output file.
     objects: list[tuple[str, bytes, str]]
-    #: The manifest's entry per requested method (see explain_core.manifest).
-    methods: list
+    #: The manifest's entry per requested method.
+    methods: list[MethodEntry]
+    #: The manifest's input fields this modality adds to the input's location (its ``input_type``).
     input_description: dict
     predictions: object
     explained_classes: list
@@ -54,6 +56,9 @@ class Modality:
     noun: ClassVar[str]
     #: Frameworks whose models of this modality can be explained.
     frameworks: ClassVar[tuple[str, ...]]
+    #: The manifest's description of an input and of the model (explain_core.manifest).
+    input_type: ClassVar[type]
+    model_type: ClassVar[type]
 
     # ------------------------------------------------------------------ the model card and model
     def check_card(self, card) -> None:
@@ -129,25 +134,20 @@ def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds:
         )
 
 
-def method_entry(spec: "MethodSpec", params: dict, card) -> dict:
+def method_entry(spec: "MethodSpec", params: dict, card) -> MethodEntry:
     """A method's manifest entry before it runs."""
-    return {
-        "name": spec.name,
-        "params": params,
-        "passes_per_image": spec.passes(params, (card.input_height, card.input_width)),
-        "reference": spec.reference,
-        "status": "succeeded",
-        "outputs": [],
-    }
+    return MethodEntry(name=spec.name, params=params,
+                       passes_per_image=spec.passes(params, (card.input_height, card.input_width)),
+                       reference=spec.reference)
 
 
-def method_error(exc: Exception, method: str, card) -> dict:
+def method_error(exc: Exception, method: str, card) -> ErrorDetail:
     """The manifest's error entry of a failed method; a typed error is logged without a trace."""
     if isinstance(exc, ExplainError):
         logger.warning("method refused", extra={"method": method, "model": card.name, "error": exc.to_dict()})
-        return exc.to_dict()
+        return ErrorDetail(**exc.to_dict())
     logger.exception("method failed", extra={"method": method, "model": card.name})
-    return {"type": type(exc).__name__, "code": "method_failed", "message": str(exc)[:2000]}
+    return ErrorDetail(type=type(exc).__name__, code="method_failed", message=str(exc)[:2000])
 
 
 def check_finite(values, what: str, **details) -> None:

@@ -13,6 +13,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from explain_core.errors import ImageTooLargeError, InvalidModelOutputError
+from explain_core.manifest import ClassScore, ImageInput, ImageModel, ImageOutput
 from explain_core.modalities.base import (
     Explained,
     Modality,
@@ -36,6 +37,8 @@ class ImageModality(Modality):
     name = "image"
     noun = "image"
     frameworks = ("keras",)
+    input_type = ImageInput
+    model_type = ImageModel
     attribution_dtype = "float32"  # .npy outputs of pixel size
     default_background_is_fixed = True
     default_background_description = "flat grey images at levels 0, 64, 128, 192, 255"
@@ -160,14 +163,17 @@ class ImageModality(Modality):
         def described(cls: int) -> dict:
             return {"class_index": int(cls), "class_name": card.class_name(int(cls)), "score": float(scores[cls])}
 
+        def class_score(cls: int) -> ClassScore:
+            return ClassScore(**described(cls))
+
         objects, methods = [], []
         for spec, params in upload.options.methods:
             entry = method_entry(spec, params, card)
             for cls in classes:
                 found = method_results[(i, spec.name, json.dumps(params, sort_keys=True), cls)]
                 if "error" in found:
-                    entry["status"] = "failed"
-                    entry["error"] = found["error"]
+                    entry.status = "failed"
+                    entry.error = found["error"]
                     continue
                 label = class_label(cls, card.class_names)
                 heatmap_key = session.output_key(upload, spec.name, label, "png")
@@ -176,25 +182,21 @@ class ImageModality(Modality):
                     upload.content.pixels, found["heatmap"], max_side=session.settings.max_overlay_side
                 ), "image/png"))
                 objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
-                entry["seconds"] = round(found["seconds"], 4)  # the whole batch
-                entry["seconds_per_image"] = round(found["seconds"] / found["rows"], 4)
-                entry["batch_rows"] = found["rows"]
-                output = {
-                    **described(cls),
-                    "heatmap": heatmap_key,
-                    "attributions": array_key,
-                    "attributions_shape": list(found["attributions"].shape),
-                }
-                if found["base_value"] is not None:
+                entry.seconds = round(found["seconds"], 4)  # the whole batch
+                entry.seconds_per_image = round(found["seconds"] / found["rows"], 4)
+                entry.batch_rows = found["rows"]
+                shap = found["base_value"] is not None
+                entry.outputs.append(ImageOutput(
+                    **described(cls), heatmap=heatmap_key, attributions=array_key,
+                    attributions_shape=list(found["attributions"].shape),
                     # SHAP: the attributions sum to the class's output minus this expected value.
-                    output["base_value"] = found["base_value"]
-                    output["output_kind"] = output_kind(card)
-                entry["outputs"].append(output)
+                    base_value=found["base_value"], output_kind=output_kind(card) if shap else None,
+                ))
             methods.append(entry)
 
         return Explained(
             objects=objects, methods=methods, input_description=upload.content.description(),
-            predictions=[described(c) for c in ranked], explained_classes=[described(c) for c in classes],
+            predictions=[class_score(c) for c in ranked], explained_classes=[class_score(c) for c in classes],
             timings={"predict_s": round(predict_seconds, 4), "batch_images": batch_rows},
         )
 

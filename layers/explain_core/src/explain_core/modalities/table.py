@@ -12,6 +12,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from explain_core.errors import InvalidModelOutputError, TableTooLargeError
+from explain_core.manifest import ClassScore, TableInput, TableModel, TableOutput, TablePredictions
 from explain_core.modalities.base import (
     Explained,
     Modality,
@@ -36,6 +37,8 @@ class TableModality(Modality):
     name = "tabular"
     noun = "table"
     frameworks = ("keras", "xgboost")
+    input_type = TableInput
+    model_type = TableModel
     attribution_dtype = "float64"  # kept for the values CSV
     default_background_is_fixed = False
     default_background_description = "the uploaded rows (at most 64)"
@@ -140,12 +143,12 @@ class TableModality(Modality):
                     )
                     files, output = _report_files(session, upload, explanation, card)
                     objects += files
-                    entry["outputs"].append({**described(cls), **output})
-                entry["seconds"] = round(seconds, 4)
+                    entry.outputs.append(TableOutput(**described(cls), **output))
+                entry.seconds = round(seconds, 4)
                 metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
             except Exception as exc:  # a method failing on this model must not sink the others
-                entry["status"] = "failed"
-                entry["error"] = method_error(exc, spec.name, card)
+                entry.status = "failed"
+                entry.error = method_error(exc, spec.name, card)
             methods.append(entry)
 
         counts = np.bincount(predicted, minlength=len(card.class_names))
@@ -153,8 +156,8 @@ class TableModality(Modality):
             objects=objects, methods=methods,
             input_description={"format": table.format, "rows": len(table.values), "columns": len(table.feature_names),
                                "feature_names_from": "model" if loaded.feature_names else "upload"},
-            predictions={"rows_per_class": {card.class_name(i): int(n) for i, n in enumerate(counts)}},
-            explained_classes=[described(c) for c in classes],
+            predictions=TablePredictions(rows_per_class={card.class_name(i): int(n) for i, n in enumerate(counts)}),
+            explained_classes=[ClassScore(**described(c)) for c in classes],
             timings={"predict_s": round(predict_seconds, 4), "rows": len(table.values)},
         )
 
