@@ -98,8 +98,8 @@ def test_error_messages_say_what_is_wrong(s3, deployment):
 def test_transient_failure_is_retried_with_an_error_record(deployment, samples, s3, lambda_context):
     """An S3 failure (here: a results bucket that does not exist) reports the message for retry."""
     from explain_core.session import ExplanationSession
-    from explain_core.sqs_adapter import SqsAdapter
     from explain_core.settings import Settings
+    from explain_core.sqs_adapter import SqsAdapter
 
     images, _, _ = samples
     event = load_event("gradient-upload.json")
@@ -119,8 +119,8 @@ def test_a_method_that_would_outlast_the_invocation_is_refused(deployment, sampl
     """With 30 s left, 20,000 RISE passes cannot finish: the method is refused, the others run."""
     from devtools.local.lambda_service import LocalLambdaContext
     from explain_core.session import ExplanationSession
-    from explain_core.sqs_adapter import SqsAdapter
     from explain_core.settings import Settings
+    from explain_core.sqs_adapter import SqsAdapter
 
     images, _, _ = samples
     event = load_event("perturbation-upload.json")

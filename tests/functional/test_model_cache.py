@@ -200,7 +200,8 @@ def test_the_queue_path_writes_a_final_error_record_for_a_model_too_large(s3, de
     s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[0]))
     settings = cache_settings(deployment, tmp_path / "cache", capacity=len(model_bytes), reserve=1024)
 
-    response = SqsAdapter(ExplanationSession("gradient", settings, s3)).handle_sqs_event(deliver(event, s3), lambda_context)
+    uploads = SqsAdapter(ExplanationSession("gradient", settings, s3))
+    response = uploads.handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": []}
     record = read_json(s3, deployment.bucket("ResultsBucket"), f"errors/{key.removeprefix('incoming/')}.json")

@@ -331,7 +331,8 @@ def test_an_unsafe_model_gets_a_final_error_record_through_the_queue_path(s3, de
                         results_bucket=deployment.bucket("ResultsBucket"),
                         model_bucket=deployment.bucket("ModelBucket"), model_cache_dir=str(tmp_path / "cache"))
 
-    response = SqsAdapter(ExplanationSession("gradient", settings, s3)).handle_sqs_event(deliver(event, s3), lambda_context)
+    uploads = SqsAdapter(ExplanationSession("gradient", settings, s3))
+    response = uploads.handle_sqs_event(deliver(event, s3), lambda_context)
 
     assert response == {"batchItemFailures": []}  # not retried, never dead-lettered
     record = read_json(s3, deployment.bucket("ResultsBucket"), f"errors/{key.removeprefix('incoming/')}.json")

@@ -7,12 +7,22 @@ import json
 import numpy as np
 import pytest
 
-from devtools.events import deliver
+from devtools import demo_model, tabular_demo
+from devtools.local.events import deliver
+from explain_core.model_card import ModelCard
+from explain_core.registry import SHAP, methods_of
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json, upload_event
 
 pytestmark = pytest.mark.slow
 
-IMAGE_METHODS = ("GradientExplainer", "DeepExplainer", "PartitionExplainer", "SuperpixelKernelExplainer")
+
+def shap_methods(card: dict) -> tuple[str, ...]:
+    """Every method of the family that can explain the model of ``card``, in the registry's order."""
+    return tuple(spec.name for spec in methods_of(SHAP, ModelCard.model_validate(card)))
+
+
+IMAGE_METHODS = shap_methods(demo_model.card())
+TABULAR_METHODS = {name: shap_methods(tabular_demo.card(name)) for name in tabular_demo.MODELS}
 #: Cheaper than the defaults; additivity does not depend on the sample counts except for
 #: GradientExplainer (a Monte-Carlo estimate).
 IMAGE_PARAMS = {"GradientExplainer": {"nb_samples": 200}, "PartitionExplainer": {"max_evals": 200},
@@ -117,8 +127,7 @@ def tabular_event_results(invoke, s3, deployment, tabular_models):
     rows, labels = tabular_demo.sample_rows(8)
     event = load_event("shap-tabular-upload.json")
     keys = event_keys(event)
-    methods = {"breast-cancer-xgb": "TreeExplainer",
-               "breast-cancer-mlp": "KernelExplainer,DeepExplainer,GradientExplainer"}
+    methods = {name: ",".join(TABULAR_METHODS[name]) for name in tabular_demo.MODELS}  # every one that applies
     clear_outputs(s3, deployment, "shap")
     for key in keys:
         body = tabular_demo.sample_csv(rows) if key.endswith(".csv") else tabular_demo.sample_jsonl(rows)
@@ -183,7 +192,12 @@ TABULAR_TOLERANCE = {"KernelExplainer": 1e-4, "DeepExplainer": 1e-3, "GradientEx
 TABULAR_MEAN_TOLERANCE = {"KernelExplainer": 1e-4, "DeepExplainer": 1e-3, "GradientExplainer": 0.12}
 
 
-@pytest.mark.parametrize("method", sorted(TABULAR_TOLERANCE))
+def test_every_method_has_an_additivity_tolerance():
+    assert set(ADDITIVITY_TOLERANCE) == set(IMAGE_METHODS)
+    assert set(TABULAR_TOLERANCE) == set(TABULAR_MEAN_TOLERANCE) == set(TABULAR_METHODS["breast-cancer-mlp"])
+
+
+@pytest.mark.parametrize("method", TABULAR_METHODS["breast-cancer-mlp"])
 def test_keras_tabular_values_add_up(method, tabular_event_results, tabular_models, s3, deployment):
     import keras
 
@@ -363,7 +377,8 @@ def test_a_new_background_is_not_mistaken_for_a_duplicate(invoke, s3, deployment
 
 def test_a_tabular_method_that_would_outlast_the_invocation_is_refused(handlers, deployment, s3, tabular_models):
     """1000 rows x 10000 coalitions x 32 background rows cannot fit the 10 s a 30 s invocation leaves."""
-    from devtools import local_lambda, tabular_demo
+    from devtools import tabular_demo
+    from devtools.local import lambda_service
 
     rows, _ = tabular_demo.sample_rows(8)
     key = "incoming/shap/breast-cancer-mlp/v1/budget/many.csv"
@@ -372,8 +387,8 @@ def test_a_tabular_method_that_would_outlast_the_invocation_is_refused(handlers,
                   Metadata={"methods": "DeepExplainer,KernelExplainer",
                             "params": '{"KernelExplainer": {"nb_samples": 10000}}'})
     wiring = deployment.function_for_family("shap")
-    context = local_lambda.LocalLambdaContext(wiring.logical_id, wiring.memory, timeout_seconds=30)
-    with local_lambda.function_environment(deployment, wiring):
+    context = lambda_service.LocalLambdaContext(wiring.logical_id, wiring.memory, timeout_seconds=30)
+    with lambda_service.function_environment(deployment, wiring):
         assert handlers["shap"](deliver(upload_event(key), s3), context) == {"batchItemFailures": []}
 
     manifest = read_json(s3, deployment.bucket("ResultsBucket"), results_of(key) + "manifest.json")

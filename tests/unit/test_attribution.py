@@ -15,7 +15,7 @@ from explain_core.attribution import (
     run_method,
 )
 from explain_core.model_card import ModelCard
-from explain_core.registry import GRADIENT, PERTURBATION, get_method
+from explain_core.registry import GRADIENT, PERTURBATION, get_method, methods_of
 
 IMAGENET = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -270,7 +270,7 @@ def test_other_methods_give_input_sized_heatmaps(tiny_model, batch, name, family
     assert np.isfinite(result.heatmaps).all()
 
 
-@pytest.mark.parametrize("name", ["KernelShap", "Lime"])
+@pytest.mark.parametrize("name", [spec.name for spec in methods_of(PERTURBATION) if spec.grid_segments])
 def test_grid_methods_are_piecewise_constant_on_the_grid(tiny_model, batch, name):
     inputs, targets = batch
     spec = get_method(name, PERTURBATION)

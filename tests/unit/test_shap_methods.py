@@ -6,7 +6,7 @@ import pytest
 from explain_core.attribution import build_explainer
 from explain_core.errors import UnsupportedModelError
 from explain_core.model_card import ModelCard
-from explain_core.registry import REGISTRY
+from explain_core.registry import REGISTRY, SHAP, methods_of
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def data():
     return rng.normal(size=(16, 4)), rng.normal(size=(5, 4))  # background, rows
 
 
-@pytest.mark.parametrize("method", ["KernelExplainer", "DeepExplainer", "GradientExplainer"])
+@pytest.mark.parametrize("method", [spec.name for spec in methods_of(SHAP, tabular_card())])
 def test_linear_model_gets_its_exact_shapley_values(method, linear_model, data):
     model, weights = linear_model
     background, rows = data

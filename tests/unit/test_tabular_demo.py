@@ -9,6 +9,7 @@ import pytest
 
 from devtools import tabular_demo
 from explain_core.model_card import MODEL_FILES, ModelCard
+from explain_core.registry import SHAP, get_method
 
 MIN_ACCURACY = 0.93
 
@@ -59,6 +60,7 @@ def test_cards_validate_and_match_the_files(model_dirs):
         assert card.framework == MODEL_FILES[model_file]
         assert card.output == output
         assert card.default_methods == {"shap": methods}
+        assert all(get_method(method, SHAP).supports(card) for method in methods)  # registry methods for it
         assert card.feature_names == tabular_demo.feature_names()
         assert card.class_names == ["malignant", "benign"]
         assert card.explained_classes == ["malignant"] and card.default_explained_classes() == [0]

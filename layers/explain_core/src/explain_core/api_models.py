@@ -6,12 +6,39 @@ stack, so the light API and authorizer images can use it.
 """
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from explain_core.keys import NAME_PATTERN
-from explain_core.registry import FAMILIES
+from explain_core.manifest import (  # the manifest's models are the API's: one definition of each field
+    ADDITIVITY_MAX_ERROR,
+    ATTRIBUTIONS_SHAPE,
+    BASE_VALUE,
+    CLASS_INDEX,
+    CLASS_NAME,
+    EXPLAINED_CLASSES,
+    METHOD_ERROR,
+    METHOD_NAME,
+    METHOD_PARAMS,
+    METHOD_SECONDS,
+    METHOD_STATUS,
+    OUTPUT_KIND,
+    PASSES_PER_IMAGE,
+    REFERENCE,
+    RESULTS_PREFIX,
+    SCORE,
+    STATUS,
+    ClassScore,
+    ErrorDetail,
+    Family,
+    InputDescription,
+    MethodStatus,
+    ModelDescription,
+    Predictions,
+    Status,
+    Timings,
+)
 
 #: Names of models and versions: the key layout's own rule.
 NAME_REGEX = NAME_PATTERN.pattern
@@ -21,8 +48,6 @@ UPLOAD_KEY_REGEX = r"^uploads/[0-9a-f]{32}/[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
 JOB_ID_REGEX = r"^[0-9a-f]{32}$"
 #: Largest decoded inline input: Lambda's 6 MB request payload holds about 4.4 MB once base64-encoded.
 MAX_INLINE_INPUT_BYTES = 4 * 1024 * 1024
-
-Family = Literal[FAMILIES]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -85,66 +110,55 @@ class ExplanationRequest(_Strict):
         return metadata
 
 
-class ErrorDetail(BaseModel):
-    type: str = Field(description="Exception class")
-    code: str = Field(description="Stable machine-readable code, e.g. unknown_method")
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
 class ErrorResponse(BaseModel):
     error: ErrorDetail
     request_id: str | None = None
 
 
-class ClassScore(BaseModel):
-    class_index: int
-    class_name: str
-    score: float | None = None
-
-
 class MethodOutput(BaseModel):
     """One explained class of one method: links to its files, never the arrays themselves."""
 
-    class_index: int
-    class_name: str
-    score: float | None = None
+    class_index: Annotated[int, CLASS_INDEX]
+    class_name: Annotated[str, CLASS_NAME]
+    score: Annotated[float | None, SCORE] = None
     heatmap_url: str | None = Field(default=None, description="Heatmap over the image (PNG)")
     attributions_url: str | None = Field(default=None, description="Raw attributions (NumPy .npy)")
-    attributions_shape: list[int] | None = None
-    base_value: float | None = Field(default=None, description="SHAP: the expected value the attributions add to")
-    output_kind: str | None = None
+    attributions_shape: Annotated[list[int] | None, ATTRIBUTIONS_SHAPE] = None
+    base_value: Annotated[float | None, BASE_VALUE] = None
+    output_kind: Annotated[str | None, OUTPUT_KIND] = None
     summary_url: str | None = Field(default=None, description="Tables: the summary JSON")
-    additivity_max_error: float | None = None
+    additivity_max_error: Annotated[float | None, ADDITIVITY_MAX_ERROR] = None
     files: dict[str, str] = Field(default_factory=dict, description="Tables: file name -> URL (values, plots)")
 
 
 class MethodResult(BaseModel):
-    name: str
-    status: Literal["succeeded", "failed"]
-    params: dict[str, Any]
-    reference: str
-    seconds: float | None = None
-    passes_per_image: int | None = None
-    error: ErrorDetail | None = None
+    """One method of the manifest (explain_core.manifest.MethodEntry), with links instead of keys."""
+
+    name: Annotated[str, METHOD_NAME]
+    status: Annotated[MethodStatus, METHOD_STATUS]
+    params: Annotated[dict[str, Any], METHOD_PARAMS]
+    reference: Annotated[str, REFERENCE]
+    seconds: Annotated[float | None, METHOD_SECONDS] = None
+    passes_per_image: Annotated[int | None, PASSES_PER_IMAGE] = None
+    error: Annotated[ErrorDetail | None, METHOD_ERROR] = None
     outputs: list[MethodOutput] = Field(default_factory=list)
 
 
 class ExplanationResult(BaseModel):
     """The explanation of one input: predictions, a summary per method and presigned links to the outputs."""
 
-    status: Literal["succeeded", "partial", "failed"]
-    family: str
-    model: dict[str, Any]
-    input: dict[str, Any]
-    predictions: list[ClassScore] | dict[str, Any]
-    explained_classes: list[ClassScore]
+    status: Annotated[Status, STATUS]
+    family: Family
+    model: ModelDescription
+    input: InputDescription
+    predictions: Predictions
+    explained_classes: Annotated[list[ClassScore], EXPLAINED_CLASSES]
     methods: list[MethodResult]
-    manifest_url: str
-    results_prefix: str
+    manifest_url: str = Field(description="The manifest (manifest.json, explain_core.manifest.Manifest)")
+    results_prefix: Annotated[str, RESULTS_PREFIX]
     urls_expire_in: int = Field(description="Seconds the presigned URLs stay valid")
     cached: bool = Field(default=False, description="True when the same request had been explained before")
-    timings: dict[str, Any] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=dict)
 
 
 class JobAccepted(BaseModel):

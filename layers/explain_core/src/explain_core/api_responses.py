@@ -7,6 +7,7 @@ every output is a presigned GET URL valid for ``PRESIGNED_URL_SECONDS``.
 import posixpath
 
 from explain_core.api_models import ExplanationResult, MethodOutput, MethodResult
+from explain_core.manifest import ImageOutput, Manifest, TableOutput
 from explain_core.settings import Settings
 
 
@@ -41,30 +42,36 @@ class Links:
         return self.get(self.settings.results_bucket, key)
 
 
-def explanation_result(manifest: dict, links: Links, manifest_key: str, *, cached: bool = False) -> ExplanationResult:
-    """A manifest (see explain_core.pipeline) with every output key replaced by a presigned URL."""
-    methods = []
-    for method in manifest["methods"]:
-        outputs = []
-        for output in method.get("outputs", []):
-            outputs.append(MethodOutput(
-                class_index=output["class_index"], class_name=output["class_name"], score=output.get("score"),
-                heatmap_url=links.result(output["heatmap"]) if "heatmap" in output else None,
-                attributions_url=links.result(output["attributions"]) if "attributions" in output else None,
-                attributions_shape=output.get("attributions_shape"),
-                base_value=output.get("base_value"), output_kind=output.get("output_kind"),
-                summary_url=links.result(output["summary"]) if "summary" in output else None,
-                additivity_max_error=output.get("additivity_max_error"),
-                files={posixpath.basename(key): links.result(key) for key in output.get("files", [])},
-            ))
-        methods.append(MethodResult(
-            name=method["name"], status=method["status"], params=method["params"], reference=method["reference"],
-            seconds=method.get("seconds"), passes_per_image=method.get("passes_per_image"),
-            error=method.get("error"), outputs=outputs,
-        ))
+def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
+                       cached: bool = False) -> ExplanationResult:
+    """A manifest (explain_core.manifest) with every output key replaced by a presigned URL."""
+    methods = [
+        MethodResult(
+            name=method.name, status=method.status, params=method.params, reference=method.reference,
+            seconds=method.seconds, passes_per_image=method.passes_per_image, error=method.error,
+            outputs=[_output_links(output, links) for output in method.outputs],
+        )
+        for method in manifest.methods
+    ]
     return ExplanationResult(
-        status=manifest["status"], family=manifest["family"], model=manifest["model"], input=manifest["input"],
-        predictions=manifest["predictions"], explained_classes=manifest["explained_classes"], methods=methods,
-        manifest_url=links.result(manifest_key), results_prefix=manifest["results_prefix"],
-        urls_expire_in=links.seconds, cached=cached, timings=manifest.get("timings", {}),
+        status=manifest.status, family=manifest.family, model=manifest.model, input=manifest.input,
+        predictions=manifest.predictions, explained_classes=manifest.explained_classes, methods=methods,
+        manifest_url=links.result(manifest_key), results_prefix=manifest.results_prefix,
+        urls_expire_in=links.seconds, cached=cached, timings=manifest.timings,
+    )
+
+
+def _output_links(output: ImageOutput | TableOutput, links: Links) -> MethodOutput:
+    """One explained class of a method, its result-bucket keys as presigned URLs."""
+    if isinstance(output, TableOutput):
+        return MethodOutput(
+            class_index=output.class_index, class_name=output.class_name, output_kind=output.output_kind,
+            base_value=output.base_value, summary_url=links.result(output.summary),
+            additivity_max_error=output.additivity_max_error,
+            files={posixpath.basename(key): links.result(key) for key in output.files},
+        )
+    return MethodOutput(
+        class_index=output.class_index, class_name=output.class_name, score=output.score,
+        heatmap_url=links.result(output.heatmap), attributions_url=links.result(output.attributions),
+        attributions_shape=output.attributions_shape, base_value=output.base_value, output_kind=output.output_kind,
     )

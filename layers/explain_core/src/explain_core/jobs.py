@@ -6,7 +6,7 @@ apply unchanged. The record maps the job id to that input; the manifest (written
 error record says how it ended.
 
 What no record can say is an invocation killed by its timeout or memory limit: it writes
-nothing. So the family pipeline records each attempt on the job (:meth:`JobStore.record_attempt`:
+nothing. So the family's SQS adapter records each attempt on the job (:meth:`JobStore.record_attempt`:
 the SQS receive count, the maximum, when it started and the latest its invocation can end), and
 a job whose last attempt is past that deadline (plus ATTEMPT_GRACE_SECONDS) with no outcome was
 killed: queued again (SQS redelivers it after the visibility timeout) or, after the last attempt,
@@ -26,6 +26,7 @@ from explain_core.api_models import ErrorDetail, JobStatus
 from explain_core.api_responses import Links, explanation_result
 from explain_core.errors import JobTimedOutError, UnknownJobError, is_missing_object
 from explain_core.keys import KeyLayout, check_name
+from explain_core.manifest import Manifest
 from explain_core.results import now_iso
 from explain_core.settings import Settings
 
@@ -77,7 +78,7 @@ class JobStore:
 
     def record_attempt(self, job_id: str, *, attempt: int, max_attempts: int, started_at: float,
                        deadline: float) -> None:
-        """Record, at its start, an attempt of the family pipeline on a job's input (its S3 metadata
+        """Record, at its start, an attempt of the family's SQS adapter on a job's input (its S3 metadata
         carries ``job-id``): ``attempt`` is the SQS receive count, ``max_attempts`` the queue's
         maximum receives, ``started_at`` and ``deadline`` (the latest the invocation can end: its
         timeout) epoch seconds. A job without a record (expired, or not an API job) is left alone;
@@ -107,9 +108,9 @@ class JobStore:
         return item
 
 
-def _read_json(s3, bucket: str, key: str) -> dict | None:
+def _read(s3, bucket: str, key: str) -> bytes | None:
     try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if is_missing_object(exc):
             return None
@@ -143,7 +144,7 @@ def _final_error(record: dict, family: str) -> ErrorDetail:
                             f"fixed, redrive it to run the job again: {_redrive(family)}")
         error["details"] = {**error["details"], "dead_lettered": True, "attempts": record.get("attempt"),
                             "max_attempts": record.get("max_attempts"), "redrive": _redrive(family)}
-    return ErrorDetail(**error)
+    return ErrorDetail.from_dict(error)
 
 
 def _killed_attempt(job: dict, record: dict | None, now: float) -> tuple[ErrorDetail, bool] | None:
@@ -180,11 +181,13 @@ def job_status(job: dict, s3, links: Links, *, now: float | None = None) -> JobS
         "created_at": job["created_at"], "input_key": job["input_key"],
         "estimated_seconds": float(job["estimated_seconds"]) if "estimated_seconds" in job else None,
     }
-    manifest = _read_json(s3, bucket, job["manifest_key"])
-    if manifest is not None:
+    body = _read(s3, bucket, job["manifest_key"])
+    if body is not None:
+        manifest = Manifest.from_json(body)
         result = explanation_result(manifest, links, job["manifest_key"])
-        return JobStatus(**described, status=manifest["status"], result=result)
-    record = _read_json(s3, bucket, job["error_key"])
+        return JobStatus(**described, status=manifest.status, result=result)
+    body = _read(s3, bucket, job["error_key"])
+    record = json.loads(body) if body is not None else None
     if record is not None and not record.get("retrying"):
         return JobStatus(**described, status="failed", error=_final_error(record, job["family"]))
     killed = _killed_attempt(job, record, time.time() if now is None else now)
@@ -193,6 +196,6 @@ def job_status(job: dict, s3, links: Links, *, now: float | None = None) -> JobS
         return JobStatus(**described, status="failed" if final else "queued", retrying=not final, error=error)
     if record is None:
         return JobStatus(**described, status="queued")
-    error = ErrorDetail(**{"details": {}, **record["error"]})
+    error = ErrorDetail.from_dict({"details": {}, **record["error"]})
     return JobStatus(**described, status="queued", retrying=True, error=error)
 
