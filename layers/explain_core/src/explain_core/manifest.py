@@ -63,7 +63,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
 from explain_core.registry import FAMILIES
 
@@ -153,6 +162,14 @@ class _InputLocation(_Document):
                                  "inline inputs)")
     etag: str | None = Field(description="ETag of the input version explained (without quotes)")
     version_id: Annotated[str | None, VERSION_ID] = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_version(self, serialize):
+        """API responses too leave out version_id for an unversioned bucket (not null), as the manifest does."""
+        document = serialize(self)
+        if document.get("version_id", "") is None:
+            del document["version_id"]
+        return document
 
 
 class ImageInput(_InputLocation):
