@@ -7,7 +7,7 @@ export SAM_CLI_TELEMETRY := 0
 DEMO_ARGS ?=
 API_ARGS ?=
 
-.PHONY: openapi setup demo local-api test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
+.PHONY: openapi docs setup demo local-api test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,9 @@ lint: setup
 
 openapi: setup  ## regenerate openapi.json from the API's pydantic models and routes
 	$(PY) -m devtools.openapi
+
+docs: setup  ## regenerate the method tables of README.md and docs/methods.md from the registry
+	$(PY) -m devtools.docs
 
 bench: setup  ## the benchmark table (not a test)
 	$(PY) -m devtools.benchmark $(BENCH_ARGS)
