@@ -1,1 +1,1 @@
-"""Local tooling: the AWS emulator wiring, the demo model, the main job and the benchmark."""
+"""Local tooling: the local stand-in for AWS (``devtools.local``), the demo models, the main job and the benchmark."""

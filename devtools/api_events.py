@@ -1,9 +1,10 @@
 """Write the API Gateway (REST, proxy integration) events in events/api-*.json.
 
 They are the shape API Gateway sends a Lambda proxy integration, with the Lambda authorizer's
-principal in ``requestContext.authorizer``. The inline inputs are a held-out demo image and demo
-table rows, so the functional tests can check real predictions. Run ``python -m devtools.api_events``
-after changing the demo data; the files are committed.
+principal in ``requestContext.authorizer`` (built by :mod:`devtools.local.api_gateway`). The
+inline inputs are a held-out demo image and demo table rows, so the functional tests can check
+real predictions. Run ``python -m devtools.api_events`` after changing the demo data; the files
+are committed.
 """
 
 import base64
@@ -11,43 +12,10 @@ import json
 from pathlib import Path
 
 from devtools import demo_model, tabular_demo
-from devtools.demo import encode_image
+from devtools.local.api_gateway import TEST_API_KEY, explain_event, rest_event
+from devtools.samples import encode_image
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
-#: The API key in the authorizer event; tests register it in the emulator's clients table.
-TEST_API_KEY = "xk_" + "t" * 43
-TEST_CLIENT = "events-client"
-
-
-def rest_event(method: str, resource: str, path: str, *, body=None, path_parameters=None, query=None,
-               client: str | None = TEST_CLIENT) -> dict:
-    headers = {"Content-Type": "application/json", "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
-               "Authorization": f"Bearer {TEST_API_KEY}", "X-Forwarded-Proto": "https"}
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {name: [value] for name, value in headers.items()},
-        "queryStringParameters": query,
-        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
-        "pathParameters": path_parameters,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": resource, "httpMethod": method, "path": f"/v1{path}", "stage": "v1",
-            "accountId": "123456789012", "apiId": "abcdef1234", "resourceId": "a1b2c3", "protocol": "HTTP/1.1",
-            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "extendedRequestId": "Ab1CdEFgHIjKLmN=",
-            "requestTime": "27/Nov/2026:00:00:00 +0000", "requestTimeEpoch": 1795737600000,
-            "identity": {"sourceIp": "198.51.100.7", "userAgent": "curl/8.5.0"},
-            "authorizer": {"principalId": client, "client_id": client, "integrationLatency": 12} if client else None,
-        },
-        "body": body if body is None or isinstance(body, str) else json.dumps(body),
-        "isBase64Encoded": False,
-    }
-
-
-def explain_event(family: str, body) -> dict:
-    return rest_event("POST", f"/explanations/{family}", f"/explanations/{family}", body=body)
 
 
 def events() -> dict[str, dict]:

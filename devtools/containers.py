@@ -27,17 +27,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from devtools import local_aws
+from devtools.local import FAMILY_FUNCTIONS, aws
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "devtools" / "docker"
 MOTO_IMAGE = "explain-moto:local"
 MOTO_PORT_IN_NETWORK = 5000
-#: The family functions (one image each per explanation family); ApiFunction and AuthorizerFunction explain nothing.
-FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation", "ShapFunction": "shap"}
 #: One cheap method per family for the figures: each explains a PNG of the image demo model.
 FIGURE_METHODS = {"gradient": "GradCAM", "perturbation": "Occlusion", "shap": "GradientExplainer"}
-SAM_ENV = {"SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": local_aws.REGION, "AWS_REGION": local_aws.REGION,
+SAM_ENV = {"SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": aws.REGION, "AWS_REGION": aws.REGION,
            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
 
@@ -86,7 +84,7 @@ def sam_build() -> None:
 
 def built_image(function: str) -> str:
     """The image tag ``sam build`` produced for a function (from .aws-sam/build/template.yaml)."""
-    template = local_aws.load_template(REPO / ".aws-sam" / "build" / "template.yaml")
+    template = aws.load_template(REPO / ".aws-sam" / "build" / "template.yaml")
     return template["Resources"][function]["Properties"]["ImageUri"]
 
 
@@ -111,7 +109,7 @@ def emulator_on_network():
     network, container = f"explain-e2e-{suffix}", f"explain-moto-{suffix}"
     run(["docker", "network", "create", network])
     try:
-        port = local_aws.free_port()
+        port = aws.free_port()
         run(["docker", "run", "-d", "--rm", "--name", container, "--network", network, "--network-alias", "moto",
              "-p", f"127.0.0.1:{port}:{MOTO_PORT_IN_NETWORK}", MOTO_IMAGE])
         endpoint = f"http://127.0.0.1:{port}"
@@ -133,7 +131,7 @@ def _wait_for_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def env_vars_file(deployment: local_aws.Deployment, emulator: Emulator, directory: Path) -> Path:
+def env_vars_file(deployment: aws.Deployment, emulator: Emulator, directory: Path) -> Path:
     """``sam local invoke|start-api --env-vars``: every function's variables with local names and the emulator.
 
     Presigned upload URLs go to clients on the host, so they name the emulator's host endpoint.
@@ -198,7 +196,7 @@ class RunningFunction:
 def read_only_function(function: str, environment: dict, emulator: Emulator):
     """Run a function image as Lambda does: read-only root filesystem, tmpfs /tmp, the RIE in front."""
     name = f"explain-ro-{uuid.uuid4().hex[:8]}"
-    port = local_aws.free_port()
+    port = aws.free_port()
     command = ["docker", "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp:rw,size=1024m",
                "--network", emulator.network, "-p", f"127.0.0.1:{port}:8080",
                "-v", f"{rie_binary()}:/aws-lambda-rie:ro", "--entrypoint", "/aws-lambda-rie"]
@@ -231,9 +229,10 @@ def figures() -> str:
     """Image sizes, cold/warm durations in containers and in-process handler time, as a Markdown table."""
     from urllib.parse import unquote_plus
 
-    from devtools import demo_model, local_lambda
-    from devtools.demo import encode_image
-    from devtools.events import deliver
+    from devtools import demo_model
+    from devtools.local import lambda_service
+    from devtools.local.events import deliver
+    from devtools.samples import encode_image
 
     model_dir = demo_model.ensure_demo_model()
     images, _, _ = demo_model.sample_images(6)
@@ -241,11 +240,11 @@ def figures() -> str:
             "| read-only container: cold / warm | in-process handler, warm |",
             "| --- | --- | --- | --- | --- | --- |"]
     with emulator_on_network() as emulator, tempfile.TemporaryDirectory() as tmp:
-        deployment = local_aws.deploy(emulator.host_endpoint)
+        deployment = aws.deploy(emulator.host_endpoint)
         s3 = deployment.client("s3")
         demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
         env_file = env_vars_file(deployment, emulator, Path(tmp))
-        for function, family in FUNCTIONS.items():
+        for family, function in FAMILY_FUNCTIONS.items():
             event = json.loads((REPO / "events" / f"{family}-upload.json").read_text())
             key = unquote_plus(json.loads(event["Records"][0]["body"])["Records"][0]["s3"]["object"]["key"])
             methods = FIGURE_METHODS[family]
@@ -273,10 +272,10 @@ def figures() -> str:
                 container_cold = timed(lambda staged, url=url: invoke_url(url, staged))
                 container_warm = min(timed(lambda staged, url=url: invoke_url(url, staged)) for _ in range(3))
             wiring = deployment.functions[function]
-            handler = local_lambda.load_handler(deployment, wiring)
+            handler = lambda_service.load_handler(deployment, wiring)
 
             def in_process(staged, handler=handler, wiring=wiring):
-                local_lambda.invoke(deployment, wiring, handler, staged)
+                lambda_service.invoke(deployment, wiring, handler, staged)
 
             timed(in_process)  # warm-up: imports were paid by load_handler, the model load here
             warm = min(timed(in_process) for _ in range(3))
@@ -324,7 +323,7 @@ class LocalApi:
     url: str
     log_path: Path
     process: subprocess.Popen
-    deployment: local_aws.Deployment
+    deployment: aws.Deployment
     emulator: Emulator
     env_file: Path
     removed: list[str] = field(default_factory=list)  # function containers SAM left behind, removed on exit
@@ -382,7 +381,7 @@ def _stop(process: subprocess.Popen, grace: float = 60) -> None:
 
 
 @contextmanager
-def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *, port: int | None = None,
+def local_api(deployment: aws.Deployment, emulator: Emulator, env_file: Path, *, port: int | None = None,
               warm: str = "LAZY", log_path: Path | None = None, timeout: float = 180):
     """``sam local start-api`` of the built template on 127.0.0.1, its functions on the emulator's network.
 
@@ -398,7 +397,7 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
                if (w.api_routes or f == "AuthorizerFunction") and f not in json.loads(env_file.read_text())]
     if missing:
         raise ValueError(f"{env_file} has no variables for {missing}")
-    port = port or local_aws.free_port()
+    port = port or aws.free_port()
     if log_path is None:
         log_path = Path(tempfile.mkdtemp(prefix="explain-local-api-")) / "sam-local-start-api.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +420,7 @@ def local_api(deployment: local_aws.Deployment, emulator: Emulator, env_file: Pa
             run(["docker", "rm", "-f", *api.removed], check=False)
 
 
-def publish_demo_models(deployment: local_aws.Deployment, *, tabular: bool = True) -> None:
+def publish_demo_models(deployment: aws.Deployment, *, tabular: bool = True) -> None:
     """The image demo model and, with ``tabular``, the tabular ones (shap family), in the model bucket."""
     from devtools import demo_model
 
@@ -442,7 +441,7 @@ def is_test_event(body: str) -> bool:
         return False
 
 
-def invoke_queued(function: str, deployment: local_aws.Deployment, emulator: Emulator, env_file: Path, *,
+def invoke_queued(function: str, deployment: aws.Deployment, emulator: Emulator, env_file: Path, *,
                   wait_seconds: int = 5) -> tuple[int, Invocation | None]:
     """What Lambda's SQS event source does, once, through ``sam local invoke``.
 
@@ -450,7 +449,7 @@ def invoke_queued(function: str, deployment: local_aws.Deployment, emulator: Emu
     invokes the function with the SQS event and deletes the messages it did not report as failed.
     Returns (messages invoked with, the invocation or None when the queue had no upload).
     """
-    from devtools.local_lambda import sqs_event
+    from devtools.local.lambda_service import sqs_event
 
     wiring = deployment.functions[function]
     sqs = deployment.client("sqs")
@@ -526,9 +525,10 @@ def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: i
     It must send the first request to the gradient function of this ``api`` for the cold figure to
     be one. Every timed explanation has an image of its own (new bytes: never a cached result).
     """
-    from devtools import demo_model, local_lambda
-    from devtools.api_events import explain_event
-    from devtools.demo import encode_image
+    from devtools import demo_model
+    from devtools.local import lambda_service
+    from devtools.local.api_gateway import explain_event
+    from devtools.samples import encode_image
 
     images, _, _ = demo_model.sample_images(2 + 2 * warm_count, seed=seed)
     pngs = [encode_image(image) for image in images]
@@ -549,13 +549,13 @@ def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: i
     wiring = api.deployment.functions["GradientFunction"]
     wiring = replace(wiring, environment={**wiring.environment, "POWERTOOLS_LOG_LEVEL": "WARNING",
                                           "POWERTOOLS_METRICS_DISABLED": "true"})
-    handler = local_lambda.load_handler(api.deployment, wiring)
+    handler = lambda_service.load_handler(api.deployment, wiring)
 
     def in_process(png: bytes) -> float:
         event = explain_event("gradient", explanation_body(png, LATENCY_METHODS))
         event["requestContext"]["requestTimeEpoch"] = int(time.time() * 1000)
         started = time.perf_counter()
-        response = local_lambda.invoke(api.deployment, wiring, handler, event)
+        response = lambda_service.invoke(api.deployment, wiring, handler, event)
         seconds = time.perf_counter() - started
         if response["statusCode"] != 200:
             raise RuntimeError(f"in-process handler answered {response['statusCode']}: {response['body'][:2000]}")
@@ -572,7 +572,7 @@ def measure_api_latency(api: LocalApi, key: str, *, warm_count: int = 3, seed: i
 def api_figures(*, warm_count: int = 3) -> str:
     """The latency table of the REST API on a fresh emulator (``python -m devtools.containers api-figures``)."""
     with emulator_on_network() as emulator, tempfile.TemporaryDirectory() as tmp:
-        deployment = local_aws.deploy(emulator.host_endpoint)
+        deployment = aws.deploy(emulator.host_endpoint)
         publish_demo_models(deployment, tabular=False)
         env_file = env_vars_file(deployment, emulator, Path(tmp))
         key = deployment.register_api_key("api-figures")
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
     ensure_base_image()
     ensure_moto_image()
     sam_build()
-    for function in FUNCTIONS:
+    for function in FAMILY_FUNCTIONS.values():  # one image per family; the API's are not listed
         print(f"{function}: {built_image(function)} {image_size(built_image(function)) / 1e9:.2f} GB", flush=True)
     if args.command == "figures":
         print(figures())

@@ -21,7 +21,6 @@ uploads a table to a tabular model.
 import argparse
 import contextlib
 import datetime as dt
-import io
 import json
 import os
 import sys
@@ -29,10 +28,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from devtools import demo_model, local_aws, local_lambda, tabular_demo
-from devtools.local_lambda import NotifiedObject, SqsEventSource
+from devtools import demo_model, tabular_demo
+from devtools.local import aws, lambda_service
+from devtools.local.api_gateway import explain_event, rest_event
+from devtools.local.lambda_service import NotifiedObject, SqsEventSource
+from devtools.samples import encode_image
 from explain_core.errors import InvalidKeyError
 from explain_core.keys import KeyLayout
 from explain_core.registry import FAMILIES
@@ -50,13 +50,6 @@ IDLE_SECONDS = 0.5
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def encode_image(pixels, image_format: str = "PNG", **options) -> bytes:
-    """uint8 RGB pixels encoded as an image file (PNG, JPEG, TIFF, ...) in memory."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=image_format, **options)
-    return buffer.getvalue()
 
 
 def upload_samples(deployment) -> list[str]:
@@ -327,11 +320,11 @@ def functions_logged_to(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("")  # one run's output; appended to below (file descriptor 2 writes to it too)
     with open(path, "a", buffering=1, encoding="utf-8") as stream:
-        local_lambda.send_function_output_to(stream)
+        lambda_service.send_function_output_to(stream)
         try:
             yield stream
         finally:
-            local_lambda.send_function_output_to(None)
+            lambda_service.send_function_output_to(None)
 
 
 def api_round_trip(deployment, sources: dict) -> bool:
@@ -339,12 +332,10 @@ def api_round_trip(deployment, sources: dict) -> bool:
     a job run by the queue, its status. (``make local-api`` serves it over HTTP with SAM.)"""
     import base64
 
-    from devtools import local_lambda
-    from devtools.api_events import explain_event, rest_event
-
     def invoke(logical_id: str, event: dict, handler=None) -> dict:
         wiring = deployment.functions[logical_id]
-        return local_lambda.invoke(deployment, wiring, handler or local_lambda.load_handler(deployment, wiring), event)
+        handler = handler or lambda_service.load_handler(deployment, wiring)
+        return lambda_service.invoke(deployment, wiring, handler, event)
 
     key = deployment.register_api_key("local-demo")
     policy = invoke("AuthorizerFunction", {"type": "TOKEN", "authorizationToken": f"Bearer {key}", "methodArn":
@@ -401,15 +392,15 @@ def run(args) -> int:
 def _run(args) -> int:
     log(f"starting the local S3/SQS emulator on 127.0.0.1:{args.port}")
     try:
-        server, endpoint = local_aws.start_emulator(port=args.port)
+        server, endpoint = aws.start_emulator(port=args.port)
     except OSError as exc:
         log(f"cannot listen on 127.0.0.1:{args.port} ({exc}); set LOCAL_AWS_PORT to a free port")
         return 2
-    deployment = local_aws.deploy(endpoint)
+    deployment = aws.deploy(endpoint)
     log(f"wired from template.yaml: buckets {', '.join(deployment.buckets.values())}; "
         f"queues {', '.join(Path(u).name for u in deployment.queue_urls.values())}")
     log("preparing the demo model (trained on first run, about a minute on 2 cores)")
-    with local_lambda.captured_output():  # TensorFlow's start-up and training logs: to the functions' log
+    with lambda_service.captured_output():  # TensorFlow's start-up and training logs: to the functions' log
         model_dir = demo_model.ensure_demo_model()
         tabular_models = tabular_demo.ensure_tabular_models()
     training = json.loads((model_dir / "training.json").read_text())
@@ -466,13 +457,13 @@ Results appear under s3://{results_bucket}/results/ and in {args.output}/. Ctrl-
 def upload(args) -> int:
     """Upload an image of the user's to the running demo."""
     endpoint = f"http://127.0.0.1:{args.port}"
-    s3 = local_aws.client("s3", endpoint)
+    s3 = aws.client("s3", endpoint)
     key = f"incoming/{args.family}/{args.model}/{args.version}/{Path(args.image).name}"
     metadata = {name: value for name, value in (("methods", args.methods), ("params", args.params),
                                                 ("target", args.target)) if value}
-    s3.upload_file(args.image, local_aws.local_name("InputBucket"), key, ExtraArgs={"Metadata": metadata})
-    print(f"uploaded s3://{local_aws.local_name('InputBucket')}/{key}; results will be under "
-          f"s3://{local_aws.local_name('ResultsBucket')}/results/{key.removeprefix('incoming/')}/")
+    s3.upload_file(args.image, aws.local_name("InputBucket"), key, ExtraArgs={"Metadata": metadata})
+    print(f"uploaded s3://{aws.local_name('InputBucket')}/{key}; results will be under "
+          f"s3://{aws.local_name('ResultsBucket')}/results/{key.removeprefix('incoming/')}/")
     return 0
 
 

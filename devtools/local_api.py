@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from devtools import containers, local_aws
+from devtools import containers
+from devtools.local import FAMILY_FUNCTIONS, aws
 
 CLIENT = "local-dev"
 WORK_DIR = containers.REPO / ".cache" / "local-api"
@@ -33,7 +34,7 @@ def log(message: str) -> None:
 def sample_image(directory: Path) -> Path:
     """A held-out demo image (a shape the demo model knows), to paste into the curl examples."""
     from devtools import demo_model
-    from devtools.demo import encode_image
+    from devtools.samples import encode_image
 
     images, labels, _ = demo_model.sample_images(1)
     path = directory / "image.png"
@@ -80,14 +81,14 @@ Ctrl-C stops the API, the emulator and the function containers.
 class JobPoller(threading.Thread):
     """Lambda's SQS event sources for the family functions, each batch run by ``sam local invoke``."""
 
-    def __init__(self, deployment: local_aws.Deployment, emulator: containers.Emulator, env_file: Path):
+    def __init__(self, deployment: aws.Deployment, emulator: containers.Emulator, env_file: Path):
         super().__init__(name="job-poller", daemon=True)
         self.deployment, self.emulator, self.env_file = deployment, emulator, env_file
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            for function in containers.FUNCTIONS:
+            for function in FAMILY_FUNCTIONS.values():
                 if self.stopping.is_set():
                     return
                 try:
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         WORK_DIR.mkdir(parents=True, exist_ok=True)
         with containers.emulator_on_network() as emulator, tempfile.TemporaryDirectory() as tmp:
             log(f"emulator {emulator.container} on network {emulator.network}: {emulator.host_endpoint}")
-            deployment = local_aws.deploy(emulator.host_endpoint)
+            deployment = aws.deploy(emulator.host_endpoint)
             log("publishing the demo models (trained on first use)")
             containers.publish_demo_models(deployment, tabular=True)
             env_file = containers.env_vars_file(deployment, emulator, Path(tmp))

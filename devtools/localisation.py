@@ -28,8 +28,6 @@ from devtools import demo_model
 #: Held-out seed: the demo model trained on seed 1 and was scored on seed 2.
 DEFAULT_SEED = 2024
 DEFAULT_COUNT = 12
-#: The pipeline's batch size (explain_core.pipeline.Pipeline).
-BATCH_SIZE = 64
 #: Cheaper-than-default settings for the slowest perturbation methods, for quick runs/tests.
 FAST_OVERRIDES: dict[str, dict[str, Any]] = {
     "Rise": {"nb_samples": 500},
@@ -115,13 +113,14 @@ def masks_to_input(masks: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def prepare(model, card, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> Demo:
-    """``count`` held-out images, resized and preprocessed as the pipeline does, with their masks."""
+    """``count`` held-out images, resized and preprocessed as the session does, with their masks."""
     from explain_core.attribution import class_scores, to_model_input
+    from explain_core.session import DEFAULT_BATCH_SIZE
 
     images, labels, masks = demo_model.sample_images(count, seed=seed)
     height, width = card.input_height, card.input_width
     inputs = to_model_input(images, card)
-    scores = class_scores(model, inputs, card, BATCH_SIZE)
+    scores = class_scores(model, inputs, card, DEFAULT_BATCH_SIZE)
     predicted = np.argmax(scores, axis=1)
     targets = np.eye(len(card.class_names), dtype=np.float32)[predicted]
     return Demo(model, card, inputs, masks_to_input(masks, height, width), labels, predicted, targets)
@@ -147,11 +146,12 @@ def measure(demo: Demo, method: str, overrides: Mapping[str, Any] | None = None,
     """Run one registry method (defaults updated with ``overrides``) on ``demo`` and score it."""
     from explain_core.attribution import build_explainer, run_method
     from explain_core.registry import REGISTRY
+    from explain_core.session import DEFAULT_BATCH_SIZE
 
     spec = REGISTRY[method]
     params = spec.resolve(overrides, (demo.card.input_height, demo.card.input_width))
     seed_everything(seed)
-    explainer = build_explainer(spec, demo.model, demo.card, params, BATCH_SIZE)
+    explainer = build_explainer(spec, demo.model, demo.card, params, DEFAULT_BATCH_SIZE)  # the session's
     result = run_method(explainer, demo.inputs, demo.targets)
     return Measurement(
         method=spec.name,

@@ -10,9 +10,10 @@ import pytest
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ServerlessExplanationsTests")
 
-from devtools import demo_model, local_aws, local_lambda  # noqa: E402
-from devtools.demo import encode_image  # noqa: E402
-from devtools.events import deliver  # noqa: E402
+from devtools import demo_model  # noqa: E402
+from devtools.local import aws, lambda_service  # noqa: E402
+from devtools.local.events import deliver  # noqa: E402
+from devtools.samples import encode_image  # noqa: E402
 from explain_core.registry import FAMILIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,9 +23,9 @@ EVENTS = REPO / "events"
 @pytest.fixture(scope="session")
 def emulator():
     """A moto server on a free loopback port; yields its endpoint URL."""
-    server, endpoint = local_aws.start_emulator()
-    saved = {k: os.environ.get(k) for k in local_aws.aws_environment(endpoint)}
-    os.environ.update(local_aws.aws_environment(endpoint))
+    server, endpoint = aws.start_emulator()
+    saved = {k: os.environ.get(k) for k in aws.aws_environment(endpoint)}
+    os.environ.update(aws.aws_environment(endpoint))
     yield endpoint
     server.stop()
     for key, value in saved.items():
@@ -37,7 +38,7 @@ def emulator():
 @pytest.fixture(scope="session")
 def deployment(emulator):
     """Buckets, queues and notifications created as template.yaml describes them."""
-    return local_aws.deploy(emulator)
+    return aws.deploy(emulator)
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +83,14 @@ def samples():
 def handlers(deployment, published_model, tabular_models):
     """The real handlers of every function, imported under their template environment."""
     return {
-        family: local_lambda.load_handler(deployment, deployment.function_for_family(family))
+        family: lambda_service.load_handler(deployment, deployment.function_for_family(family))
         for family in FAMILIES
     }
 
 
 @pytest.fixture
 def lambda_context():
-    return local_lambda.LocalLambdaContext("test-function", 3008, 300)
+    return lambda_service.LocalLambdaContext("test-function", 3008, 300)
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +99,10 @@ def invoke(deployment, handlers):
 
     def _invoke(family: str, event: dict, *, as_sent: bool = False):
         """``as_sent``: the event exactly as given; by default its records carry the current ETags of
-        their objects, as S3's notification of the staged upload would (devtools.events.deliver)."""
+        their objects, as S3's notification of the staged upload would (devtools.local.events.deliver)."""
         if not as_sent:
             event = deliver(event, deployment.client("s3"))
-        return local_lambda.invoke(deployment, deployment.function_for_family(family), handlers[family], event)
+        return lambda_service.invoke(deployment, deployment.function_for_family(family), handlers[family], event)
 
     return _invoke
 
@@ -144,7 +145,7 @@ def read_json(s3, bucket: str, key: str) -> dict:
 
 def event_keys(event: dict) -> list[str]:
     """The decoded object keys an SQS event of S3 notifications names."""
-    return local_lambda.notified_keys(event["Records"])
+    return lambda_service.notified_keys(event["Records"])
 
 
 def clear_outputs(s3, deployment, family: str) -> None:
@@ -159,7 +160,7 @@ def clear_outputs(s3, deployment, family: str) -> None:
 @pytest.fixture(scope="session")
 def api_key(deployment):
     """The API key of the events in events/api-*.json, registered in the emulator's clients table."""
-    from devtools.api_events import TEST_API_KEY, TEST_CLIENT
+    from devtools.local.api_gateway import TEST_API_KEY, TEST_CLIENT
 
     return deployment.register_api_key(TEST_CLIENT, TEST_API_KEY)
 
@@ -172,7 +173,7 @@ def invoke_function(deployment, handlers):
     def _invoke(logical_id: str, event: dict, context=None):
         wiring = deployment.functions[logical_id]
         if logical_id not in loaded:
-            loaded[logical_id] = local_lambda.load_handler(deployment, wiring)
-        return local_lambda.invoke(deployment, wiring, loaded[logical_id], event, context)
+            loaded[logical_id] = lambda_service.load_handler(deployment, wiring)
+        return lambda_service.invoke(deployment, wiring, loaded[logical_id], event, context)
 
     return _invoke

@@ -8,7 +8,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from devtools import containers, demo_model, local_aws
+from devtools import containers, demo_model
+from devtools.local import FAMILY_FUNCTIONS, aws
 
 #: Cheap methods per family and per model keep the tier fast; the functional tests cover every method.
 IMAGE_METHODS = {
@@ -40,7 +41,7 @@ def built_images():
     containers.ensure_base_image()
     containers.ensure_moto_image()
     containers.sam_build()
-    return {function: containers.built_image(function) for function in containers.FUNCTIONS}
+    return {function: containers.built_image(function) for function in FAMILY_FUNCTIONS.values()}
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def container_emulator(built_images):
 @pytest.fixture(scope="session")
 def container_deployment(container_emulator, demo_model_dir):
     """The template's wiring on the emulator container, with the image demo model published."""
-    deployment = local_aws.deploy(container_emulator.host_endpoint)
+    deployment = aws.deploy(container_emulator.host_endpoint)
     demo_model.publish(deployment.client("s3"), deployment.bucket("ModelBucket"), demo_model_dir)
     return deployment
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from devtools import containers, demo_model
-from devtools.demo import encode_image
+from devtools.samples import encode_image
 from explain_core.authorizer import new_api_key
 from explain_core.registry import METHODS
 from tests.conftest import png_bytes

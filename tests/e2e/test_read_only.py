@@ -3,14 +3,15 @@
 import pytest
 
 from devtools import containers
-from devtools.events import deliver
+from devtools.local import FAMILY_FUNCTIONS
+from devtools.local.events import deliver
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json
 from tests.e2e.conftest import upload_metadata
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("function,family", sorted(containers.FUNCTIONS.items()))
+@pytest.mark.parametrize("family,function", sorted(FAMILY_FUNCTIONS.items()))
 def test_function_works_with_a_read_only_root(function, family, container_deployment, container_emulator,
                                                samples):
     s3 = container_deployment.client("s3")

@@ -6,7 +6,8 @@ from itertools import combinations
 import pytest
 
 from devtools import containers
-from devtools.events import deliver
+from devtools.local import FAMILY_FUNCTIONS
+from devtools.local.events import deliver
 from tests.conftest import EVENTS, clear_outputs, event_keys, load_event, png_bytes, read_json
 from tests.e2e.conftest import TABULAR_METHODS, is_table, upload_metadata
 
@@ -33,7 +34,7 @@ def test_functions_share_the_heavy_layers(built_images):
     layers = {f: json.loads(containers.run(["docker", "image", "inspect", tag, "--format",
                                             "{{json .RootFS.Layers}}"]).stdout)
               for f, tag in built_images.items()}
-    assert len(layers) == len(containers.FUNCTIONS) >= 3
+    assert len(layers) == len(FAMILY_FUNCTIONS) >= 3
     for (first, a), (second, b) in combinations(sorted(layers.items()), 2):
         shared = 0
         while shared < min(len(a), len(b)) and a[shared] == b[shared]:
@@ -44,7 +45,7 @@ def test_functions_share_the_heavy_layers(built_images):
         assert shared >= max(len(a), len(b)) - FUNCTION_LAYERS, (first, second, shared, len(a), len(b))
 
 
-@pytest.mark.parametrize("function,family", sorted(containers.FUNCTIONS.items()))
+@pytest.mark.parametrize("family,function", sorted(FAMILY_FUNCTIONS.items()))
 def test_sam_local_invoke_every_event(function, family, container_deployment, env_file, container_emulator,
                                       samples, request, tmp_path):
     s3 = container_deployment.client("s3")

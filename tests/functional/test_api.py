@@ -15,13 +15,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from devtools.api_events import TEST_API_KEY, TEST_CLIENT
-from devtools.local_lambda import SqsEventSource
+from devtools.local import FAMILY_FUNCTIONS
+from devtools.local.api_gateway import TEST_API_KEY, TEST_CLIENT
+from devtools.local.lambda_service import SqsEventSource
 from explain_core.registry import METHODS
 from tests.conftest import load_event, read_json
 from tests.functional.test_queue_path import drain, empty_queue
-
-FAMILY_FUNCTIONS = {"gradient": "GradientFunction", "perturbation": "PerturbationFunction", "shap": "ShapFunction"}
 
 
 def header(response: dict, name: str) -> str:
@@ -139,7 +138,7 @@ def test_upload_ticket_then_explain_the_uploaded_object(call, samples):
     assert ticket["input_key"].startswith("uploads/") and ticket["input_key"].endswith("/large photo.jpg")
     assert ticket["max_bytes"] >= 10 * 1024 * 1024
 
-    from devtools.demo import encode_image
+    from devtools.samples import encode_image
 
     status = post_form(ticket["url"], ticket["fields"], encode_image(images[2], "JPEG", quality=92))
     assert status in (200, 201, 204)
@@ -259,7 +258,7 @@ def test_failed_job_reports_its_error(call, perturbation_source, unique_prefix, 
     card = s3.get_object(Bucket=model_bucket, Key=card_key)["Body"].read()
     s3.delete_object(Bucket=model_bucket, Key=card_key)
     try:
-        perturbation_source.handler.pipeline.store._memory.clear()
+        perturbation_source.handler.session.store._memory.clear()
         drain(perturbation_source)
     finally:
         s3.put_object(Bucket=model_bucket, Key=card_key, Body=card)
@@ -554,7 +553,7 @@ def test_a_request_without_the_authorizers_principal_is_refused(call, s3, deploy
 
 
 def test_a_job_whose_last_attempt_was_killed_reports_failed(call, deployment):
-    """The family pipeline records each attempt on the job; a final one past its deadline was killed."""
+    """The family's SQS adapter records each attempt on the job; a final one past its deadline was killed."""
     from decimal import Decimal
 
     from explain_core.jobs import JobStore, new_job_id

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from devtools import demo, demo_model, shapes
-from devtools.local_lambda import SqsEventSource
+from devtools.local.lambda_service import SqsEventSource
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
-"""devtools.local_aws: the emulator wired from template.yaml, tables and API-only functions included."""
+"""devtools.local.aws: the emulator wired from template.yaml, tables and API-only functions included."""
 
 import pytest
 
-from devtools.local_aws import load_template, local_name
-from devtools.local_lambda import SqsEventSource
+from devtools.local.aws import load_template, local_name
+from devtools.local.lambda_service import SqsEventSource
 
 TABLES = ("JobsTable", "IdempotencyTable", "ApiClientsTable")
 

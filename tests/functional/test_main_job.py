@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from devtools.local_aws import free_port
+from devtools.local.aws import free_port
 from tests.conftest import REPO
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from devtools.local_lambda import SqsEventSource
+from devtools.local.lambda_service import SqsEventSource
 from tests.conftest import clear_outputs, png_bytes, read_json
 
 

@@ -10,10 +10,11 @@ import re
 
 import pytest
 
-from devtools.local_aws import load_template
+from devtools.local import FAMILY_FUNCTIONS
+from devtools.local.aws import load_template
 from explain_core.api_models import ErrorResponse
+from explain_core.registry import FAMILIES
 
-FAMILY_FUNCTIONS = {"GradientFunction": "gradient", "PerturbationFunction": "perturbation", "ShapFunction": "shap"}
 TABLE_KEYS = {"JobsTable": "job_id", "IdempotencyTable": "id", "ApiClientsTable": "key_hash"}
 API_ROUTES = {("GET", "/models"), ("GET", "/models/{name}/{version}"), ("GET", "/methods"), ("POST", "/uploads"),
               ("GET", "/jobs/{job_id}")}
@@ -84,6 +85,12 @@ def api_events(function: dict) -> list[dict]:
     return [e["Properties"] for e in function["Properties"].get("Events", {}).values() if e["Type"] == "Api"]
 
 
+def test_every_family_of_the_registry_has_a_function(functions):
+    """FAMILY_FUNCTIONS is read from this template (a function's code directory names its family)."""
+    assert list(FAMILY_FUNCTIONS) == list(FAMILIES)
+    assert set(FAMILY_FUNCTIONS.values()) <= set(functions)
+
+
 def test_every_route_is_on_the_explanations_api_behind_its_authorizer(functions):
     routes = {}
     for logical_id, function in functions.items():
@@ -92,7 +99,7 @@ def test_every_route_is_on_the_explanations_api_behind_its_authorizer(functions)
             assert event.get("Auth", {}).get("Authorizer") != "NONE", (logical_id, event["Path"])
             routes[(event["Method"].upper(), event["Path"])] = logical_id
         assert not [e for e in function["Properties"].get("Events", {}).values() if e["Type"] == "HttpApi"]
-    expected = {("POST", f"/explanations/{family}"): f for f, family in FAMILY_FUNCTIONS.items()}
+    expected = {("POST", f"/explanations/{family}"): f for family, f in FAMILY_FUNCTIONS.items()}
     expected |= {route: "ApiFunction" for route in API_ROUTES}
     assert routes == expected
 
@@ -148,7 +155,7 @@ def test_api_clients_can_be_restored(resources):
         "PointInTimeRecoveryEnabled": True}
 
 
-@pytest.mark.parametrize("function,family", sorted(FAMILY_FUNCTIONS.items()))
+@pytest.mark.parametrize("family,function", sorted(FAMILY_FUNCTIONS.items()))
 def test_a_family_function_writes_only_its_own_prefixes(functions, function, family):
     writes = granted(functions[function], lambda action: action.startswith(S3_WRITES))
     assert writes == {
@@ -180,7 +187,7 @@ def test_functions_name_their_tables(template, functions):
     assert variables["JOBS_TABLE"] == {"Ref": "JobsTable"}
     assert variables["PRESIGN_ENDPOINT_URL"] == {"Ref": "PresignEndpointUrl"}
     assert template["Parameters"]["PresignEndpointUrl"]["Default"] == ""
-    for function in FAMILY_FUNCTIONS:
+    for function in FAMILY_FUNCTIONS.values():
         assert functions[function]["Properties"]["Environment"]["Variables"]["IDEMPOTENCY_TABLE"] == {
             "Ref": "IdempotencyTable"}
     assert functions["AuthorizerFunction"]["Properties"]["Environment"]["Variables"]["API_CLIENTS_TABLE"] == {

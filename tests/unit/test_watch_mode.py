@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from devtools import demo, local_lambda
+from devtools import demo
+from devtools.local import lambda_service
 
 
 def notification(*keys: str, event: str = "ObjectCreated:Put", etag: str = "abc") -> str:
@@ -27,15 +28,15 @@ def test_keys_of_a_batch_are_decoded_and_test_events_name_none():
         {"MessageId": "4", "Body": notification("incoming/gradient/m/v1/gone.png", event="ObjectRemoved:Delete")},
         {"MessageId": "5", "Body": notification("incoming/gradient/m/v1/my+photo%281%29.png", "a/b%2Bc.png")},
     ]
-    objects = local_lambda.notified_objects(messages)
+    objects = lambda_service.notified_objects(messages)
     assert [(o.message_id, o.key) for o in objects] == [
         ("1", "incoming/gradient/m/v1/my photo(1).png"), ("5", "incoming/gradient/m/v1/my photo(1).png"),
         ("5", "a/b+c.png")]
     assert objects[0].etag == "abc" and objects[0].event_time == "2026-01-02T03:04:05.678Z"
-    assert local_lambda.notified_keys(messages) == ["incoming/gradient/m/v1/my photo(1).png", "a/b+c.png"]
+    assert lambda_service.notified_keys(messages) == ["incoming/gradient/m/v1/my photo(1).png", "a/b+c.png"]
     # The records of an SQS event (what the handler receives) work too.
-    event = local_lambda.sqs_event([{**m, "ReceiptHandle": "r", "MD5OfBody": ""} for m in messages], "arn")
-    assert local_lambda.notified_keys(event["Records"]) == local_lambda.notified_keys(messages)
+    event = lambda_service.sqs_event([{**m, "ReceiptHandle": "r", "MD5OfBody": ""} for m in messages], "arn")
+    assert lambda_service.notified_keys(event["Records"]) == lambda_service.notified_keys(messages)
 
 
 class FakeS3:
@@ -122,15 +123,15 @@ def test_function_output_goes_to_the_log_and_comes_back(tmp_path):
     console = io.StringIO()
     logger = Logger(service="watch-mode-test", stream=console)  # built before: holds the console
     with open(tmp_path / "functions.log", "a", buffering=1) as stream:
-        local_lambda.send_function_output_to(stream)
+        lambda_service.send_function_output_to(stream)
         try:
-            with local_lambda.captured_output():
+            with lambda_service.captured_output():
                 logger.info("json line")
                 print("emf metrics")
                 sys.stderr.write("python stderr\n")
                 os.write(2, b"c++ log on fd 2\n")
         finally:
-            local_lambda.send_function_output_to(None)
+            lambda_service.send_function_output_to(None)
     logged = (tmp_path / "functions.log").read_text()
     for text in ('"message":"json line"', "emf metrics", "python stderr", "c++ log on fd 2"):
         assert text in logged

@@ -4,6 +4,11 @@ Buckets, queues (with their dead-letter redrive), DynamoDB tables, the input buc
 notifications, each function's SQS event source (batch size, batching window), API routes and
 environment are read from template.yaml, so the local wiring cannot drift from what is deployed.
 Local names are derived from logical ids: ``InputBucket`` -> ``explain-input-bucket-local``.
+
+The family functions are read from it too (:data:`FAMILY_FUNCTIONS`): a function explains the
+family its code directory is named after (``functions/gradient/`` -> ``gradient``).
+
+    python -m devtools.local [--port 5055]    # the emulator in the foreground, for manual use (main)
 """
 
 import json
@@ -16,7 +21,9 @@ from pathlib import Path
 import boto3
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from explain_core.registry import FAMILIES
+
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -50,6 +57,30 @@ def load_template(path: Path = TEMPLATE) -> dict:
     return yaml.load(path.read_text(), Loader=_CfnLoader)
 
 
+def _code_directory(resource: dict) -> Path:
+    """The directory of a function's code and Dockerfile (``functions/gradient``)."""
+    return Path(resource["Metadata"]["Dockerfile"]).parent
+
+
+def family_of(resource: dict) -> str | None:
+    """The explanation family a template resource's function explains; None for anything else
+    (the API and authorizer functions, other resources)."""
+    if resource.get("Type") != "AWS::Serverless::Function" or "Dockerfile" not in resource.get("Metadata", {}):
+        return None
+    name = _code_directory(resource).name
+    return name if name in FAMILIES else None
+
+
+def family_functions(template: dict) -> dict[str, str]:
+    """Family -> logical id of the function that explains it, in the registry's family order."""
+    by_family = {family_of(resource): logical_id for logical_id, resource in template["Resources"].items()}
+    return {family: by_family[family] for family in FAMILIES if family in by_family}
+
+
+#: Family -> logical id of its function in template.yaml: {"gradient": "GradientFunction", ...}.
+FAMILY_FUNCTIONS: dict[str, str] = family_functions(load_template())
+
+
 def local_name(logical_id: str) -> str:
     return "explain-" + re.sub(r"(?<!^)(?=[A-Z])", "-", logical_id).lower() + "-local"
 
@@ -65,6 +96,7 @@ class FunctionWiring:
     memory: int
     environment: dict = field(default_factory=dict)
     api_routes: list[tuple[str, str]] = field(default_factory=list)  # (METHOD, path) of its Api events
+    family: str | None = None  # the explanation family it explains (family_of); None: API, authorizer
 
 
 @dataclass
@@ -93,7 +125,7 @@ class Deployment:
         return self.buckets[logical_id]
 
     def function_for_family(self, family: str) -> FunctionWiring:
-        return next(f for f in self.functions.values() if f.module == f"functions.{family}.app")
+        return next(f for f in self.functions.values() if f.family == family)
 
     def to_json(self) -> str:
         return json.dumps(self, default=lambda o: o.__dict__, indent=2)
@@ -235,7 +267,7 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
         environment = {k: str(_resolve(v, names, arns, parameters)) for k, v in environment.items()}
         events = list(props.get("Events", {}).values())
         source = next((e["Properties"] for e in events if e["Type"] == "SQS"), None)
-        module = str(Path(resource["Metadata"]["Dockerfile"]).parent / "app").replace("/", ".")
+        module = str(_code_directory(resource) / "app").replace("/", ".")
         functions[logical_id] = FunctionWiring(
             logical_id=logical_id,
             module=module,
@@ -247,6 +279,7 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
             environment=environment,
             api_routes=[(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events
                         if e["Type"] == "Api"],
+            family=family_of(resource),
         )
     return Deployment(
         endpoint=endpoint,
@@ -301,7 +334,3 @@ def main():
             time.sleep(3600)
     except KeyboardInterrupt:
         server.stop()
-
-
-if __name__ == "__main__":
-    main()

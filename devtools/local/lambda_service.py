@@ -1,10 +1,12 @@
-"""Lambda's SQS event source mapping, emulated in-process for the local default.
+"""The Lambda service, emulated in-process: handlers invoked as Lambda invokes them, and the SQS
+event source mapping.
 
-It does what the Lambda service does with an SQS source configured with
-``ReportBatchItemFailures``: receive up to BatchSize messages (waiting at most the batching
-window), invoke the handler with the exact SQS event shape, delete the messages that succeeded
-and leave the failed ones to reappear after the visibility timeout (then the queue's redrive
-policy moves them to the dead-letter queue).
+A function's handler is imported and invoked under its environment from template.yaml, with a
+context object (:func:`load_handler`, :func:`invoke`). :class:`SqsEventSource` does what the
+Lambda service does with an SQS source configured with ``ReportBatchItemFailures``: receive up
+to BatchSize messages (waiting at most the batching window), invoke the handler with the exact
+SQS event shape, delete the messages that succeeded and leave the failed ones to reappear after
+the visibility timeout (then the queue's redrive policy moves them to the dead-letter queue).
 
 What the functions print (Powertools' JSON log lines and EMF metrics on stdout, TensorFlow's and
 absl's C++ logs on file descriptor 2, Python warnings) can be sent to a file rather than the
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import unquote_plus
 
-from devtools.local_aws import REGION, Deployment, FunctionWiring, aws_environment
+from devtools.local.aws import REGION, Deployment, FunctionWiring, aws_environment
 
 #: Where the functions' output goes while they load and run; None: wherever it goes anyway (the console).
 _function_output: TextIO | None = None

@@ -5,7 +5,7 @@ functions read exactly that version: an event whose object was replaced since is
 The events in events/ are templates with a placeholder ETag; after uploading the objects they
 name, ``deliver`` fills in each object's real ETag and size, as S3's notification would carry them.
 
-    python -m devtools.events deliver events/gradient-upload.json --endpoint http://127.0.0.1:5055 > /tmp/event.json
+    python -m devtools.local.events deliver events/gradient-upload.json --endpoint http://127.0.0.1:5055 > e.json
 """
 
 import argparse
@@ -44,7 +44,7 @@ def deliver(event: dict, s3) -> dict:
 
 
 def main(argv=None) -> int:
-    from devtools import local_aws
+    from devtools.local import aws
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with open(args.event_file) as source:
         event = json.load(source)
-    json.dump(deliver(event, local_aws.client("s3", args.endpoint)), sys.stdout, indent=2)
+    json.dump(deliver(event, aws.client("s3", args.endpoint)), sys.stdout, indent=2)
     print()
     return 0
 

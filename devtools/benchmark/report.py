@@ -1,0 +1,290 @@
+"""The report: one plain-text table per section, with notes saying what each column measures."""
+
+import dataclasses
+from collections.abc import Callable
+
+from devtools.benchmark.tabular import TABULAR_WIDE_BATCH
+from devtools.benchmark.timing import FORWARD_BATCH, ratio
+from explain_core.registry import SHAP
+
+
+@dataclasses.dataclass
+class Column:
+    """A table column: its header, how to get the value from a row, how to format it."""
+
+    header: str
+    value: Callable[[dict], object]
+    fmt: str = "{}"
+
+
+def number(fmt: str):
+    """A cell formatter that leaves missing values as '-'."""
+    return lambda v: "-" if v is None else fmt.format(v)
+
+
+def format_table(title: str, columns: list[Column], rows: list[dict], notes: list[str]) -> str:
+    """Plain-text table: numbers right-aligned, the last column left-aligned (it may be long)."""
+    cells = [[number(c.fmt)(c.value(row)) for c in columns] for row in rows]
+    widths = [max([len(c.header)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+
+    def line(values):
+        last = len(columns) - 1
+        aligned = zip(values, widths, strict=True)
+        return "  ".join(v.ljust(w) if i in (0, last) else v.rjust(w) for i, (v, w) in enumerate(aligned)).rstrip()
+
+    body = [line([c.header for c in columns]), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join([title, "=" * len(title), *body, *[f"  {note}" for note in notes], ""])
+
+
+def format_params(params: dict) -> str:
+    """``name=value`` pairs for a table cell."""
+    return " ".join(f"{name}={value}" for name, value in params.items()) or "-"
+
+
+METHOD_COLUMNS = [
+    Column("method", lambda r: r["method"]),
+    Column("family", lambda r: r["family"]),
+    Column("model", lambda r: r["model"]),
+    Column("N", lambda r: r["images"]),
+    Column("passes", lambda r: r["passes"]),
+    Column("floor s", lambda r: r["floor_s"], "{:.4f}"),
+    Column("raw s", lambda r: r["raw_s"], "{:.4f}"),
+    Column("handler s", lambda r: r["handler_s"], "{:.4f}"),
+    Column("explain-in-handler s", lambda r: r["in_handler_explain_s"], "{:.4f}"),
+    Column("predict-in-handler s", lambda r: ratio(r["handler_timings"].get("predict_s"), r["images"]), "{:.4f}"),
+    Column("handler/raw", lambda r: r["handler_over_raw"], "{:.2f}"),
+    Column("raw/floor", lambda r: r["raw_over_floor"], "{:.1f}"),
+    Column("params used", lambda r: format_params(r["params"]) + (f" bg={r['background']}" if r.get("background")
+                                                                  else "")
+           + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+BURST_COLUMNS = [
+    Column("method", lambda r: r["method"]),
+    Column("mode", lambda r: r["mode"]),
+    Column("batch", lambda r: r["batch_size"]),
+    Column("calls", lambda r: r["invocations"]),
+    Column("images", lambda r: r["images"]),
+    Column("handler s", lambda r: r["handler_s"], "{:.2f}"),
+    Column("img/s", lambda r: r["images_per_s"], "{:.1f}"),
+    Column("speed-up", lambda r: r["speedup"], "{:.2f}x"),
+    Column("wall s", lambda r: r["wall_s"], "{:.2f}"),
+    Column("wall img/s", lambda r: r["wall_images_per_s"], "{:.1f}"),
+    Column("params used", lambda r: format_params(r["params"]) + (f"  {r['failed']} FAILED: {r['error']}"
+                                                                  if r["failed"] else "")),
+]
+
+
+BURST_NOTES = [
+    "One message per invocation: the gradient function wired with BatchSize 1 (no batching window);",
+    "  template BatchSize: wired as template.yaml says (BatchSize, MaximumBatchingWindowInSeconds).",
+    "Images uploaded first (not timed), then drained from the queue by the local SQS event source",
+    "  (devtools.local.lambda_service.SqsEventSource) calling the real gradient handler; each invocation size",
+    "  warmed first.",
+    "handler s: sum of handler invocations; wall s adds SQS receive/delete (and any batching-window wait).",
+    "speed-up: handler time with one message per invocation / handler time with the template's BatchSize.",
+]
+
+
+def shap_notes(rows: list[dict]) -> list[str]:
+    """What the methods table says about the SHAP rows: backgrounds, and their cost on MobileNetV2."""
+    shap_rows = [row for row in rows if row["family"] == SHAP]
+    if not shap_rows:
+        return []
+    notes = ["bg=: the SHAP background the function uses: the model's background.npy (demo: 16 training images),",
+             "  else the default, 5 flat grey images (MobileNetV2 has none)."]
+    mobilenet = [row for row in shap_rows if row["model"] == "mobilenet" and row["raw_s"] is not None]
+    if mobilenet:
+        profiles = ", ".join(sorted({row["profile"] for row in mobilenet}))
+        notes.append(f"SHAP on MobileNetV2 ({profiles} parameters): {min(r['raw_s'] for r in mobilenet):.1f}-"
+                     f"{max(r['raw_s'] for r in mobilenet):.1f} s per image raw, so it stays in the quick profile.")
+    return notes
+
+
+def method_notes(forwards: dict, repeats: int, batch_sizes: dict, rows: list[dict]) -> list[str]:
+    """Footnotes of the methods table: what each column measures."""
+    measured = "; ".join(
+        f"{key}: {f['s_per_image'] * 1e3:.2f} ms/image (graph call {f['graph_s'] * 1e3:.2f}, "
+        f"predict {f['predict_s'] * 1e3:.2f})" for key, f in forwards.items()
+    )
+    return [
+        "All times are seconds per image: the batch of N images is processed at once, its time divided by N.",
+        "raw s: Xplique explainer.explain() on the preprocessed batch (+ conversion to numpy), explainer built as",
+        "  the session builds it (same batch size), already built and warmed once on this batch: tracing excluded.",
+        "  shap family: the explain_core.shap_methods explainer that build_explainer gives the session, with the",
+        "  model's background (bg=); its first call in a process also compiles shap's numba code (excluded here,",
+        "  see partition-profile). The shap library's own calls are compared in shap-vs-xplique and tabular.",
+        "handler s: the real handler on one SQS event with N records (uploads with metadata methods=<method>, params=",
+        "  <overrides>), warm (second upload after a warm-up invocation); includes S3 I/O on the in-process moto",
+        "  emulator: model HEADs, image GET, decode, predict, explain, overlay PNGs and .npy, PUTs, manifest.",
+        "  The template's BatchSize (" + ", ".join(f"{family} {size}" for family, size in batch_sizes.items())
+        + ") caps what Lambda delivers in one invocation:",
+        "  N above it makes a larger event than Lambda would send.",
+        "explain-in-handler s, predict-in-handler s: what the handler itself measured (manifest methods[].seconds",
+        "  and timings.predict_s, / N); the JSON has the rest of the manifest's timings (model_s, download_s, ...).",
+        f"floor s: passes per image (MethodSpec.passes) x forward time per image (batch of {FORWARD_BATCH}, best of",
+        f"  graph call and model.predict) -- {measured}.",
+        "  For gradient methods, GradientExplainer and DeepExplainer a pass is a forward AND a backward pass, yet",
+        "  the floor counts forward time only, so raw/floor of about 2-3 is expected there; FEM needs only a",
+        "  forward pass. DeepExplainer's passes are its background references, run as one doubled batch.",
+        f"Best of {repeats} timed run(s) per raw and handler cell; on a shared machine differences under ~20%"
+        " are noise.",
+        *shap_notes(rows),
+    ]
+
+
+def best_note(repeats: int) -> str:
+    return f"best of {repeats} run(s), quick ones repeated until 1 s was timed (at most {max(repeats, 5)} runs)"
+
+
+SHAP_VS_XPLIQUE_COLUMNS = [
+    Column("N", lambda r: r["evaluations"]),
+    Column("method", lambda r: r["method"]),
+    Column("library", lambda r: r["library"]),
+    Column("rows/img", lambda r: r.get("model_rows_per_image"), "{:.0f}"),
+    Column("calls/img", lambda r: r.get("model_calls_per_image"), "{:.1f}"),
+    Column("s/image", lambda r: r["s_per_image"], "{:.4f}"),
+    Column("vs ref", lambda r: r.get("vs_reference"), "{:.2f}"),
+    Column("floor s", lambda r: r["floor_s"], "{:.4f}"),
+    Column("s/floor", lambda r: r.get("over_floor"), "{:.1f}"),
+    Column("reference", lambda r: r["reference"] + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+def shap_vs_xplique_notes(rows: list[dict], repeats: int) -> list[str]:
+    forward = rows[0]["forward_s_per_image"] if rows else 0.0
+    return [
+        "Demo CNN, the same images for every row, each explaining its predicted class; N = model evaluations per",
+        "  image (KernelShap/SuperpixelKernel nb_samples=N, PartitionExplainer max_evals=N).",
+        f"s/image: warm (a first run traces and compiles), {best_note(repeats)}.",
+        f"floor s: N x {forward * 1e3:.2f} ms, the batched forward time per image. rows/img, calls/img: model rows",
+        "  and calls actually made (counted; '-' where Xplique calls the model itself; a call is one model.predict",
+        "  or one tf.function call). vs ref: s/image over the reference row's.",
+        "xplique KernelShap: the registry's Xplique method (8x8 grid cells, LinearRegression surrogate).",
+        "ours: explain_core.shap_methods via build_explainer, as the shap function runs them (batch size of the",
+        "  session, one class, the model's background.npy). SuperpixelKernel: registry defaults (SLIC segments,",
+        "  fill) with nb_samples=N.",
+        "shap Kernel, docs way: shap's image Kernel SHAP example: a per-segment masking loop, f = model.predict of",
+        "  every class, mean-colour fill, default l1_reg='num_features(10)'. fast: vectorised masks, the registry's",
+        "  fill, traced tf.function, one class, l1_reg=False (what ours does).",
+        "shap Partition: shap.Explainer(f, shap.maskers.Image('blur(16,16)', shape), algorithm='partition'),",
+        "  outputs=top class; naive: f = model.predict, batch_size='auto' (10 masks per call); fast: f = a traced",
+        "  tf.function, batch_size = the session's.",
+    ]
+
+
+TABULAR_COLUMNS = [
+    Column("model", lambda r: r["model"]),
+    Column("method", lambda r: r["method"]),
+    Column("rows", lambda r: r["rows"]),
+    Column("raw s", lambda r: r.get("raw_s"), "{:.4f}"),
+    Column("ours s", lambda r: r.get("ours_s"), "{:.4f}"),
+    Column("ours/raw", lambda r: r.get("ours_over_raw"), "{:.2f}"),
+    Column(f"ours s b{TABULAR_WIDE_BATCH}", lambda r: r.get("ours_wide_s"), "{:.4f}"),
+    Column("report s", lambda r: r.get("report_s"), "{:.3f}"),
+    Column("plots", lambda r: r.get("plots")),
+    Column("handler s", lambda r: r.get("handler_s"), "{:.3f}"),
+    Column("handler rest s", lambda r: r.get("handler_other_s"), "{:.3f}"),
+    Column("additivity", lambda r: r.get("additivity"), "{:.1e}"),
+    Column("params used", lambda r: format_params(r["params"]) + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+def tabular_notes(repeats: int) -> list[str]:
+    return [
+        "Seconds for the whole upload (all its rows); rows: held-out breast cancer rows, explained class",
+        "  malignant (the cards' explained_classes); background: the published background.npy (32 training rows).",
+        f"Warm, {best_note(repeats)}; report and handler: best of at least 2.",
+        "raw s: the shap call a user writes, on the whole model: shap.TreeExplainer(booster).shap_values(X)",
+        "  (explainer built in the timed call); KernelExplainer(model.predict, background).shap_values(X, nsamples,",
+        "  l1_reg=False); DeepExplainer(model, background[:nb_background]); GradientExplainer(model, background)",
+        "  .shap_values(X, nsamples). Keras models have 2 outputs, so raw Deep/Gradient explain both classes.",
+        "ours s: explain_core.shap_methods via build_explainer (cached explainer, one class, the session's batch",
+        f"  size); ours s b{TABULAR_WIDE_BATCH}: the same with batch_size={TABULAR_WIDE_BATCH} (Keras models only).",
+        "report s: explain_core.tabular_report.report_files: values.csv + bar, beeswarm and 3 waterfall PNGs",
+        "  (plots column). handler s: the real shap handler on one SQS event for a CSV upload of the same rows",
+        "  (warm), with S3 I/O on the emulator; handler rest s = handler - ours - report (parsing, predict, summary",
+        "  JSON, PUTs, manifest). additivity: max |sum(values) + base - output| of ours.",
+    ]
+
+
+PROFILE_COLD_NOTES = [
+    "A fresh Python process (as a cold Lambda start) on the same 4 images: shap's numba functions",
+    "  (_jit_build_partition_tree, make_masks' _init_masks/_rec_fill_masks, _build_fixed_multi_output) are",
+    "  compiled on first use, per process: shap does not cache them on disk (no cache=True).",
+]
+
+
+def profile_tables(profile: dict, repeats: int) -> list[str]:
+    """The three tables of the partition-profile section."""
+    images, evals = profile["images"], profile["evaluations"]
+    tables = []
+    cold = profile.get("cold") or {}
+    if cold or profile.get("cold_error"):
+        steps = [{"step": step, "s": seconds} for step, seconds in cold.items()]
+        notes = PROFILE_COLD_NOTES + ([f"FAILED: {profile['cold_error']}"] if profile.get("cold_error") else [])
+        tables.append(format_table(f"Partition explainer, cold: first use in a new process ({images} images, "
+                                   f"max_evals={evals})", [Column("step", lambda r: r["step"]),
+                                                           Column("seconds", lambda r: r["s"], "{:.3f}")],
+                                   steps, notes))
+    warm = profile["warm"]
+    pieces = sorted(warm["pieces"].items(), key=lambda item: -item[1])
+    rows = [{"piece": piece, "s": seconds, "share": seconds / warm["total_s"], "calls": warm["calls"].get(piece)}
+            for piece, seconds in pieces]
+    sizes = warm["sizes"]
+    per_image = len(sizes) // images if images else 0
+    tables.append(format_table(
+        f"Partition explainer, warm: where {warm['total_s']:.3f} s go ({images} images, max_evals={evals}, "
+        f"classes {profile['classes']})",
+        [Column("piece (exclusive time)", lambda r: r["piece"]), Column("seconds", lambda r: r["s"], "{:.3f}"),
+         Column("share", lambda r: r["share"], "{:.0%}"), Column("calls", lambda r: r["calls"])],
+        rows,
+        [f"Model calls: {len(sizes)} for {sum(sizes)} rows; batch sizes of the first image: "
+         f"{', '.join(map(str, sizes[:per_image]))} (owen's queue widens 1, 2, 8, 32, ... up to batch_size).",
+         "One PartitionExplainer.explain() as the session runs it (warm); each piece timed exclusive of the others."],
+    ))
+    tables.append(format_table(
+        f"Partition explainer variants ({images} images, max_evals={evals}, warm)",
+        [Column("variant", lambda r: r["variant"]), Column("batch", lambda r: r["batch_size"]),
+         Column("calls", lambda r: r["calls"]), Column("rows", lambda r: r["rows"]),
+         Column("forward s", lambda r: r["forward_s"], "{:.3f}"), Column("total s", lambda r: r["seconds"], "{:.3f}"),
+         Column("s/image", lambda r: r["s_per_image"], "{:.4f}"), Column("vs ours", lambda r: r["vs_ours"], "{:.2f}"),
+         Column("max |diff|", lambda r: r["max_abs_diff"], "{:.1e}")],
+        profile["variants"],
+        [f"Each row: {best_note(repeats)}.",
+         "ours: explain_core PartitionExplainer (traced tf.function, the session's batch_size, one class per group,",
+         "  explainer kept per image shape, model-space blur). raw shap: the top class, model-space blur, f as",
+         "  named;",
+         "  batch 'auto' is shap's default (10). max |diff|: largest attribution difference from ours' first row.",
+         "forward s: time inside the model function (includes model.predict's per-call tf.data set-up)."],
+    ))
+    return tables
+
+
+def tables_of(results: dict, args) -> list[str]:
+    """The plain-text tables of whatever ``results`` holds."""
+    tables = []
+    if results["methods"]:
+        tables.append(format_table(
+            f"Explanation methods (N={args.images} images per batch)", METHOD_COLUMNS, results["methods"],
+            method_notes(results["forward"], args.repeats, results["environment"]["template_batch_sizes"],
+                         results["methods"]),
+        ))
+    if results["burst"]:
+        tables.append(format_table(
+            f"Burst: {args.burst_images} demo images through the gradient function", BURST_COLUMNS,
+            results["burst"], BURST_NOTES,
+        ))
+    if results["shap_vs_xplique"]:
+        tables.append(format_table(
+            f"SHAP vs Xplique on the demo CNN ({args.images} images, same N evaluations per image)",
+            SHAP_VS_XPLIQUE_COLUMNS, results["shap_vs_xplique"],
+            shap_vs_xplique_notes(results["shap_vs_xplique"], args.repeats),
+        ))
+    if results["tabular"]:
+        tables.append(format_table("Tabular SHAP (breast cancer demo models)", TABULAR_COLUMNS, results["tabular"],
+                                   tabular_notes(args.repeats)))
+    if results["partition_profile"]:
+        tables += profile_tables(results["partition_profile"], args.repeats)
+    return tables
