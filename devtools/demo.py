@@ -35,6 +35,7 @@ from devtools.local.lambda_service import NotifiedObject, SqsEventSource
 from devtools.samples import encode_image
 from explain_core.errors import InvalidKeyError
 from explain_core.keys import KeyLayout
+from explain_core.modalities import MODALITIES
 from explain_core.registry import FAMILIES
 from explain_core.settings import Settings
 
@@ -125,12 +126,8 @@ def process(sources: dict, s3, keys: KeyLayout, pending: set[str], timeout: floa
 
 
 def predicted(found: dict) -> str:
-    """The manifest's prediction in a few words: the top class of an image, the class counts of a table."""
-    if found["model"].get("modality") == "tabular":
-        counts = found["predictions"]["rows_per_class"]
-        return f"{found['input']['rows']} rows: " + ", ".join(f"{n} {name}" for name, n in counts.items())
-    top = found["predictions"][0]
-    return f"{top['class_name']} ({top['score']:.2f})"
+    """The manifest's prediction in a few words, as its modality says it (explain_core.modalities)."""
+    return MODALITIES[found["model"]["modality"]].prediction_summary(found)
 
 
 def summary_table(outcomes: dict) -> str:

@@ -69,9 +69,10 @@ Paste into a shell:
        -H "Content-Type: application/json" --data-binary @- "$API/explanations/gradient"
 
   # 3. or as a job (202 with a job_id), then ask for it until it succeeded ({jobs_note})
-  printf '{job_body}' "$IMG" | curl -s -X POST -H "Authorization: Bearer $KEY" \\
-       -H "Content-Type: application/json" --data-binary @- "$API/explanations/perturbation"
-  curl -s -H "Authorization: Bearer $KEY" "$API/jobs/<job_id>"
+  JOB=$(printf '{job_body}' "$IMG" | curl -s -X POST -H "Authorization: Bearer $KEY" \\
+       -H "Content-Type: application/json" --data-binary @- "$API/explanations/perturbation" |
+       python3 -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
+  curl -s -H "Authorization: Bearer $KEY" "$API/jobs/$JOB"
 
 Presigned links in the answers point at the emulator on this machine: fetch them with curl as they are.
 Ctrl-C stops the API, the emulator and the function containers.

@@ -110,6 +110,11 @@ class Modality:
         """Predicted seconds of the model passes of every requested method on one accepted input."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ for people
+    def prediction_summary(self, manifest: dict) -> str:
+        """A manifest's predictions in a few words (the demo's one line per input)."""
+        raise NotImplementedError
+
 
 # ---------------------------------------------------------------------- what every modality shares
 def method_seconds(spec: "MethodSpec", params: dict, rows: int, pass_seconds: float, card) -> float:

@@ -77,6 +77,10 @@ class ImageModality(Modality):
 
         return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
+    def prediction_summary(self, manifest: dict) -> str:
+        top = manifest["predictions"][0]
+        return f"{top['class_name']} ({top['score']:.2f})"
+
     # ------------------------------------------------------------------ explaining
     def estimate_seconds(self, session, upload, loaded) -> float:
         from explain_core.attribution import forward_seconds_per_image, raw_outputs, to_model_input

@@ -76,6 +76,10 @@ class TableModality(Modality):
     def forward_batch(self, batch_size: int) -> int:
         return max(batch_size, TABULAR_FORWARD_BATCH)
 
+    def prediction_summary(self, manifest: dict) -> str:
+        counts = manifest["predictions"]["rows_per_class"]
+        return f"{manifest['input']['rows']} rows: " + ", ".join(f"{n} {name}" for name, n in counts.items())
+
     # ------------------------------------------------------------------ explaining
     def estimate_seconds(self, session, upload, loaded) -> float:
         from explain_core.attribution import raw_outputs
