@@ -1,7 +1,7 @@
 """Typed errors.
 
 :class:`ExplainError` subclasses describe problems with the user's input (image, model
-choice, method, parameters). They are final: the pipeline writes an error record and does
+choice, method, parameters). They are final: the function writes an error record and does
 not retry. Any other exception is treated as transient and the message is retried, then
 sent to the dead-letter queue.
 """

@@ -9,7 +9,7 @@ so a killed attempt never blocks the retry of its own message. On success the re
 ``COMPLETED`` and names the manifest; on failure it is deleted so that a retry may run.
 
 Powertools' persistence layer is used directly rather than through ``idempotent_function``,
-because the pipeline explains a whole batch at once and holds one record per input in it.
+because the SQS adapter explains a whole batch at once and holds one record per input in it.
 """
 
 from dataclasses import dataclass
