@@ -4,10 +4,9 @@ Responses never carry arrays or images inline (Lambda's synchronous response lim
 every output is a presigned GET URL valid for ``PRESIGNED_URL_SECONDS``.
 """
 
-import posixpath
 
 from explain_core.api_models import ExplanationResult, MethodOutput, MethodResult
-from explain_core.manifest import ImageOutput, Manifest, TableOutput
+from explain_core.manifest import Manifest
 from explain_core.settings import Settings
 
 
@@ -61,17 +60,7 @@ def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
     )
 
 
-def _output_links(output: ImageOutput | TableOutput, links: Links) -> MethodOutput:
-    """One explained class of a method, its result-bucket keys as presigned URLs."""
-    if isinstance(output, TableOutput):
-        return MethodOutput(
-            class_index=output.class_index, class_name=output.class_name, output_kind=output.output_kind,
-            base_value=output.base_value, summary_url=links.result(output.summary),
-            additivity_max_error=output.additivity_max_error,
-            files={posixpath.basename(key): links.result(key) for key in output.files},
-        )
-    return MethodOutput(
-        class_index=output.class_index, class_name=output.class_name, score=output.score,
-        heatmap_url=links.result(output.heatmap), attributions_url=links.result(output.attributions),
-        attributions_shape=output.attributions_shape, base_value=output.base_value, output_kind=output.output_kind,
-    )
+def _output_links(output, links: Links) -> MethodOutput:
+    """One explained class of a method, its result-bucket keys as presigned URLs (each kind of
+    output says which of its fields are keys)."""
+    return MethodOutput(**output.with_links(links.result))

@@ -61,6 +61,7 @@ Nothing here imports the ML stack: the API and authorizer images use it.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -290,6 +291,13 @@ class ImageOutput(ClassScore):
     base_value: Annotated[float | None, BASE_VALUE] = None
     output_kind: Annotated[str | None, OUTPUT_KIND] = None
 
+    def with_links(self, sign) -> dict:
+        """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
+        return {"class_index": self.class_index, "class_name": self.class_name, "score": self.score,
+                "heatmap_url": sign(self.heatmap), "attributions_url": sign(self.attributions),
+                "attributions_shape": self.attributions_shape, "base_value": self.base_value,
+                "output_kind": self.output_kind}
+
 
 class TableOutput(_Document):
     """One explained class of one method on a table: result-bucket keys of its files."""
@@ -301,6 +309,13 @@ class TableOutput(_Document):
     additivity_max_error: Annotated[float, ADDITIVITY_MAX_ERROR]
     summary: str = Field(description="Key of the summary JSON (per-feature statistics)")
     files: list[str] = Field(description="Keys of the values CSV and the plots (PNG)")
+
+    def with_links(self, sign) -> dict:
+        """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
+        return {"class_index": self.class_index, "class_name": self.class_name, "output_kind": self.output_kind,
+                "base_value": self.base_value, "summary_url": sign(self.summary),
+                "additivity_max_error": self.additivity_max_error,
+                "files": {posixpath.basename(key): sign(key) for key in self.files}}
 
 
 def _output_kind(value: Any) -> str:
