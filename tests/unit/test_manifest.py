@@ -13,20 +13,9 @@ from pydantic import ValidationError
 
 from explain_core import api_models, manifest
 from explain_core.api_responses import Links, explanation_result
-from explain_core.manifest import (
-    BackgroundDescription,
-    ClassScore,
-    ErrorDetail,
-    ImageInput,
-    ImageModel,
-    ImageOutput,
-    Manifest,
-    MethodEntry,
-    TableInput,
-    TableModel,
-    TableOutput,
-    TablePredictions,
-)
+from explain_core.manifest import BackgroundDescription, ClassScore, ErrorDetail, Manifest, MethodEntry
+from explain_core.modalities.image import ImageInput, ImageModel, ImageOutput
+from explain_core.modalities.table import TableInput, TableModel, TableOutput, TablePredictions
 from explain_core.settings import Settings
 
 STORED = Path(__file__).resolve().parents[1] / "data" / "manifests"

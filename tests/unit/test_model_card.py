@@ -5,7 +5,8 @@ import json
 import pytest
 
 from explain_core.errors import InvalidModelError, ModelCardError
-from explain_core.model_card import ModelCard, Preprocessing, TargetPolicy
+from explain_core.modalities.image import Preprocessing
+from explain_core.model_card import ModelCard, TargetPolicy
 
 MINIMAL = {
     "name": "shapes", "version": "v1", "input_height": 64, "input_width": 48, "class_names": ["circle", "square"],

@@ -16,21 +16,6 @@ from explain_core.frameworks import MODEL_FILES, handler_for, handlers_with_outp
 from explain_core.modalities import MODALITIES, modality_for
 
 
-class Preprocessing(BaseModel):
-    """``x = (pixels * scale - mean) / std`` per channel, applied to RGB uint8 pixels."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    scale: float = 1.0 / 255.0
-    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3)
-    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)
-
-    @model_validator(mode="after")
-    def _std_positive(self):
-        if any(s <= 0 for s in self.std):
-            raise ValueError("preprocessing.std values must be > 0")
-        return self
-
-
 class TargetPolicy(BaseModel):
     """Which classes are explained when the upload does not say."""
 
@@ -41,11 +26,12 @@ class TargetPolicy(BaseModel):
 
 #: The card's file name beside the model: models/<name>/<version>/card.json.
 CARD_FILE = "card.json"
-MAX_FEATURES = 2000
 
 
-class ModelCard(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class CardIdentity(BaseModel):
+    """What a card is about: the model, its kind and its file."""
+
+    model_config = ConfigDict(protected_namespaces=())
 
     name: str
     version: str
@@ -53,24 +39,20 @@ class ModelCard(BaseModel):
     modality: Literal[tuple(MODALITIES)] = "image"  # type: ignore[valid-type]
     #: The model's file beside the card: it names the framework (XGBoost models are tabular only).
     model_file: Literal[tuple(MODEL_FILES)] = "model.keras"  # type: ignore[valid-type]
-    #: Image models: the input size.
-    input_height: int | None = Field(default=None, ge=8, le=1024)
-    input_width: int | None = Field(default=None, ge=8, le=1024)
-    input_channels: Literal[3] = 3
-    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
-    #: Tabular models: the features, in the model's column order. Uploaded files may order their
-    #: columns freely; they are matched by name. Without them, an XGBoost model's stored names are
-    #: used, else the upload's (CSV header, JSON keys) in the file's order.
-    feature_names: list[str] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
-    #: Tabular models: the classes explained when the upload names no target; default: the
-    #: positive class (index 1) of a binary model, every class of a multi-class one.
-    explained_classes: list[str] | None = Field(default=None, min_length=1, max_length=50)
+
+
+# Bases in reverse so that pydantic, which collects fields from the last base first, orders a
+# card's fields as people read them: identity, each modality's fields, then the rest.
+class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.values()]), CardIdentity):
+    """One card type for every modality: its identity, the fields each modality plug-in declares
+    (``card_fields``: an image model's input size, a table's feature names, ...) and the fields below."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     #: "logits" when the last layer has no softmax (best for gradient methods); "margin" for
     #: XGBoost's raw score (log-odds; one column for a binary model).
     output: Literal["logits", "probabilities", "margin"] = "logits"
     class_names: list[str] = Field(min_length=2, max_length=10000)
-    #: Layer used by Grad-CAM, Grad-CAM++ and FEM; None lets Xplique pick the last conv layer.
-    cam_layer: str | None = None
     target: TargetPolicy = Field(default_factory=TargetPolicy)
     #: Methods run when an upload names none, per family.
     default_methods: dict[str, list[str]] = Field(default_factory=dict)
@@ -93,17 +75,6 @@ class ModelCard(BaseModel):
     @property
     def framework(self) -> str:
         return MODEL_FILES[self.model_file]
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        """(height, width) of a model with a fixed input size (images); else None."""
-        return None if self.input_height is None or self.input_width is None else (self.input_height, self.input_width)
-
-    def default_explained_classes(self) -> list[int]:
-        """Tabular: the class indices explained when the upload names no target."""
-        if self.explained_classes:
-            return [self.class_names.index(c) for c in self.explained_classes]
-        return [1] if len(self.class_names) == 2 else list(range(len(self.class_names)))
 
     @classmethod
     def from_json(cls, raw: bytes | str, *, model: str, version: str) -> "ModelCard":

@@ -1,7 +1,10 @@
 """Modality plug-ins: one module per kind of input (images, tables), asked through :func:`modality_for`.
 
-Adding a modality means adding a module with a :class:`Modality` subclass, listing it in
-``MODALITIES`` and registering the methods that explain it (:mod:`explain_core.registry`).
+Adding a modality means adding a module with a :class:`Modality` subclass (its model card fields,
+its parts of the manifest, its limits, decoding, explaining and cost), listing it in
+``MODALITIES`` and registering the methods that explain it (:mod:`explain_core.registry`). The
+model card (:mod:`explain_core.model_card`) and the manifest (:mod:`explain_core.manifest`) are
+assembled from the modalities listed here.
 """
 
 from explain_core.modalities.base import Explained, Modality

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, ClassVar
 from aws_lambda_powertools import Logger
 
 from explain_core.errors import ExplainError, InvalidModelOutputError, OverTimeBudgetError
-from explain_core.manifest import ErrorDetail, MethodEntry
+from explain_core.manifest_parts import ErrorDetail
 
 if TYPE_CHECKING:
+    from explain_core.manifest import MethodEntry
     from explain_core.model_store import LoadedModel
     from explain_core.registry import MethodSpec
 
@@ -39,7 +40,7 @@ class Explained:
     #: (key, body, content type) of every output file.
     objects: list[tuple[str, bytes, str]]
     #: The manifest's entry per requested method.
-    methods: list[MethodEntry]
+    methods: list["MethodEntry"]
     #: The manifest's input fields this modality adds to the input's location (its ``input_type``).
     input_description: dict
     predictions: object
@@ -56,9 +57,14 @@ class Modality:
     noun: ClassVar[str]
     #: Frameworks whose models of this modality can be explained.
     frameworks: ClassVar[tuple[str, ...]]
-    #: The manifest's description of an input and of the model (explain_core.manifest).
+    #: The model card's fields this modality needs (a pydantic model; ModelCard inherits them all).
+    card_fields: ClassVar[type]
+    #: This modality's parts of the manifest (explain_core.manifest, built on explain_core.manifest_parts):
+    #: the input's description, the model's, the predictions and one explained class of a method.
     input_type: ClassVar[type]
     model_type: ClassVar[type]
+    predictions_type: ClassVar[object]
+    output_type: ClassVar[type]
 
     # ------------------------------------------------------------------ the model card and model
     def check_card(self, card) -> None:
@@ -139,8 +145,10 @@ def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds:
         )
 
 
-def method_entry(spec: "MethodSpec", params: dict, card) -> MethodEntry:
+def method_entry(spec: "MethodSpec", params: dict, card) -> "MethodEntry":
     """A method's manifest entry before it runs."""
+    from explain_core.manifest import MethodEntry  # the manifest is assembled from the modalities
+
     return MethodEntry(name=spec.name, params=params,
                        passes_per_image=spec.passes(params, (card.input_height, card.input_width)),
                        reference=spec.reference)

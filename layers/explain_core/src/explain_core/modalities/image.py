@@ -8,12 +8,23 @@ runs once over every (image, class) row that shares its parameters.
 import json
 import time
 from collections import defaultdict
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from explain_core.errors import ImageTooLargeError, InvalidModelOutputError
-from explain_core.manifest import ClassScore, ImageInput, ImageModel, ImageOutput
+from explain_core.manifest_parts import (
+    ATTRIBUTIONS_SHAPE,
+    BASE_VALUE,
+    LOADED_FROM,
+    OUTPUT_KIND,
+    SCORE,
+    ClassScore,
+    InputLocation,
+    ModelIdentity,
+)
 from explain_core.modalities.base import (
     Explained,
     Modality,
@@ -33,12 +44,92 @@ DEFAULT_BACKGROUND_LEVELS = (0.0, 64.0, 128.0, 192.0, 255.0)
 metrics = Metrics()
 
 
+# ---------------------------------------------------------------------- the card fields of an image model
+class Preprocessing(BaseModel):
+    """``x = (pixels * scale - mean) / std`` per channel, applied to RGB uint8 pixels."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0], min_length=3, max_length=3)
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _std_positive(self):
+        if any(s <= 0 for s in self.std):
+            raise ValueError("preprocessing.std values must be > 0")
+        return self
+
+
+class ImageCardFields(BaseModel):
+    """The model card's fields for image models (explain_core.model_card.ModelCard has them all)."""
+
+    #: Image models: the input size.
+    input_height: int | None = Field(default=None, ge=8, le=1024)
+    input_width: int | None = Field(default=None, ge=8, le=1024)
+    input_channels: Literal[3] = 3
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    #: Layer used by Grad-CAM, Grad-CAM++ and FEM; None lets Xplique pick the last conv layer.
+    cam_layer: str | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of a model with a fixed input size (images); else None."""
+        return None if self.input_height is None or self.input_width is None else (self.input_height, self.input_width)
+
+
+# ---------------------------------------------------------------------- the manifest's parts of an image
+class ImageInput(InputLocation):
+    """An image input: where it was read from and what decoding it did (docs/inputs.md)."""
+
+    format: str = Field(description="Image format detected from the bytes (JPEG, PNG, WEBP, BMP, GIF)")
+    width: int = Field(description="Width in pixels after EXIF rotation (before resizing to the model)")
+    height: int = Field(description="Height in pixels after EXIF rotation (before resizing to the model)")
+    source_mode: str = Field(description="Pillow mode of the decoded file (RGB, RGBA, L, P, I;16, CMYK, ...)")
+    conversions: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Conversions applied to reach 8-bit sRGB, empty for an ordinary RGB or greyscale image: "
+                    "scaled_from ([min, max] of a 16-bit or float image), reduced_to_8_bit, icc_profile, "
+                    "icc_profile_description, cmyk, alpha, exif_orientation (docs/inputs.md)",
+    )
+
+    _always = frozenset({"conversions"})
+
+
+class ImageModel(ModelIdentity):
+    """The image model that explained the input."""
+
+    modality: Literal["image"] = Field(description="image")
+    input_size: list[int] = Field(description="[height, width] the image was resized to")
+    loaded_from: Annotated[str, LOADED_FROM]
+
+
+class ImageOutput(ClassScore):
+    """One explained class of one method on an image: result-bucket keys of its files."""
+
+    score: Annotated[float, SCORE]
+    heatmap: str = Field(description="Key of the heatmap overlaid on the image (PNG)")
+    attributions: str = Field(description="Key of the raw attributions (NumPy .npy)")
+    attributions_shape: Annotated[list[int], ATTRIBUTIONS_SHAPE]
+    base_value: Annotated[float | None, BASE_VALUE] = None
+    output_kind: Annotated[str | None, OUTPUT_KIND] = None
+
+    def with_links(self, sign) -> dict:
+        """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
+        return {"class_index": self.class_index, "class_name": self.class_name, "score": self.score,
+                "heatmap_url": sign(self.heatmap), "attributions_url": sign(self.attributions),
+                "attributions_shape": self.attributions_shape, "base_value": self.base_value,
+                "output_kind": self.output_kind}
+
+
 class ImageModality(Modality):
     name = "image"
     noun = "image"
     frameworks = ("keras",)
+    card_fields = ImageCardFields
     input_type = ImageInput
     model_type = ImageModel
+    predictions_type = list[ClassScore]
+    output_type = ImageOutput
     attribution_dtype = "float32"  # .npy outputs of pixel size
     default_background_is_fixed = True
     default_background_description = "flat grey images at levels 0, 64, 128, 192, 255"

@@ -6,13 +6,27 @@ the card's features by name. Every requested method explains every row for each 
 summary JSON per class (:mod:`explain_core.tabular_report`).
 """
 
+import posixpath
 import time
+from typing import Annotated, Literal
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel, Field
 
 from explain_core.errors import InvalidModelOutputError, TableTooLargeError
-from explain_core.manifest import ClassScore, TableInput, TableModel, TableOutput, TablePredictions
+from explain_core.manifest_parts import (
+    ADDITIVITY_MAX_ERROR,
+    BASE_VALUE,
+    CLASS_INDEX,
+    CLASS_NAME,
+    LOADED_FROM,
+    OUTPUT_KIND,
+    ClassScore,
+    InputLocation,
+    ManifestPart,
+    ModelIdentity,
+)
 from explain_core.modalities.base import (
     Explained,
     Modality,
@@ -29,16 +43,84 @@ MAX_UPLOAD_BACKGROUND_ROWS = 64
 #: Rows per model call in SHAP's samplers: Kernel SHAP on a table evaluates nb_samples x
 #: background rows per explained row, and calls of a few thousand rows are 7-10x faster than 64.
 TABULAR_FORWARD_BATCH = 4096
+#: Most features a tabular model card may name.
+MAX_FEATURES = 2000
 
 metrics = Metrics()
+
+
+# ---------------------------------------------------------------------- the card fields of a tabular model
+class TableCardFields(BaseModel):
+    """The model card's fields for tabular models (explain_core.model_card.ModelCard has them all)."""
+
+    #: Tabular models: the features, in the model's column order. Uploaded files may order their
+    #: columns freely; they are matched by name. Without them, an XGBoost model's stored names are
+    #: used, else the upload's (CSV header, JSON keys) in the file's order.
+    feature_names: list[str] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
+    #: Tabular models: the classes explained when the upload names no target; default: the
+    #: positive class (index 1) of a binary model, every class of a multi-class one.
+    explained_classes: list[str] | None = Field(default=None, min_length=1, max_length=50)
+
+    def default_explained_classes(self) -> list[int]:
+        """Tabular: the class indices explained when the upload names no target."""
+        if self.explained_classes:
+            return [self.class_names.index(c) for c in self.explained_classes]
+        return [1] if len(self.class_names) == 2 else list(range(len(self.class_names)))
+
+
+# ---------------------------------------------------------------------- the manifest's parts of a table
+class TableInput(InputLocation):
+    """A tabular input (CSV or JSON Lines): where it was read from and its shape."""
+
+    format: Literal["csv", "jsonl"] = Field(description="csv or jsonl (from the file's extension)")
+    rows: int = Field(description="Data rows explained")
+    columns: int = Field(description="Feature columns")
+    feature_names_from: Literal["model", "upload"] = Field(
+        description="Where the feature names came from: the model (its card or model file) or the upload's header")
+
+
+class TableModel(ModelIdentity):
+    """The tabular model that explained the input."""
+
+    modality: Literal["tabular"] = Field(description="tabular")
+    features: int = Field(description="Number of input features")
+    loaded_from: Annotated[str, LOADED_FROM]
+
+
+class TablePredictions(ManifestPart):
+    """A table's predictions: how many rows the model assigns to each class."""
+
+    rows_per_class: dict[str, int] = Field(description="Class name -> rows whose most probable class it is")
+
+
+class TableOutput(ManifestPart):
+    """One explained class of one method on a table: result-bucket keys of its files."""
+
+    class_index: Annotated[int, CLASS_INDEX]
+    class_name: Annotated[str, CLASS_NAME]
+    output_kind: Annotated[str, OUTPUT_KIND]
+    base_value: Annotated[float, BASE_VALUE]
+    additivity_max_error: Annotated[float, ADDITIVITY_MAX_ERROR]
+    summary: str = Field(description="Key of the summary JSON (per-feature statistics)")
+    files: list[str] = Field(description="Keys of the values CSV and the plots (PNG)")
+
+    def with_links(self, sign) -> dict:
+        """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
+        return {"class_index": self.class_index, "class_name": self.class_name, "output_kind": self.output_kind,
+                "base_value": self.base_value, "summary_url": sign(self.summary),
+                "additivity_max_error": self.additivity_max_error,
+                "files": {posixpath.basename(key): sign(key) for key in self.files}}
 
 
 class TableModality(Modality):
     name = "tabular"
     noun = "table"
     frameworks = ("keras", "xgboost")
+    card_fields = TableCardFields
     input_type = TableInput
     model_type = TableModel
+    predictions_type = TablePredictions
+    output_type = TableOutput
     attribution_dtype = "float64"  # kept for the values CSV
     default_background_is_fixed = False
     default_background_description = "the uploaded rows (at most 64)"
