@@ -48,7 +48,8 @@ def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
         MethodResult(
             name=method.name, status=method.status, params=method.params, reference=method.reference,
             seconds=method.seconds, passes_per_image=method.passes_per_image, error=method.error,
-            outputs=[_output_links(output, links) for output in method.outputs],
+            # Each kind of output says which of its fields are keys (with_links).
+            outputs=[MethodOutput(**output.with_links(links.result)) for output in method.outputs],
         )
         for method in manifest.methods
     ]
@@ -58,9 +59,3 @@ def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
         manifest_url=links.result(manifest_key), results_prefix=manifest.results_prefix,
         urls_expire_in=links.seconds, cached=cached, timings=manifest.timings,
     )
-
-
-def _output_links(output, links: Links) -> MethodOutput:
-    """One explained class of a method, its result-bucket keys as presigned URLs (each kind of
-    output says which of its fields are keys)."""
-    return MethodOutput(**output.with_links(links.result))

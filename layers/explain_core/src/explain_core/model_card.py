@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from explain_core.errors import ModelCardError
-from explain_core.frameworks import MODEL_FILES, handler_for, handlers_with_output
+from explain_core.frameworks import MODEL_FILES, handler_for, handlers_named, handlers_with_output
 from explain_core.modalities import MODALITIES, modality_for
 
 
@@ -64,12 +64,11 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
         modality.check_card(self)
         if handler.name not in modality.frameworks:
             files = ", ".join(f for f, name in MODEL_FILES.items() if name in modality.frameworks)
-            kinds = " or ".join(h.display_name for h in _handlers(modality.frameworks))
+            kinds = " or ".join(h.display_name for h in handlers_named(modality.frameworks))
             raise ValueError(f"{modality.name} models must be {kinds} models ({files})")
         if self.output not in handler.outputs:
             kinds = " or ".join(h.display_name for h in handlers_with_output(self.output))
             raise ValueError(f'output "{self.output}" is for {kinds} models')
-        handler.check_card(self)
         return self
 
     @property
@@ -91,9 +90,3 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
-
-
-def _handlers(names) -> list:
-    from explain_core.frameworks import HANDLERS
-
-    return [handler for handler in HANDLERS if handler.name in names]

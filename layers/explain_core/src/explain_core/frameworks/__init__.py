@@ -21,8 +21,12 @@ def handler_for(card) -> FrameworkHandler:
     raise ValueError(f"no framework handler loads {card.model_file!r}; known files: {', '.join(MODEL_FILES)}")
 
 
+def handlers_named(names) -> list[FrameworkHandler]:
+    return [handler for handler in HANDLERS if handler.name in names]
+
+
 def handlers_with_output(output: str) -> list[FrameworkHandler]:
     return [handler for handler in HANDLERS if output in handler.outputs]
 
 
-__all__ = ["HANDLERS", "MODEL_FILES", "FrameworkHandler", "handler_for", "handlers_with_output"]
+__all__ = ["HANDLERS", "MODEL_FILES", "FrameworkHandler", "handler_for", "handlers_named", "handlers_with_output"]

@@ -3,7 +3,7 @@
 Modelled on shap's per-library tree handlers (``shap/explainers/_tree_handlers``): the store,
 the explainers and the session ask the handler that can handle a model card instead of
 branching on the library. A handler module imports its library lazily: the light API image
-(no ML stack) validates model cards through :meth:`FrameworkHandler.check_card` without it.
+(no ML stack) validates model cards against the handlers' class attributes without it.
 """
 
 from typing import ClassVar
@@ -26,9 +26,6 @@ class FrameworkHandler:
     @classmethod
     def can_handle(cls, card) -> bool:
         return card.model_file in cls.model_files
-
-    def check_card(self, card) -> None:
-        """Raise ValueError when the card asks for something this library's models cannot do."""
 
     def load(self, path: str, name: str, version: str):
         """The model stored at ``path`` (never unpickled); InvalidModelError when it cannot be read."""

@@ -53,8 +53,6 @@ class Modality:
 
     #: The card's ``modality``.
     name: ClassVar[str]
-    #: What one input is called in messages ("image", "table").
-    noun: ClassVar[str]
     #: Frameworks whose models of this modality can be explained.
     frameworks: ClassVar[tuple[str, ...]]
     #: The model card's fields this modality needs (a pydantic model; ModelCard inherits them all).

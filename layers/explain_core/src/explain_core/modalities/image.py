@@ -123,7 +123,6 @@ class ImageOutput(ClassScore):
 
 class ImageModality(Modality):
     name = "image"
-    noun = "image"
     frameworks = ("keras",)
     card_fields = ImageCardFields
     input_type = ImageInput

@@ -114,7 +114,6 @@ class TableOutput(ManifestPart):
 
 class TableModality(Modality):
     name = "tabular"
-    noun = "table"
     frameworks = ("keras", "xgboost")
     card_fields = TableCardFields
     input_type = TableInput
