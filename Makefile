@@ -6,8 +6,9 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/explain_core/src
 export SAM_CLI_TELEMETRY := 0
 DEMO_ARGS ?=
 API_ARGS ?=
+SANITY_ARGS ?=
 
-.PHONY: openapi docs setup demo local-api test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation clean
+.PHONY: openapi docs setup browser demo local-api test test-unit test-functional test-quality test-e2e images container-figures lint bench localisation sanity clean
 
 setup: $(VENV)/.installed
 
@@ -25,16 +26,19 @@ $(VENV)/.installed: layers/requirements-ml.txt layers/requirements-aws.txt layer
 	$(PY) -m pip install --quiet --no-deps -e layers/explain_core
 	touch $@
 
+browser:  ## Debian's chromium for the browser tests (devtools/browser.py), when missing
+	bash devtools/chromium.sh
+
 demo: setup  ## the main job on the local emulator (add DEMO_ARGS=--once to stop after the samples)
 	$(PY) -m devtools.demo $(DEMO_ARGS)
 
-test: setup lint  ## every test tier: unit, functional, quality, then e2e through Docker and SAM
+test: setup lint browser  ## every test tier: unit, functional, quality, then e2e through Docker and SAM
 	$(PY) -m pytest -ra
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit
 
-test-functional: setup
+test-functional: setup browser
 	$(PY) -m pytest -ra tests/functional
 
 test-quality: setup
@@ -68,5 +72,8 @@ bench: setup  ## the benchmark table (not a test)
 localisation: setup  ## how much of each method's heatmap falls on the object
 	$(PY) -m devtools.localisation
 
+sanity: setup  ## sanity checks (Adebayo et al. 2018) of a family's methods on the demo model (SANITY_ARGS=--family perturbation)
+	$(PY) -m devtools.sanity $(SANITY_ARGS)
+
 clean:
-	rm -rf .cache local-results benchmark-results .pytest_cache
+	rm -rf .cache local-results benchmark-results .pytest_cache test-artifacts

@@ -28,19 +28,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from devtools import demo_model, tabular_demo
 from devtools.local import aws, lambda_service
 from devtools.local.api_gateway import explain_event, rest_event
 from devtools.local.lambda_service import NotifiedObject, SqsEventSource
 from devtools.samples import encode_image
-from explain_core.errors import InvalidKeyError
-from explain_core.keys import KeyLayout
+from explain_core import gallery
+from explain_core.errors import InvalidKeyError, is_missing_object
+from explain_core.keys import GALLERY_PAGE, KeyLayout
 from explain_core.modalities import MODALITIES
 from explain_core.registry import FAMILIES
 from explain_core.settings import Settings
 
 #: Held-out rows per tabular sample upload.
 TABULAR_SAMPLE_ROWS = 8
+#: Quality metrics the sample images ask for (docs/metrics.md): AverageStability is left out, it re-runs
+#: every method 8 times (Rise: 16,000 more passes per image).
+SAMPLE_METRICS = ("Deletion", "Insertion", "MuFidelity", "Sparseness")
+#: Short column names of the metrics table.
+METRIC_ABBREVIATIONS = {"Deletion": "Del", "Insertion": "Ins", "MuFidelity": "MuF", "AverageStability": "Stab",
+                        "Complexity": "Cplx", "Sparseness": "Spar"}
 DEFAULT_PORT = int(os.environ.get("LOCAL_AWS_PORT", "5055"))
 OUTPUT_DIR = Path(os.environ.get("DEMO_OUTPUT_DIR", "local-results"))
 #: The functions' own output (JSON logs, metrics, TensorFlow's logs), under --output.
@@ -72,7 +81,9 @@ def upload_samples(deployment) -> list[str]:
     uploads.append((f"incoming/shap/{tabular_demo.MLP}/{tabular_demo.VERSION}/samples/patients.jsonl",
                     tabular_demo.sample_jsonl(rows)))
     for key, body in uploads:
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        image = key.split("/")[2] == demo_model.NAME  # the tabular models get no metrics (docs/metrics.md)
+        s3.put_object(Bucket=bucket, Key=key, Body=body,
+                      Metadata={"metrics": ",".join(SAMPLE_METRICS)} if image else {})
         log(f"uploaded s3://{bucket}/{key}")
     return [key for key, _ in uploads]
 
@@ -149,10 +160,51 @@ def summary_table(outcomes: dict) -> str:
             str(len(found["output_keys"])) + f" in {found['results_prefix']}",
             f"{seconds:.1f}",
         ))
+    return text_table(rows)
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as aligned columns, the first row a header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def metrics_table(outcomes: dict) -> str | None:
+    """Per family and method, each quality metric's mean over the samples it scored (None: no metrics).
+
+    A metric's arrow says which way is better; a cell counts the maps it averages when some failed.
+    """
+    scores: dict[tuple[str, str], dict[str, list[float]]] = {}
+    failed: dict[tuple[str, str], dict[str, int]] = {}
+    better: dict[str, bool] = {}
+    for found in outcomes.values():
+        for method in found.get("methods", []) if found["kind"] == "manifest" else []:
+            row = (found["family"], method["name"])
+            for output in method.get("outputs", []):
+                for name, metric in (output.get("metrics") or {}).items():
+                    better[name] = metric["higher_is_better"]
+                    if "score" in metric:
+                        scores.setdefault(row, {}).setdefault(name, []).append(metric["score"])
+                    else:
+                        failed.setdefault(row, {})[name] = failed.get(row, {}).get(name, 0) + 1
+    if not better:
+        return None
+    names = [n for n in METRIC_ABBREVIATIONS if n in better] + sorted(set(better) - set(METRIC_ABBREVIATIONS))
+    header = ("family", "method", *(f"{METRIC_ABBREVIATIONS.get(n, n)} {'↑' if better[n] else '↓'}" for n in names),
+              "maps")
+    rows = [header]
+    for row in sorted(set(scores) | set(failed), key=lambda r: (FAMILIES.index(r[0]), r[1])):
+        cells = []
+        for name in names:
+            values, errors = scores.get(row, {}).get(name, []), failed.get(row, {}).get(name, 0)
+            cell = f"{sum(values) / len(values):.2f}" if values else "-"
+            cells.append(cell + (f" ({errors} failed)" if errors else ""))
+        count = max((len(v) + failed.get(row, {}).get(n, 0) for n, v in scores.get(row, {}).items()), default=0)
+        rows.append((*row, *cells, str(count)))
+    return ("quality metrics, mean over the sample images (↑ higher is better, ↓ lower; docs/metrics.md)\n"
+            + text_table(rows))
 
 
 def copy_outcome(s3, results_bucket: str, found: dict, destination: Path) -> list[Path]:
@@ -167,6 +219,8 @@ def copy_outcome(s3, results_bucket: str, found: dict, destination: Path) -> lis
         return path if path.is_relative_to(root) else None  # a key with ../ stays out
 
     wanted = [*found.get("output_keys", []), found["key"]] if found["kind"] == "manifest" else [found["key"]]
+    # The gallery pages (explain_core.gallery) are written just after the manifest: copied when there.
+    pages = gallery_keys(found) if found["kind"] == "manifest" else []
     previous = local(found["key"]) if found["kind"] == "manifest" else None
     if previous and previous.is_file():
         with contextlib.suppress(ValueError, OSError):
@@ -179,14 +233,54 @@ def copy_outcome(s3, results_bucket: str, found: dict, destination: Path) -> lis
                             break
                         directory.rmdir()
     copied = []
-    for key in wanted:
+    for key in [*pages, *wanted]:  # the manifest last: copied[-1] is the input's local manifest
         target = local(key)
         if target is None:
             continue
+        try:
+            body = s3.get_object(Bucket=results_bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if key in pages and is_missing_object(exc):
+                continue
+            raise
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(s3.get_object(Bucket=results_bucket, Key=key)["Body"].read())
+        target.write_bytes(body)
         copied.append(target)
     return copied
+
+
+def gallery_keys(found: dict) -> list[str]:
+    """The gallery pages of a manifest's input: its own page, beside the manifest, and its model's index."""
+    folder = found["key"].rsplit("/", 1)[0] + "/"
+    pages = [folder + GALLERY_PAGE]
+    with contextlib.suppress(KeyError, TypeError):
+        # The folder is <results/><family>/<model>/<version>/<input>/, and an input may have folders.
+        model = f"{found['family']}/{found['model']['name']}/{found['model']['version']}/"
+        if model in folder:
+            pages.append(folder.split(model, 1)[0] + model + GALLERY_PAGE)
+    return pages
+
+
+def write_samples_page(outcomes: dict, output_dir: Path) -> Path:
+    """``output_dir/index.html``: one page linking the local copy of each sample's gallery page
+    (self-contained, like the pages it links: explain_core.gallery)."""
+    entries = []
+    for key, found in outcomes.items():
+        if found["kind"] == "manifest":
+            entry = gallery.index_entry(found, "")
+        else:  # an error record: its JSON is the page
+            error = found.get("error", {})
+            entry = {"page": found["key"], "status": "failed", "prediction": f"{error.get('code')}: "
+                     f"{error.get('message', '')[:80]}", "methods": [], "failed": [], "created_at": found.get("time")}
+        entries.append({**entry, "input": key.removeprefix("incoming/")})
+    page = output_dir / GALLERY_PAGE
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(gallery.links_page(
+        "Explained samples", entries,
+        note="Each input's page shows its image or table, predictions, every method's overlay or SHAP plots, "
+             "times and parameters; results/<family>/<model>/<version>/index.html lists a model's recent inputs."),
+        encoding="utf-8")
+    return page
 
 
 def display_path(path: Path) -> str:
@@ -417,10 +511,16 @@ def _run(args) -> int:
     missing = set(keys) - set(outcomes)
     print()
     print(summary_table({k: outcomes[k] for k in keys if k in outcomes}))
+    quality = metrics_table({k: outcomes[k] for k in keys if k in outcomes})
+    if quality:
+        print()
+        print(quality)
     print()
     api_ok = api_round_trip(deployment, sources)
     copied = copy_results(s3, results_bucket, args.output)
     log(f"copied {copied} result objects to {args.output}/")
+    samples_page = write_samples_page({k: outcomes[k] for k in keys if k in outcomes}, args.output)
+    log(f"the samples' gallery: open {display_path(samples_page)} in a browser")
     if missing or not api_ok:
         log(f"ERROR: no result for {sorted(missing)} within {args.timeout:.0f} s" if missing else
             "ERROR: the API round trip failed (see above)")
@@ -455,9 +555,15 @@ def upload(args) -> int:
     """Upload an image of the user's to the running demo."""
     endpoint = f"http://127.0.0.1:{args.port}"
     s3 = aws.client("s3", endpoint)
-    key = f"incoming/{args.family}/{args.model}/{args.version}/{Path(args.image).name}"
+    key = f"incoming/{args.family}/{args.model}/{args.version}/{args.name or Path(args.image).name}"
     metadata = {name: value for name, value in (("methods", args.methods), ("params", args.params),
-                                                ("target", args.target)) if value}
+                                                ("target", args.target), ("metrics", args.metrics),
+                                                ("metric-params", args.metric_params)) if value}
+    for option in args.option or []:  # any other upload option (README, docs/outputs.md), as user metadata
+        name, separator, value = option.partition("=")
+        if not separator or not name.strip():
+            raise SystemExit(f"--option needs KEY=VALUE, got {option!r}")
+        metadata[name.strip().lower()] = value
     s3.upload_file(args.image, aws.local_name("InputBucket"), key, ExtraArgs={"Metadata": metadata})
     print(f"uploaded s3://{aws.local_name('InputBucket')}/{key}; results will be under "
           f"s3://{aws.local_name('ResultsBucket')}/results/{key.removeprefix('incoming/')}/")
@@ -479,6 +585,11 @@ def main(argv=None) -> int:
     up.add_argument("--methods", help="comma-separated methods (default: the model card's)")
     up.add_argument("--params", help='JSON, e.g. {"IntegratedGradients": {"steps": 32}}')
     up.add_argument("--target", help="class name or index to explain")
+    up.add_argument("--metrics", help="quality metrics, comma-separated or all (docs/metrics.md)")
+    up.add_argument("--metric-params", help='JSON, e.g. {"MuFidelity": {"nb_samples": 64}}')
+    up.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="another upload option (S3 user metadata), e.g. polarity=signed; repeatable")
+    up.add_argument("--name", help="file name of the upload (default: the file's own)")
     args = parser.parse_args(argv)
     return upload(args) if args.command == "upload" else run(args)
 

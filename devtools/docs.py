@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 METHODS_PAGE = DOCS / "methods.md"
+METRICS_PAGE = DOCS / "metrics.md"
 #: ``sam local invoke|start-api --env-vars`` for every function, against the emulator container ``moto``.
 SAM_ENV_FILE = REPO / "events" / "samples" / "env.json"
 #: Where the walkthrough's emulator container is reached: by name from the functions, on a port from the host.
@@ -191,10 +192,58 @@ def methods_reference() -> str:
     return "\n".join(out)
 
 
+def _range(described: dict) -> str:
+    low, high = described["range"]
+    return f"{_number('-inf' if low is None else low)} to {_number('inf' if high is None else high)}"
+
+
+def _metric_passes(spec) -> str:
+    """Model passes per scored map at the defaults: a number, or a multiple of the method's passes."""
+    if spec.reruns_method:
+        return f"{spec.passes(spec.defaults, 1)} × the method's passes"
+    return str(spec.passes(spec.defaults, 0))
+
+
+def metrics_reference() -> str:
+    """docs/metrics.md: every quality metric with what it measures, which way is better, cost and paper."""
+    registry = _registry()
+    out = [
+        "Passes are model passes per scored map (one image, one class, one method) at the defaults; a metric "
+        f"that would need more than {registry.MAX_PASSES_PER_IMAGE:,} on one map is refused for that method.",
+        "",
+        "| metric | kind | better | range | passes per map | parameters (defaults) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in registry.METRICS:
+        d = spec.describe()
+        out.append(f"| [{d['name']}](#{d['name'].lower()}) | {d['kind']} | "
+                   f"{'higher' if d['higher_is_better'] else 'lower'} | {_range(d)} | {_metric_passes(spec)} "
+                   f"| {_cell(_defaults(d))} |")
+    for spec in registry.METRICS:
+        d = spec.describe()
+        out += ["", f"### {d['name']}", "", f"{d['description'][:1].upper()}{d['description'][1:]}.", "",
+                f"- kind: {d['kind']}; scores explanations of "
+                f"{', '.join(MODALITY_NAMES.get(m, m) for m in d['modalities'])}",
+                f"- good: {d['good']}",
+                f"- range: {_range(d)}",
+                f"- model passes per map at the defaults: {_metric_passes(spec)}",
+                f"- Xplique class: `{spec.metric}`",
+                f"- paper: {d['reference']}", ""]
+        if d["parameters"]:
+            out += ["| parameter | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
+            for name, p in d["parameters"].items():
+                out.append(f"| `{name}` | {p['type']} | {_cell(_number(p['default']))} | {_cell(_bounds(p))} "
+                           f"| {_cell(p.get('doc', ''))} |")
+        else:
+            out.append("No parameters.")
+    return "\n".join(out)
+
+
 #: File -> generated section name -> renderer.
 GENERATED = {
     README: {"families": families_table, "methods": methods_table},
     METHODS_PAGE: {"reference": methods_reference},
+    METRICS_PAGE: {"reference": metrics_reference},
 }
 
 

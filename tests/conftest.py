@@ -177,3 +177,22 @@ def invoke_function(deployment, handlers):
         return lambda_service.invoke(deployment, wiring, loaded[logical_id], event, context)
 
     return _invoke
+
+
+#: Files tests leave for a person to look at (screenshots), kept after the run; ignored by git.
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def page_checker():
+    """One headless Debian Chromium for the session's browser tests (installed here when missing)."""
+    from devtools.browser import PageChecker
+
+    with PageChecker() as checker:
+        yield checker

@@ -89,6 +89,29 @@ def test_sync_explanation_returns_predictions_and_links_to_the_outputs(call, sam
     assert manifest["status"] == "succeeded"
 
 
+def test_a_request_chooses_how_heatmaps_are_drawn(call):
+    from PIL import Image
+
+    rendering = {"polarity": "signed", "colorbar": True, "clip_percentiles": [1, 99]}
+    response = call(explain_event("api-explain-gradient.json", methods=["GradientInput"], params={},
+                                  rendering=rendering))
+    assert response["statusCode"] == 200, response["body"][:2000]
+    result = body(response)
+    assert result["rendering"] == {"polarity": "signed", "colormap": "RdBu_r", "clip_percentiles": [1.0, 99.0],
+                                   "alpha": 0.9, "overlay": "blend", "colorbar": True}
+    (output,) = result["methods"][0]["outputs"]
+    low, high = output["heatmap_range"]
+    assert 0 <= low < high
+    raw = Image.open(io.BytesIO(fetch(output["raw_heatmap_url"])))
+    assert raw.format == "PNG" and raw.size == (64, 64)
+    overlay = Image.open(io.BytesIO(fetch(output["heatmap_url"])))
+    assert overlay.height == 224 and overlay.width > 224 + 40  # the colour bar's panel on the right
+    assert json.loads(fetch(result["manifest_url"]))["rendering"] == result["rendering"]
+
+    refused = call(explain_event("api-explain-gradient.json", rendering={"polarity": "sideways"}))
+    assert refused["statusCode"] == 400 and body(refused)["error"]["code"] == "malformed_request"
+
+
 def unsigned(value):
     """``value`` with every presigned URL cut to its object path (the signature changes with time)."""
     if isinstance(value, dict):

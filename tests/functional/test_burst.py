@@ -70,11 +70,15 @@ def test_a_burst_of_uploads_is_explained_once_each_and_only_its_results_are_copi
     dlq = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["ApproximateNumberOfMessages"])
     assert dlq["Attributes"]["ApproximateNumberOfMessages"] == "0"
 
-    # The local copy is exactly these inputs' manifests and the outputs they list: no bucket-wide copy.
-    expected = {key for m in manifests.values() for key in [m["key"], *m["output_keys"]]}
+    # The local copy is exactly these inputs' manifests, the outputs they list and their gallery
+    # pages (each input's and its model's index): no bucket-wide copy.
+    outputs = {key for m in manifests.values() for key in [m["key"], *m["output_keys"]]}
+    pages = {page for m in manifests.values() for page in demo.gallery_keys(m)}
     copied = {path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file()}
-    assert copied == expected
-    assert len(expected) == BURST * 3  # manifest, heatmap PNG and attributions .npy
+    assert copied == outputs | pages
+    assert len(outputs) == BURST * 4  # manifest, heatmap overlay and raw heatmap PNGs, attributions .npy
+    assert len(pages) == BURST + 1  # one page per input, one index of the model
+    expected = outputs | pages
     assert all((tmp_path / key).stat().st_size > 0 for key in expected)
 
     # One line per input for people, and the burst's progress down to an empty queue.

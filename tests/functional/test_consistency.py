@@ -42,13 +42,16 @@ def exists(s3, bucket: str, key: str) -> bool:
 
 
 def assert_one_consistent_result(s3, results: str, key: str, etag: str) -> dict:
-    """Exactly one manifest, for the version ``etag``, and under its prefix only its own attempt's outputs."""
+    """Exactly one manifest, for the version ``etag``, and under its prefix only its own attempt's outputs
+    and the gallery page, which shows that manifest's attempt."""
     manifest = read_json(s3, results, results_prefix(key) + "manifest.json")
     assert manifest["input"]["etag"] == etag
     attempt_prefix = f"{results_prefix(key)}attempts/{manifest['attempt']}/"
     assert manifest["output_keys"] and all(k.startswith(attempt_prefix) for k in manifest["output_keys"])
     assert listed(s3, results, results_prefix(key)) == {results_prefix(key) + "manifest.json",
-                                                       *manifest["output_keys"]}
+                                                       results_prefix(key) + "index.html", *manifest["output_keys"]}
+    page = s3.get_object(Bucket=results, Key=results_prefix(key) + "index.html")["Body"].read().decode()
+    assert f"<code>{manifest['attempt']}</code>" in page
     return manifest
 
 
@@ -211,14 +214,14 @@ def test_one_poison_upload_fails_alone_in_a_batch_of_eight(invoke, s3, deploymen
     for i, key in enumerate(keys):
         pixels = np.zeros_like(images[0]) if key == poison else images[i % len(images)]
         s3.put_object(Bucket=inputs, Key=key, Body=png_bytes(pixels), Metadata={"methods": "Saliency"})
-    real_class_scores = attribution.class_scores
+    real_raw_outputs = attribution.raw_outputs
 
     def crashes_on_flat_images(model, batch, card, batch_size):
         if any(np.ptp(row) == 0 for row in batch):
             raise RuntimeError("simulated crash of the model on a flat image")
-        return real_class_scores(model, batch, card, batch_size)
+        return real_raw_outputs(model, batch, card, batch_size)
 
-    monkeypatch.setattr(attribution, "class_scores", crashes_on_flat_images)
+    monkeypatch.setattr(attribution, "raw_outputs", crashes_on_flat_images)
     event = upload_event(*keys, family=FAMILY)
 
     response = invoke(FAMILY, event)

@@ -17,7 +17,7 @@ from tests.conftest import read_json, upload_event
 #: What the README's "Where the results land" promises for an output key.
 OUTPUT_KEY = re.compile(r"^results/(?P<relative>.+)/attempts/[0-9TZ]+-[0-9a-f]{8}/(?P<method>[A-Za-z]+)/"
                         r"(?P<index>\d+)-(?P<label>[A-Za-z0-9._-]+?)"
-                        r"\.(?P<ext>png|npy|values\.csv|summary\.json|bar\.png|beeswarm\.png|waterfall-line-\d+\.png)$")
+                        r"\.(?P<ext>png|npy|heatmap\.png|values\.csv|summary\.json|bar\.png|beeswarm\.png|waterfall-line-\d+\.png)$")
 UPLOADED = re.compile(r"^uploaded s3://(?P<bucket>[^/]+)/(?P<key>\S+?);", re.M)
 
 

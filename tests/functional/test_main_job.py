@@ -2,14 +2,17 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+from devtools import demo_model
 from devtools.local.aws import free_port
+from explain_core.registry import methods_of
 from tests.conftest import REPO
 
 
-def test_demo_explains_the_samples_and_copies_results(tmp_path):
+def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, artifacts_dir):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'layers/explain_core/src'}"}
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(name, None)  # the demo must set up its own emulator and credentials
@@ -34,8 +37,36 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path):
     for path in manifests:
         manifest = json.loads(path.read_text())
         assert manifest["status"] == "succeeded", path
+        for method in manifest["methods"] if manifest["model"]["name"] == "shapes" else []:
+            for output in method["outputs"]:  # the sample images ask for quality metrics (docs/metrics.md)
+                assert sorted(output["metrics"]) == ["Deletion", "Insertion", "MuFidelity", "Sparseness"], path
+                assert all("score" in metric for metric in output["metrics"].values()), output["metrics"]
         for key in manifest["output_keys"]:
             assert (tmp_path / key).stat().st_size > 0
+    # Under the summary, each image method's mean quality metrics.
+    quality = completed.stdout.split("quality metrics, mean over the sample images", 1)[1].splitlines()
+    assert quality[1].split()[:6] == ["family", "method", "Del", "↓", "Ins", "↑"], quality[:3]
+    assert {tuple(line.split()[:2]) for line in quality[3:14]} == {
+        (family, method) for family, methods in demo_model.card()["default_methods"].items() for method in methods
+    } | {("shap", spec.name) for spec in methods_of("shap") if "image" in spec.modalities}
     # The tabular results carry SHAP values, a summary and plots.
     csv_files = sorted(tmp_path.glob("results/shap/breast-cancer-*/v1/samples/*/attempts/*/*/*.values.csv"))
     assert len(csv_files) == 4  # TreeExplainer; Kernel, Deep and Gradient explainers
+    # The samples' gallery: one local page linking each sample's own page, copied beside its manifest.
+    assert f"open {tmp_path / 'index.html'} in a browser" in completed.stdout
+    links = re.findall(r'<a href="([^"]+)">', (tmp_path / "index.html").read_text())
+    assert sorted(tmp_path / link for link in links) == sorted(path.parent / "index.html" for path in manifests)
+    for path in manifests:
+        assert "<img src=\"data:image/png;base64," in (path.parent / "index.html").read_text()
+    assert (tmp_path / "results/gradient/shapes/v1/index.html").is_file()
+    # In a real browser (docs/testing.md, Browser tests): the samples' page links every sample's page, and
+    # each of those loads all its images with no console error; a screenshot of each under test-artifacts/.
+    report = page_checker.check((tmp_path / "index.html").as_uri(), screenshot=artifacts_dir / "demo-samples.png")
+    assert report.problems == [] and report.links == len(manifests) and not report.screenshot.blank
+    pages = {}
+    for path in manifests:
+        name = "-".join(path.parent.relative_to(tmp_path / "results").parts).replace(".", "-")
+        pages[name] = page_checker.check((path.parent / "index.html").as_uri(),
+                                         screenshot=artifacts_dir / f"demo-{name}.png")
+    assert {name: page.problems for name, page in pages.items() if page.problems} == {}
+    assert all(len(page.images) > 1 and page.requests == [page.url] for page in pages.values())

@@ -61,13 +61,19 @@ def test_upload_event_produces_heatmaps_arrays_and_manifest(family, event_file, 
         assert method["status"] == "succeeded" and method["passes_per_image"] >= 1
         (output,) = method["outputs"]
         heatmap = Image.open(io.BytesIO(s3.get_object(Bucket=results, Key=output["heatmap"])["Body"].read()))
-        assert heatmap.format == "PNG" and heatmap.size == (128, 128)
+        # Upscaled to the readable minimum of 224 pixels (explain_core.rendering.MIN_OVERLAY_SIDE), with the
+        # default colour bar's panel on its right.
+        assert heatmap.format == "PNG" and heatmap.height == 224 and 224 + 40 < heatmap.width < 224 + 120
+        raw = Image.open(io.BytesIO(s3.get_object(Bucket=results, Key=output["raw_heatmap"])["Body"].read()))
+        assert raw.format == "PNG" and raw.size == (64, 64)  # the model's input size
         array = np.load(io.BytesIO(s3.get_object(Bucket=results, Key=output["attributions"])["Body"].read()),
                         allow_pickle=False)
         assert list(array.shape) == output["attributions_shape"]
         assert array.shape[:2] == (64, 64) and np.isfinite(array).all() and np.abs(array).sum() > 0
     assert set(manifest["output_keys"]) == {
-        k for m in manifest["methods"] for o in m["outputs"] for k in (o["heatmap"], o["attributions"])}
+        k for m in manifest["methods"] for o in m["outputs"]
+        for k in (o["heatmap"], o["raw_heatmap"], o["attributions"])}
+    assert manifest["rendering"]["colorbar"] is True  # the default: every overlay has its colour bar
     assert {"download_s", "decode_s", "predict_s", "write_s"} <= set(manifest["timings"])
     assert manifest["versions"]["xplique"] == "2.0.2"
 

@@ -10,7 +10,7 @@ import pytest
 from devtools import demo_model, tabular_demo
 from devtools.local.events import deliver
 from explain_core.model_card import ModelCard
-from explain_core.registry import SHAP, methods_of
+from explain_core.registry import REGISTRY, SHAP, methods_of
 from tests.conftest import clear_outputs, event_keys, load_event, png_bytes, read_json, upload_event
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,16 @@ def test_image_values_add_up_to_the_model_output(method, image_results, samples,
         error = abs(values.sum() + output["base_value"] - explained)
         assert error <= ADDITIVITY_TOLERANCE[method] * abs(explained - output["base_value"]) + 1e-4, (
             method, error, explained, output["base_value"])
+        # The manifest carries the same error, always, with a warning naming the parameter past its threshold.
+        found = output["approximation"]
+        assert found["check"] == "additivity" and found["parameter"] == REGISTRY[method].accuracy_param
+        assert found["absolute_error"] == pytest.approx(error, abs=1e-4)
+        assert found["output_gap"] == pytest.approx(explained - output["base_value"], abs=1e-4)
+        over = found["relative_error"] > found["threshold"]
+        assert [w["parameter"] for w in output["warnings"] if w["code"] == "approximation_error"] == (
+            [found["parameter"]] if over else [])
+        if method != "GradientExplainer":  # additive by construction; expected gradients is a Monte-Carlo estimate
+            assert found["relative_error"] < 1e-4, found
 
 
 # --------------------------------------------------------------------------- tabular
@@ -173,6 +183,10 @@ def test_tree_explainer_is_exact_for_xgboost(tabular_event_results, tabular_mode
     # The summary's additivity matches what we recomputed, and predictions agree with the model.
     summary = read_json(s3, bucket, output["summary"])
     assert summary["additivity"]["max_abs_error"] < 1e-5
+    found = output["approximation"]
+    assert found["exact"] and "parameter" not in found and found["rows"] == 8 and output["warnings"] == []
+    assert found["max_absolute_error"] == pytest.approx(error.max(), abs=1e-6)
+    assert found["min_abs_output_gap"] == pytest.approx(np.abs(-margin - base).min(), rel=1e-4)
     predicted = ["benign" if m > 0 else "malignant" for m in margin]
     assert [r["predicted_class"] for r in leading] == predicted
     assert np.mean(np.array(predicted) == np.array(["malignant", "benign"])[labels]) >= 0.75
@@ -216,6 +230,17 @@ def test_keras_tabular_values_add_up(method, tabular_event_results, tabular_mode
     relative = error / np.maximum(np.abs(logits - base), 1.0)
     assert relative.max() <= TABULAR_TOLERANCE[method], (method, relative)
     assert relative.mean() <= TABULAR_MEAN_TOLERANCE[method], (method, relative)
+    # The manifest's summary of the rows: the same errors, relative to |gap| floored at 0.1 logit.
+    found, gap = output["approximation"], np.abs(logits - base)
+    assert found["max_absolute_error"] == pytest.approx(error.max(), abs=1e-5)
+    assert found["mean_absolute_error"] == pytest.approx(error.mean(), abs=1e-5)
+    assert found["mean_abs_output_gap"] == pytest.approx(gap.mean(), rel=1e-4)
+    over = int((error / np.maximum(gap, found["min_output_gap"]) > found["threshold"]).sum())
+    assert found["rows_over_threshold"] == over
+    assert [w["parameter"] for w in output["warnings"] if w["code"] == "approximation_error"] == (
+        [REGISTRY[method].accuracy_param] if over else [])
+    if method != "GradientExplainer":
+        assert over == 0
 
 
 # --------------------------------------------------------------------------- bad input

@@ -55,7 +55,8 @@ def test_openapi_document_in_the_repository_matches_the_code():
     assert (REPO / "openapi.json").read_text() == openapi.generate(), "run `make openapi`"
     document = json.loads(openapi.generate())
     assert set(document["paths"]) == {"/methods", "/models", "/models/{name}/{version}", "/uploads",
-                                      "/jobs/{job_id}", "/explanations/{family}"}
+                                      "/jobs/{job_id}", "/explanations/{family}", "/sanity-checks",
+                                      "/sanity-checks/{family}/{name}/{version}/{request_id}"}
     explain = document["paths"]["/explanations/{family}"]["post"]
     assert {"200", "202", "400", "404", "413", "422"} <= set(explain["responses"])
     assert explain["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")

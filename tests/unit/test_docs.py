@@ -187,7 +187,7 @@ def test_the_walkthrough_files_exist():
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 DOTTED = re.compile(r"\b((?:explain_core|devtools)(?:\.[A-Za-z_]\w*)+)")
 #: What the tools create: not in a clean clone.
-GENERATED_DIRS = {".cache", ".aws-sam", ".venv", "local-results", "benchmark-results"}
+GENERATED_DIRS = {".cache", ".aws-sam", ".venv", "local-results", "benchmark-results", "test-artifacts"}
 PACKAGE_ROOTS = {"explain_core": REPO / "layers" / "explain_core" / "src", "devtools": REPO}
 
 

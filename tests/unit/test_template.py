@@ -17,7 +17,8 @@ from explain_core.registry import FAMILIES
 
 TABLE_KEYS = {"JobsTable": "job_id", "IdempotencyTable": "id", "ApiClientsTable": "key_hash"}
 API_ROUTES = {("GET", "/models"), ("GET", "/models/{name}/{version}"), ("GET", "/methods"), ("POST", "/uploads"),
-              ("GET", "/jobs/{job_id}")}
+              ("GET", "/jobs/{job_id}"), ("POST", "/sanity-checks"),
+              ("GET", "/sanity-checks/{family}/{name}/{version}/{request_id}")}
 S3_WRITES = ("s3:Put", "s3:Delete", "s3:Restore", "s3:*", "*")
 GATEWAY_RESPONSES = {  # response type -> (status code, error code)
     "UNAUTHORIZED": ("401", "unauthorized"),
@@ -168,9 +169,10 @@ def test_a_family_function_writes_only_its_own_prefixes(functions, function, fam
         "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}) == set()
 
 
-def test_the_api_function_writes_only_uploads_and_reads_jobs(functions):
+def test_the_api_function_writes_only_uploads_and_sanity_check_requests_and_reads_jobs(functions):
     api = functions["ApiFunction"]
-    assert granted(api, lambda action: action.startswith(S3_WRITES)) == {("InputBucket", "uploads/*")}
+    assert granted(api, lambda action: action.startswith(S3_WRITES)) == {
+        ("InputBucket", "uploads/*"), ("InputBucket", "incoming/*/sanity-checks/*")}
     assert granted(api, lambda action: action.startswith("dynamodb:")) == {("JobsTable", "")}
     assert granted(api, lambda action: action.startswith("dynamodb:") and action != "dynamodb:GetItem") == set()
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from botocore.exceptions import ClientError
 
 from devtools import demo
 from devtools.local import lambda_service
@@ -44,6 +45,8 @@ class FakeS3:
         self.objects = objects
 
     def get_object(self, Bucket, Key):  # noqa: N803 (boto3's names)
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
         return {"Body": io.BytesIO(self.objects[Key])}
 
 
@@ -60,6 +63,15 @@ def test_an_input_copy_holds_its_manifest_and_listed_outputs_only(tmp_path):
     assert copied[-1] == tmp_path / base / "manifest.json"
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == sorted(
         [base + "manifest.json", *first["output_keys"]])
+    # The gallery pages (the input's, its model's index) are copied when the function wrote them.
+    s3.objects.update({base + "index.html": b"<html>", "results/gradient/m/v1/index.html": b"<html>"})
+    first.update(family="gradient", model={"name": "m", "version": "v1"})
+    copied = demo.copy_outcome(s3, "results", first, tmp_path)
+    assert copied[:2] == [tmp_path / base / "index.html", tmp_path / "results/gradient/m/v1/index.html"]
+    assert copied[-1] == tmp_path / base / "manifest.json"
+    for page in (base + "index.html", "results/gradient/m/v1/index.html"):
+        (tmp_path / page).unlink()
+        del s3.objects[page]
 
     # A new attempt replaces the manifest: the outputs of the old one go, with their emptied folders.
     second = manifest(base + "manifest.json", [base + "attempts/b/GradCAM/1-cat.png"])

@@ -37,6 +37,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from explain_core.api_models import (
     JOB_ID_REGEX,
     NAME_REGEX,
+    SANITY_REQUEST_ID_REGEX,
     ErrorResponse,
     ExplanationRequest,
     ExplanationResult,
@@ -45,9 +46,13 @@ from explain_core.api_models import (
     JobStatus,
     MethodInfo,
     MethodList,
+    MetricInfo,
     ModelInfo,
     ModelList,
     ParamInfo,
+    SanityCheckAccepted,
+    SanityCheckRequest,
+    SanityCheckStatus,
     UploadRequest,
     UploadTicket,
 )
@@ -58,8 +63,9 @@ from explain_core.errors import (
     RequestInProgressError,
     RouteNotFoundError,
     UnsupportedMediaTypeError,
+    UnsupportedModelError,
 )
-from explain_core.registry import METHODS
+from explain_core.registry import METHODS, METRICS, get_method
 
 #: Presigned upload tickets are valid this long.
 UPLOAD_TICKET_SECONDS = 900
@@ -214,7 +220,12 @@ def list_methods(family: Annotated[Family | None, Query(description="Only this f
         )
         for spec in METHODS if family is None or spec.family == family
     ]
-    return _json(200, MethodList(methods=methods))
+    metrics = [
+        MetricInfo(**{k: v for k, v in spec.describe().items() if k != "parameters"},
+                   params={p.name: ParamInfo(**p.describe()) for p in spec.params})
+        for spec in METRICS
+    ]
+    return _json(200, MethodList(methods=methods, metrics=metrics))
 
 
 @app.get("/models", summary="Models in the model bucket, with their cards", tags=["catalog"],
@@ -270,6 +281,39 @@ def explain(family: Annotated[Family, Path()], request: ExplanationRequest):
         return _json(200, outcome)
     metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
     return _json(202, outcome, headers={"Location": outcome.status_url})
+
+
+@app.post("/sanity-checks", summary="Sanity-check a family's methods on a model (Adebayo et al. 2018): queued (202)",
+          tags=["sanity checks"], operation_id="createSanityCheck",
+          responses=_responses({202: ("Queued: the family's function writes the report", SanityCheckAccepted)},
+                               404, 422))
+def create_sanity_check(request: SanityCheckRequest):
+    from explain_core.sanity import store_request
+
+    client_id = _client_id()
+    card = services.catalog.card(request.model.name, request.model.version)  # 404 for an unknown model
+    if card.modality != "image":
+        raise UnsupportedModelError(f"sanity checks compare image heatmaps; {card.name}/{card.version} is a "
+                                    f"{card.modality} model", modality=card.modality)
+    for name in request.methods or []:
+        if name.lower() != "all" and not get_method(name, request.family).supports(card):
+            raise UnsupportedModelError(f"{name} cannot explain {card.name}/{card.version}", method=name)
+    accepted = SanityCheckAccepted(status="queued", **store_request(services.s3, services.settings, request,
+                                                                    client_id))
+    metrics.add_metric(name="SanityChecksRequested", unit=MetricUnit.Count, value=1)
+    return _json(202, accepted, headers={"Location": accepted.status_url})
+
+
+@app.get("/sanity-checks/<family>/<name>/<version>/<request_id>",
+         summary="A sanity check's status, and its report once written", tags=["sanity checks"],
+         operation_id="getSanityCheck", responses=_responses({200: ("The sanity check", SanityCheckStatus)}, 404))
+def get_sanity_check(family: Annotated[Family, Path()], name: Annotated[str, Path(pattern=NAME_REGEX)],
+                     version: Annotated[str, Path(pattern=NAME_REGEX)],
+                     request_id: Annotated[str, Path(pattern=SANITY_REQUEST_ID_REGEX)]):
+    from explain_core.sanity import request_status
+
+    status = request_status(services.s3, services.links, family, name, version, request_id, _client_id())
+    return _json(200, SanityCheckStatus(**status))
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -10,6 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from explain_core.approximation import (
+    APPROXIMATION,
+    WARNINGS,
+    Approximation,
+    ExplanationWarning,
+    TableApproximation,
+)
 from explain_core.keys import NAME_PATTERN
 from explain_core.manifest import (  # the manifest's models are the API's: one definition of each field
     ADDITIVITY_MAX_ERROR,
@@ -39,6 +46,9 @@ from explain_core.manifest import (  # the manifest's models are the API's: one 
     Status,
     Timings,
 )
+from explain_core.manifest_parts import METRICS_FIELD, MetricScore
+from explain_core.rendering import HEATMAP_RANGE, RENDERING, RenderOptions, rendering_metadata
+from explain_core.sanity import SanityReport, SanityRequest
 
 #: Names of models and versions: the key layout's own rule.
 NAME_REGEX = NAME_PATTERN.pattern
@@ -84,6 +94,20 @@ class ExplanationRequest(_Strict):
         default=None, pattern=FILENAME_REGEX,
         description="Name of an inline input; its extension matters for tables (.csv, .jsonl). Default input.png",
     )
+    rendering: RenderOptions | None = Field(
+        default=None,
+        description="Images: how heatmaps are drawn; the fields given override the model card's rendering "
+                    '(docs/outputs.md#heatmaps-visual-options), e.g. {"polarity": "signed", "colorbar": true}',
+    )
+    metrics: list[str] | Literal["all", "none"] | None = Field(
+        default=None, max_length=20,
+        description='Quality metrics scoring each explanation (docs/metrics.md): names (Deletion, Insertion, '
+                    'MuFidelity, AverageStability, Complexity, Sparseness), "all" or "none" ([] is none); '
+                    "default: the model card's default_metrics",
+    )
+    metric_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Per-metric parameters, e.g. {"MuFidelity": {"nb_samples": 64}}'
+    )
     mode: Literal["auto", "sync", "async"] = Field(
         default="auto",
         description="auto: answer now when the estimate fits API Gateway's timeout, else start a job (202); "
@@ -107,6 +131,13 @@ class ExplanationRequest(_Strict):
             metadata["target"] = str(self.target)
         if self.top_k is not None:
             metadata["top-k"] = str(self.top_k)
+        if self.metrics is not None:
+            metadata["metrics"] = (self.metrics if isinstance(self.metrics, str)
+                                   else ",".join(self.metrics) or "none")
+        if self.metric_params:
+            metadata["metric-params"] = json.dumps(self.metric_params, sort_keys=True)
+        if self.rendering is not None:  # only the fields given: the card's default fills in the others
+            metadata.update(rendering_metadata(self.rendering, fields=self.rendering.model_fields_set))
         return metadata
 
 
@@ -122,6 +153,9 @@ class MethodOutput(BaseModel):
     class_name: Annotated[str, CLASS_NAME]
     score: Annotated[float | None, SCORE] = None
     heatmap_url: str | None = Field(default=None, description="Heatmap over the image (PNG)")
+    raw_heatmap_url: str | None = Field(
+        default=None, description="Heatmap alone at the model's input size, coloured as the overlay (PNG)")
+    heatmap_range: Annotated[list[float] | None, HEATMAP_RANGE] = None
     attributions_url: str | None = Field(default=None, description="Raw attributions (NumPy .npy)")
     attributions_shape: Annotated[list[int] | None, ATTRIBUTIONS_SHAPE] = None
     base_value: Annotated[float | None, BASE_VALUE] = None
@@ -129,6 +163,9 @@ class MethodOutput(BaseModel):
     summary_url: str | None = Field(default=None, description="Tables: the summary JSON")
     additivity_max_error: Annotated[float | None, ADDITIVITY_MAX_ERROR] = None
     files: dict[str, str] = Field(default_factory=dict, description="Tables: file name -> URL (values, plots)")
+    metrics: Annotated[dict[str, MetricScore] | None, METRICS_FIELD] = None
+    approximation: Annotated[Approximation | TableApproximation | None, APPROXIMATION] = None
+    warnings: Annotated[list[ExplanationWarning] | None, WARNINGS] = None
 
 
 class MethodResult(BaseModel):
@@ -155,6 +192,11 @@ class ExplanationResult(BaseModel):
     explained_classes: Annotated[list[ClassScore], EXPLAINED_CLASSES]
     methods: list[MethodResult]
     manifest_url: str = Field(description="The manifest (manifest.json, explain_core.manifest.Manifest)")
+    rendering: Annotated[RenderOptions | None, RENDERING] = None
+    gallery_url: str = Field(
+        description="The input's gallery page (index.html beside the manifest): a self-contained HTML page with "
+                    "the input, its predictions and every method's overlays, plots, times and parameters "
+                    "(docs/gallery.md); written just after the manifest")
     results_prefix: Annotated[str, RESULTS_PREFIX]
     urls_expire_in: int = Field(description="Seconds the presigned URLs stay valid")
     cached: bool = Field(default=False, description="True when the same request had been explained before")
@@ -219,8 +261,23 @@ class MethodInfo(BaseModel):
     params: dict[str, ParamInfo]
 
 
+class MetricInfo(BaseModel):
+    """A quality metric of the registry (docs/metrics.md): ask for it with the request's ``metrics``."""
+
+    name: str
+    kind: str = Field(description="fidelity, stability or complexity")
+    description: str
+    reference: str
+    higher_is_better: bool
+    range: list[float | None] = Field(description="[minimum, maximum] of the score; null: unbounded")
+    good: str = Field(description="What a good score looks like")
+    modalities: list[str] = Field(description="The models whose explanations it scores")
+    params: dict[str, ParamInfo]
+
+
 class MethodList(BaseModel):
     methods: list[MethodInfo]
+    metrics: list[MetricInfo] = Field(default_factory=list, description="The quality metrics (docs/metrics.md)")
 
 
 class UploadRequest(_Strict):
@@ -235,3 +292,44 @@ class UploadTicket(BaseModel):
     fields: dict[str, str]
     expires_in: int
     max_bytes: int
+
+
+# ---------------------------------------------------------------------------------------- sanity checks
+SANITY_REQUEST_ID_REGEX = r"^[0-9a-f]{32}$"
+
+
+class SanityCheckRequest(SanityRequest):
+    """POST /sanity-checks: the fields of a sanity-check request file (explain_core.sanity.SanityRequest)
+    plus the family whose methods are checked and the model."""
+
+    family: Family
+    model: ModelRef
+
+    def request_file(self) -> bytes:
+        """The request file the family's function reads (``sanity-checks/<id>.json``)."""
+        return SanityRequest(**self.model_dump(exclude={"family", "model"})).model_dump_json(indent=2).encode()
+
+
+class SanityCheckAccepted(BaseModel):
+    """A sanity check queued: the family's function runs it and writes its report and chart."""
+
+    request_id: str
+    status: Literal["queued"]
+    request_key: str = Field(description="The request file stored in the input bucket (its upload starts the check)")
+    report_key: str = Field(description="Where the report (JSON) will appear in the results bucket")
+    chart_key: str = Field(description="Where the chart (PNG) will appear in the results bucket")
+    error_key: str = Field(description="Where an error record appears instead when the check cannot run")
+    status_url: str = Field(description="GET it for the status, and the report once written")
+
+
+class SanityCheckStatus(BaseModel):
+    request_id: str
+    status: Literal["queued", "succeeded", "partial", "failed"]
+    family: str
+    model: ModelRef
+    retrying: bool = Field(default=False, description="A transient failure: the request is queued again")
+    report: SanityReport | None = None
+    report_url: str | None = Field(default=None, description="Presigned link to the report (JSON)")
+    chart_url: str | None = Field(default=None, description="Presigned link to the chart (PNG)")
+    urls_expire_in: int | None = None
+    error: ErrorDetail | None = None

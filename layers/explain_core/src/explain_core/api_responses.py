@@ -6,6 +6,7 @@ every output is a presigned GET URL valid for ``PRESIGNED_URL_SECONDS``.
 
 
 from explain_core.api_models import ExplanationResult, MethodOutput, MethodResult
+from explain_core.keys import GALLERY_PAGE
 from explain_core.manifest import Manifest
 from explain_core.settings import Settings
 
@@ -57,5 +58,9 @@ def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
         status=manifest.status, family=manifest.family, model=manifest.model, input=manifest.input,
         predictions=manifest.predictions, explained_classes=manifest.explained_classes, methods=methods,
         manifest_url=links.result(manifest_key), results_prefix=manifest.results_prefix,
+        rendering=manifest.rendering,
+        # The page sits beside the manifest (explain_core.gallery); it embeds its images, so it works
+        # through this one presigned URL.
+        gallery_url=links.result(manifest_key.rsplit("/", 1)[0] + "/" + GALLERY_PAGE),
         urls_expire_in=links.seconds, cached=cached, timings=manifest.timings,
     )

@@ -88,6 +88,13 @@ class InvalidParameterError(ExplainError):
     status = 422
 
 
+class UnknownMetricError(ExplainError):
+    """A quality metric the registry does not have (explain_core.registry.METRICS)."""
+
+    code = "unknown_metric"
+    status = 422
+
+
 class OverTimeBudgetError(ExplainError):
     """A method would not finish in the invocation's remaining time (a timeout would fail the whole batch)."""
 
@@ -97,6 +104,21 @@ class OverTimeBudgetError(ExplainError):
 
 class InvalidTargetError(ExplainError):
     code = "invalid_target"
+    status = 422
+
+
+class InvalidRenderingError(ExplainError):
+    """Heatmap drawing options (polarity, colormap, clip-percentiles, alpha, overlay, colorbar) that are
+    unknown or out of bounds (explain_core.rendering)."""
+
+    code = "invalid_rendering"
+    status = 422
+
+
+class InvalidSanityRequestError(ExplainError):
+    """A sanity-check request (a request file or POST /sanity-checks) that is not valid (explain_core.sanity)."""
+
+    code = "invalid_sanity_request"
     status = 422
 
 
@@ -167,6 +189,11 @@ class UnsupportedMediaTypeError(ExplainError):
 
 class UnknownInputError(ExplainError):
     code = "unknown_input"
+    status = 404
+
+
+class UnknownSanityCheckError(ExplainError):
+    code = "unknown_sanity_check"
     status = 404
 
 

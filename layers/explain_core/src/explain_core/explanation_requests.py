@@ -47,6 +47,7 @@ from explain_core.errors import (
     UnknownInputError,
 )
 from explain_core.jobs import JobStore, new_job_id
+from explain_core.keys import client_segment
 from explain_core.model_store import LoadedModel
 from explain_core.request_options import parse_options
 from explain_core.session import ExplanationSession, Upload
@@ -60,13 +61,6 @@ IDEMPOTENCY_SECONDS = 24 * 3600
 DEFAULT_FILENAME = "input.png"
 
 logger = Logger(child=True)
-
-
-def client_segment(client_id: str) -> str:
-    """The key segment of an API client: a hash of its id, so no client id appears in S3 keys."""
-    if not client_id:
-        raise ValueError("an API request needs the client id of the Lambda authorizer")
-    return hashlib.sha256(f"explain-api-client:{client_id}".encode()).hexdigest()[:24]
 
 
 class ExplanationRequests:

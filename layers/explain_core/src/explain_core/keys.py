@@ -12,6 +12,7 @@ Results live in a different bucket from inputs (and under other prefixes), so an
 never match the input notification and retrigger a function.
 """
 
+import hashlib
 import re
 import time
 import uuid
@@ -23,6 +24,12 @@ from explain_core.settings import Settings
 #: Model names and versions become S3 key segments and cache directory names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_KEY_LENGTH = 1024
+#: Sanity-check request files (explain_core.sanity): ``incoming/<family>/<model>/<version>/sanity-checks/<id>.json``;
+#: their reports go to ``results/<family>/<model>/<version>/sanity/<id>/``.
+SANITY_REQUESTS_DIR = "sanity-checks/"
+SANITY_RESULTS_DIR = "sanity/"
+#: The gallery page (explain_core.gallery) of an input, beside its manifest, and of a model, above its inputs.
+GALLERY_PAGE = "index.html"
 
 
 def check_name(value: str, what: str) -> str:
@@ -88,6 +95,38 @@ class KeyLayout:
     def manifest_key(self, ref: InputRef) -> str:
         return self.results_base(ref) + "manifest.json"
 
+    def gallery_key(self, ref: InputRef) -> str:
+        """The input's gallery page, beside its manifest."""
+        return self.results_base(ref) + GALLERY_PAGE
+
+    def model_results_prefix(self, family: str, model: str, version: str) -> str:
+        """Above every input's results of one model (its gallery index is ``<prefix>index.html``)."""
+        return f"{self.settings.results_prefix}{family}/{model}/{version}/"
+
+    def is_sanity_request(self, ref: InputRef) -> bool:
+        """True for a sanity-check request file (explain_core.sanity), not an input to explain."""
+        return ref.name.startswith(SANITY_REQUESTS_DIR)
+
+    def sanity_request_id(self, ref: InputRef) -> str:
+        """The request id a sanity-check request file names: ``sanity-checks/<id>.json``."""
+        name = ref.name[len(SANITY_REQUESTS_DIR):]
+        request_id = name[:-len(".json")] if name.endswith(".json") else ""
+        if "/" in request_id or not NAME_PATTERN.fullmatch(request_id):
+            raise InvalidKeyError(
+                f"a sanity-check request is {self.family_prefix(ref.family)}<model>/<version>/"
+                f"{SANITY_REQUESTS_DIR}<id>.json with an id of letters, digits, '.', '_' or '-'; got {ref.key!r}",
+                key=ref.key,
+            )
+        return request_id
+
+    def sanity_request_key(self, family: str, model: str, version: str, request_id: str) -> str:
+        return (f"{self.family_prefix(family)}{check_name(model, 'model')}/{check_name(version, 'version')}/"
+                f"{SANITY_REQUESTS_DIR}{check_name(request_id, 'request id')}.json")
+
+    def sanity_prefix(self, family: str, model: str, version: str, request_id: str) -> str:
+        """Where a sanity check's report.json and chart.png go."""
+        return f"{self.model_results_prefix(family, model, version)}{SANITY_RESULTS_DIR}{request_id}/"
+
     def attempt_prefix(self, ref: InputRef, attempt: str) -> str:
         """Outputs of one attempt at an input: concurrent or repeated attempts never share a key."""
         return f"{self.results_base(ref)}attempts/{attempt}/"
@@ -106,6 +145,13 @@ class KeyLayout:
 
     def model_key(self, model: str, version: str, filename: str) -> str:
         return f"{self.settings.models_prefix}{check_name(model, 'model')}/{check_name(version, 'version')}/{filename}"
+
+
+def client_segment(client_id: str) -> str:
+    """The key segment of an API client: a hash of its id, so no client id appears in S3 keys."""
+    if not client_id:
+        raise ValueError("an API request needs the client id of the Lambda authorizer")
+    return hashlib.sha256(f"explain-api-client:{client_id}".encode()).hexdigest()[:24]
 
 
 def new_attempt_id() -> str:

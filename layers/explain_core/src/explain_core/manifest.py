@@ -12,7 +12,7 @@ the parts each modality plug-in declares (``input_type``, ``model_type``, ``pred
 ``output_type`` of ``explain_core/modalities/<name>.py``)::
 
     Manifest            status, family, input, model, predictions, explained_classes, methods,
-                        background?, timings, versions, results_prefix, attempt,
+                        background?, rendering?, timings, versions, results_prefix, attempt,
                         request_id, created_at, output_keys
     MethodEntry         name, params, passes_per_image, reference, status="succeeded", outputs=[],
                         error?, seconds?, seconds_per_image?, batch_rows?
@@ -59,6 +59,7 @@ from explain_core.manifest_parts import (  # noqa: F401  (the API's models impor
 )
 from explain_core.modalities import MODALITIES
 from explain_core.registry import FAMILIES
+from explain_core.rendering import RENDERING, RenderOptions
 
 Family = Literal[FAMILIES]  # type: ignore[valid-type]
 
@@ -144,6 +145,7 @@ class Manifest(ManifestPart):
     explained_classes: Annotated[list[ClassScore], EXPLAINED_CLASSES]
     methods: list[MethodEntry] = Field(description="One entry per requested method, in request order")
     background: BackgroundDescription | None = Field(default=None, description="SHAP family only")
+    rendering: Annotated[RenderOptions | None, RENDERING] = None
     timings: Timings
     versions: dict[str, str | None] = Field(description="Library versions (null: not installed)")
     results_prefix: Annotated[str, RESULTS_PREFIX]

@@ -151,3 +151,28 @@ class ClassScore(ManifestPart):
     class_index: Annotated[int, CLASS_INDEX]
     class_name: Annotated[str, CLASS_NAME]
     score: Annotated[float | None, SCORE] = None
+
+
+# ------------------------------------------------------------------------------ quality metrics
+class MetricScore(ManifestPart):
+    """One quality metric's score of one explained class of one method (docs/metrics.md)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    score: float | None = Field(default=None, description="The metric's value for this map; absent when it failed")
+    higher_is_better: bool = Field(description="True when a higher score means a better explanation "
+                                               "(Insertion, MuFidelity, Sparseness)")
+    params: dict[str, Any] = Field(description="Parameters used, defaults filled in")
+    passes: int | None = Field(default=None, description="Model passes it spent on this map")
+    seconds: float | None = Field(default=None, description="Seconds it took per map")
+    error: ErrorDetail | None = Field(
+        default=None, description="Why there is no score: unknown parameters, over_time_budget, a score that "
+                                  "is not a finite number (invalid_model_output), metric_failed")
+
+    _always = frozenset({"higher_is_better", "params"})
+
+
+METRICS_FIELD = Field(
+    description="Quality metrics asked for (metadata metrics, API metrics or the card's default_metrics), by "
+                "name: Deletion, Insertion, MuFidelity, AverageStability, Complexity, Sparseness; absent when "
+                "none was asked for")

@@ -56,6 +56,8 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
     target: TargetPolicy = Field(default_factory=TargetPolicy)
     #: Methods run when an upload names none, per family.
     default_methods: dict[str, list[str]] = Field(default_factory=dict)
+    #: Quality metrics scoring every explanation when an upload names none (docs/metrics.md); empty: none.
+    default_metrics: list[str] = Field(default_factory=list, max_length=20)
     top_k: int = Field(default=3, ge=1, le=20)
 
     @model_validator(mode="after")
@@ -69,6 +71,14 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
         if self.output not in handler.outputs:
             kinds = " or ".join(h.display_name for h in handlers_with_output(self.output))
             raise ValueError(f'output "{self.output}" is for {kinds} models')
+        if self.default_metrics:
+            from explain_core.errors import ExplainError
+            from explain_core.quality_metrics import check_metric_names
+
+            try:
+                check_metric_names(self.default_metrics, self.modality)
+            except ExplainError as exc:
+                raise ValueError(f"default_metrics: {exc.message}") from exc
         return self
 
     @property

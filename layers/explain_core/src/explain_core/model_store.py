@@ -143,6 +143,18 @@ class ModelStore:
                 self._memory.popitem(last=False)
             return loaded
 
+    def stored_background(self, loaded: LoadedModel) -> np.ndarray | None:
+        """``background.npy`` beside the model in its input space, checked as for SHAP, even in a store
+        that does not load backgrounds (explain_core.sanity reads it); None when there is none."""
+        if loaded.background is not None:
+            return loaded.background
+        key = self.keys.model_key(loaded.name, loaded.version, BACKGROUND_FILE)
+        try:
+            head = self._head(key, loaded.name, loaded.version)
+        except UnknownModelError:
+            return None
+        return self._load_background(loaded.name, loaded.version, loaded.card, loaded.model, head)
+
     def _read_card(self, card_key: str, card_etag: str, name: str, version: str) -> ModelCard:
         body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=card_key, IfMatch=card_etag)["Body"]
         return ModelCard.from_json(body.read(), model=name, version=version)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from explain_core.errors import InvalidParameterError, UnknownMethodError
+from explain_core.errors import InvalidParameterError, UnknownMethodError, UnknownMetricError
 
 GRADIENT = "gradient"
 PERTURBATION = "perturbation"
@@ -21,6 +21,8 @@ FAMILIES = (GRADIENT, PERTURBATION, SHAP)
 
 #: Upper bound on model evaluations one method may spend on one image.
 MAX_PASSES_PER_IMAGE = 50_000
+#: Approximation checks a method may declare (explain_core.approximation computes them).
+APPROXIMATION_CHECKS = ("completeness", "additivity")
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,23 @@ class MethodSpec:
     backward: bool = False
     #: Each pass evaluates the model on every background row (Kernel SHAP's coalitions).
     passes_per_background_row: bool = False
+    #: The approximation check of every output (explain_core.approximation): "completeness" (the
+    #: attributions sum to f(x) - f(baseline)) or "additivity" (SHAP: they sum to f(x) - base value).
+    approximation: str | None = None
+    #: The parameter that makes the approximation more accurate, named by the warning when the
+    #: error exceeds its threshold; None for an exact method (with a check) or no check.
+    accuracy_param: str | None = None
     param_names: frozenset = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
         if self.family == GRADIENT:
             object.__setattr__(self, "backward", True)
+        if self.approximation not in (None, *APPROXIMATION_CHECKS):
+            raise ValueError(f"{self.name}: approximation must be one of {APPROXIMATION_CHECKS}")
+        if self.accuracy_param is not None and (self.approximation is None or self.accuracy_param not in
+                                                self.param_names):
+            raise ValueError(f"{self.name}: accuracy_param must be one of its parameters, with a check")
 
     def supports(self, card) -> bool:
         """True when this method can explain the card's model (modality and framework)."""
@@ -230,7 +243,8 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "IntegratedGradients", GRADIENT, "xplique.attributions.IntegratedGradients",
         "Sundararajan et al., Axiomatic Attribution for Deep Networks (2017), https://arxiv.org/abs/1703.01365",
-        params=(_STEPS, _BASELINE), passes=lambda p, s: p["steps"],
+        params=(_STEPS, _BASELINE), passes=lambda p, s: p["steps"], approximation="completeness",
+        accuracy_param="steps",
         description="gradients integrated along a straight path from a baseline",
     ),
     MethodSpec(
@@ -358,6 +372,7 @@ METHODS: tuple[MethodSpec, ...] = (
             Param("local_smoothing", float, 0.0, 0.0, 1.0, doc="standard deviation of noise added to the input"),
         ),
         passes=_per_sample, backward=True, modalities=("image", "tabular"),
+        approximation="additivity", accuracy_param="nb_samples",
         description="expected gradients: gradients averaged over paths from background samples",
     ),
     MethodSpec(
@@ -366,6 +381,7 @@ METHODS: tuple[MethodSpec, ...] = (
         "https://arxiv.org/abs/1704.02685; " + _SHAP_REFERENCE,
         params=(Param("nb_background", int, 32, 1, 256, doc="background samples used as DeepLIFT references"),),
         passes=lambda p, s: p["nb_background"], backward=True, modalities=("image", "tabular"),
+        approximation="additivity", accuracy_param="nb_background",
         description="Deep SHAP: DeepLIFT multipliers averaged over background references",
     ),
     MethodSpec(
@@ -378,7 +394,7 @@ METHODS: tuple[MethodSpec, ...] = (
                   doc="how hidden regions are filled"),
             Param("blur_kernel", int, 16, 2, 512, doc="blur kernel side in pixels (masker=blur)"),
         ),
-        passes=_partition_passes,
+        passes=_partition_passes, approximation="additivity", accuracy_param="max_evals",
         description="Owen values of a hierarchy of image regions, hidden by blurring or inpainting",
     ),
     MethodSpec(
@@ -392,12 +408,13 @@ METHODS: tuple[MethodSpec, ...] = (
                   doc="a hidden segment shows a blurred copy of the image, or the image's mean colour"),
             _SHAP_NB_SAMPLES,
         ),
-        passes=_per_sample,
+        passes=_per_sample, approximation="additivity", accuracy_param="nb_samples",
         description="Kernel SHAP over SLIC super-pixels; hidden segments are blurred",
     ),
     MethodSpec(
         "KernelExplainer", SHAP, _SHAP + "KernelExplainer", _SHAP_REFERENCE,
         params=(_SHAP_NB_SAMPLES,), passes=_per_sample, modalities=("tabular",), passes_per_background_row=True,
+        approximation="additivity", accuracy_param="nb_samples",
         description="Kernel SHAP over tabular features against a background sample",
     ),
     MethodSpec(
@@ -409,7 +426,7 @@ METHODS: tuple[MethodSpec, ...] = (
                   choices=("tree_path_dependent", "interventional"),
                   doc="tree_path_dependent needs no background; interventional uses the background"),
         ),
-        modalities=("tabular",), frameworks=("xgboost",),
+        modalities=("tabular",), frameworks=("xgboost",), approximation="additivity",
         description="exact Shapley values of tree ensembles (XGBoost)",
     ),
 )
@@ -430,5 +447,182 @@ def get_method(name: str, family: str) -> MethodSpec:
         where = f" (it belongs to the {spec.family} family)" if spec else ""
         raise UnknownMethodError(
             f"unknown {family} method {name!r}{where}; available: {available}", method=name, family=family
+        )
+    return spec
+
+
+# ====================================================================== quality metrics
+# Scores of an explanation (explain_core.quality_metrics computes them): one entry per metric,
+# with its parameters, bounds and cost in model passes, like the methods above.
+FIDELITY = "fidelity"
+STABILITY = "stability"
+COMPLEXITY = "complexity"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """An Xplique metric that scores one explanation (one image, one class, one method)."""
+
+    name: str
+    #: Dotted path of the Xplique class; imported on first use so the registry stays light.
+    metric: str
+    reference: str
+    description: str
+    #: fidelity (does the map follow the model?), stability (does it survive noise?) or complexity
+    #: (how concentrated is it?; no model pass).
+    kind: str
+    higher_is_better: bool
+    #: The score's range: (minimum, maximum); None where it is unbounded.
+    score_range: tuple[float | None, float | None]
+    #: What a good score looks like, for people (docs, GET /methods).
+    good: str
+    params: tuple[Param, ...] = ()
+    #: Model passes to score one (image, class) row, for given parameters and the explained method's
+    #: passes per image (AverageStability re-runs the method on noisy copies).
+    passes: Callable[[Mapping[str, Any], int], int] = lambda params, method_passes: 0
+    #: The passes are the explained method's own (a backward pass for gradient methods), not forward passes.
+    reruns_method: bool = False
+    modalities: tuple[str, ...] = ("image",)
+    param_names: frozenset = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
+
+    @property
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def metric_class(self):
+        module, _, cls = self.metric.rpartition(".")
+        return getattr(importlib.import_module(module), cls)
+
+    def resolve(self, overrides: Mapping[str, Any] | None, input_size: tuple[int, int]) -> dict:
+        """Defaults updated with ``overrides``, each checked against its bounds and the input size."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - self.param_names)
+        if unknown:
+            raise InvalidParameterError(
+                f"metric {self.name} has no parameter {', '.join(unknown)}; it takes "
+                f"{sorted(self.param_names) or 'none'}", metric=self.name, parameters=unknown,
+            )
+        by_name = {p.name: p for p in self.params}
+        try:
+            params = {**self.defaults,
+                      **{name: by_name[name].validate(self.name, value) for name, value in overrides.items()}}
+        except InvalidParameterError as exc:  # Param names its owner "method"
+            exc.details["metric"] = exc.details.pop("method", self.name)
+            raise
+        if params.get("grid_size", 0) > min(input_size):
+            raise InvalidParameterError(
+                f"{self.name}.grid_size={params['grid_size']} is larger than the model input "
+                f"({input_size[0]}x{input_size[1]})", metric=self.name, parameter="grid_size",
+            )
+        return params
+
+    def passes_for(self, params: Mapping[str, Any], method: MethodSpec, method_params: Mapping[str, Any],
+                   input_size: tuple[int, int]) -> int:
+        """Model passes to score one row explained by ``method``; over MAX_PASSES_PER_IMAGE is refused."""
+        cost = self.passes(params, method.passes(method_params, input_size))
+        if cost > MAX_PASSES_PER_IMAGE:
+            raise InvalidParameterError(
+                f"metric {self.name} with {dict(params)} on {method.name} needs {cost} model passes per image; "
+                f"the limit is {MAX_PASSES_PER_IMAGE}", metric=self.name, method=method.name, passes=cost,
+            )
+        return cost
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "reference": self.reference,
+            "description": self.description,
+            "higher_is_better": self.higher_is_better,
+            "range": list(self.score_range),
+            "good": self.good,
+            "modalities": list(self.modalities),
+            "parameters": {p.name: p.describe() for p in self.params},
+        }
+
+
+_BHATT = ("Bhatt et al., Evaluating and Aggregating Feature-based Model Explanations (2020), "
+          "https://arxiv.org/abs/2005.00631")
+_RISE = ("Petsiuk et al., RISE: Randomized Input Sampling for Explanation of Black-box Models (2018), "
+         "https://arxiv.org/abs/1806.07421")
+_CAUSAL_PARAMS = (
+    Param("steps", int, 10, 2, 64, doc="points of the curve after its start (pixels are flipped in this many steps)"),
+    Param("max_percentage_perturbed", float, 1.0, 0.05, 1.0, doc="share of the pixels flipped at the last step"),
+    Param("baseline_value", float, 0.0, -10.0, 10.0, doc="value of a removed pixel (model input space)"),
+)
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "Deletion", "xplique.metrics.Deletion", _RISE,
+        "area under the class probability as the most important pixels are removed first",
+        FIDELITY, higher_is_better=False, score_range=(0.0, 1.0),
+        good="low: the probability falls fast when the pixels the map ranks first are removed",
+        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1,
+    ),
+    MetricSpec(
+        "Insertion", "xplique.metrics.Insertion", _RISE,
+        "area under the class probability as the most important pixels are inserted first into a blank image",
+        FIDELITY, higher_is_better=True, score_range=(0.0, 1.0),
+        good="high: the probability rises fast when the pixels the map ranks first are put back",
+        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1,
+    ),
+    MetricSpec(
+        "MuFidelity", "xplique.metrics.MuFidelity", _BHATT,
+        "Spearman correlation between the attributions of random cell subsets and the probability drop "
+        "when those cells are removed",
+        FIDELITY, higher_is_better=True, score_range=(-1.0, 1.0),
+        good="high (near 1): removing what the map calls important lowers the probability most",
+        params=(
+            Param("nb_samples", int, 128, 8, 512, doc="random subsets removed (the score's noise falls as 1/sqrt)"),
+            Param("grid_size", int, 8, 2, 64, doc="the image is split into grid_size x grid_size cells"),
+            Param("subset_percent", float, 0.2, 0.01, 0.99, doc="share of the cells removed in a subset"),
+            Param("baseline_value", float, 0.0, -10.0, 10.0, doc="value of a removed cell (model input space)"),
+        ),
+        passes=lambda p, m: p["nb_samples"] + 1,
+    ),
+    MetricSpec(
+        "AverageStability", "xplique.metrics.AverageStability", _BHATT,
+        "mean distance between the map and the maps of copies of the input with uniform noise (the method "
+        "is run again on each copy)",
+        STABILITY, higher_is_better=False, score_range=(0.0, None),
+        good="low (0: identical maps); relative_l2 is the distance divided by the map's norm, so 1 means "
+             "a change as large as the map",
+        params=(
+            Param("nb_samples", int, 8, 2, 64, doc="noisy copies explained again"),
+            Param("radius", float, 0.1, 0.0, 10.0, doc="largest noise added to each value (model input space)"),
+            Param("distance", str, "relative_l2", choices=("relative_l2", "l2", "l1"),
+                  doc="relative_l2: |map' - map|_2 / |map|_2; l2 and l1 are Xplique's absolute distances"),
+        ),
+        passes=lambda p, m: p["nb_samples"] * m, reruns_method=True,
+    ),
+    MetricSpec(
+        "Complexity", "xplique.metrics.Complexity", _BHATT,
+        "Shannon entropy of the absolute attributions, normalised to sum to 1",
+        COMPLEXITY, higher_is_better=False, score_range=(0.0, None),
+        good="low: the attribution mass sits on few pixels (the maximum, log of the pixel count, is a "
+             "uniform map: 8.3 for 64x64)",
+    ),
+    MetricSpec(
+        "Sparseness", "xplique.metrics.Sparseness",
+        "Chalasani et al., Concise Explanations of Neural Networks using Adversarial Training (2020), "
+        "https://proceedings.mlr.press/v119/chalasani20a.html",
+        "Gini index of the absolute attributions",
+        COMPLEXITY, higher_is_better=True, score_range=(0.0, 1.0),
+        good="high (near 1): a few pixels hold most of the attribution; 0 is a uniform map",
+    ),
+)
+
+METRIC_REGISTRY: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The metric named ``name`` (case-insensitive)."""
+    spec = METRIC_REGISTRY.get(name) or next((s for s in METRICS if s.name.lower() == str(name).lower()), None)
+    if spec is None:
+        raise UnknownMetricError(
+            f"unknown metric {name!r}; available: {', '.join(s.name for s in METRICS)}", metric=name,
         )
     return spec

@@ -9,11 +9,15 @@ Read from the object's user metadata (set at upload, e.g. ``aws s3 cp --metadata
 - ``target``: a class name or index to explain; default: the card's target policy.
 - ``top-k``: explain the k most probable classes instead (1-10; images only: a tabular upload
   explains the card's ``explained_classes`` unless ``target`` names one).
+- ``metrics`` and ``metric-params``: quality metrics scoring each explanation
+  (:mod:`explain_core.quality_metrics`); default: the card's ``default_metrics``.
+- ``polarity``, ``colormap``, ``clip-percentiles``, ``alpha``, ``overlay``, ``colorbar``: how image
+  heatmaps are drawn (:mod:`explain_core.rendering`); default: the card's ``rendering``.
 """
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,7 +28,9 @@ from explain_core.errors import (
     UnsupportedModelError,
 )
 from explain_core.model_card import ModelCard
+from explain_core.quality_metrics import RequestedMetrics, describe_metrics, metrics_metadata, parse_metrics
 from explain_core.registry import MethodSpec, get_method, methods_of
+from explain_core.rendering import RenderOptions, parse_rendering, rendering_metadata
 
 MAX_TOP_K = 10
 
@@ -34,6 +40,10 @@ class RequestOptions:
     methods: tuple[tuple[MethodSpec, dict], ...]  # (method, resolved parameters)
     target: int | None
     top_k: int
+    #: Quality metrics scoring each explanation: (metric, resolved parameters).
+    metrics: RequestedMetrics = ()
+    #: How image heatmaps are drawn (the card's default under the upload's options; colour map named).
+    rendering: RenderOptions = field(default_factory=lambda: RenderOptions().resolved())
 
     @property
     def fingerprint(self) -> str:
@@ -43,6 +53,10 @@ class RequestOptions:
             "target": self.target,
             "top_k": self.top_k,
         }
+        if self.metrics:  # absent without metrics: earlier requests keep their fingerprints
+            described["metrics"] = describe_metrics(self.metrics)
+        if self.rendering != RenderOptions().resolved():  # likewise: absent with the default drawing
+            described["rendering"] = self.rendering.model_dump(mode="json")
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
 
     def to_metadata(self) -> dict[str, str]:
@@ -56,6 +70,9 @@ class RequestOptions:
         }
         if self.target is not None:
             metadata["target"] = str(self.target)
+        metadata.update(metrics_metadata(self.metrics))
+        # Every option, not only those differing from the defaults: the card's default may differ.
+        metadata.update(rendering_metadata(self.rendering))
         return metadata
 
     def classes_to_explain(self, scores: np.ndarray) -> list[int]:
@@ -111,7 +128,8 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
             raise InvalidTargetError(f"top-k must be an integer, got {metadata['top-k']!r}") from exc
         if not 1 <= top_k <= min(MAX_TOP_K, len(card.class_names)):
             raise InvalidTargetError(f"top-k must be between 1 and {min(MAX_TOP_K, len(card.class_names))}")
-    return RequestOptions(methods, target, top_k)
+    return RequestOptions(methods, target, top_k, metrics=parse_metrics(metadata, card),
+                          rendering=parse_rendering(metadata, card.rendering))
 
 
 def _json_metadata(metadata: dict, name: str):

@@ -43,6 +43,7 @@ from explain_core.errors import (
     is_missing_object,
     is_precondition_failed,
 )
+from explain_core.gallery import GalleryWriter, input_preview
 from explain_core.input_lock import InputIdentity, InputLock, LockOutcome
 from explain_core.keys import InputRef, KeyLayout, new_attempt_id
 from explain_core.manifest import BackgroundDescription, Manifest
@@ -108,6 +109,7 @@ class ExplanationSession:
         self.keys = KeyLayout(settings)
         self.store = ModelStore(s3_client, settings, with_background=family == SHAP)
         self.writer = ResultWriter(s3_client, settings)
+        self.gallery = GalleryWriter(s3_client, settings)
         self.explainers = ExplainerCache()
         self.batch_size = batch_size
         self._lock = InputLock(settings.idempotency_table, family) if settings.idempotency_table else None
@@ -201,7 +203,8 @@ class ExplanationSession:
         """Predicted seconds to explain one accepted input with every requested method.
 
         The modality measures the model's pass time on this input (batched, as methods run) and
-        prices each method by its registry pass count (times three with a backward pass); each
+        prices each method by its registry pass count (times three with a backward pass), and each
+        requested quality metric by its passes per map (explain_core.quality_metrics); each
         method adds METHOD_OVERHEAD_S for building the explainer and the outputs.
         """
         seconds = loaded.modality.estimate_seconds(self, upload, loaded)
@@ -246,9 +249,24 @@ class ExplanationSession:
         if upload.identity is not None:
             self._lock.complete(upload.identity, manifest_key)
             upload.identity = None
+        self._write_gallery(upload, manifest, objects)
         metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
         logger.info("explained", extra={"key": upload.key, "status": manifest.status, "outputs": len(objects)})
         return manifest
+
+    def _write_gallery(self, upload: Upload, manifest: Manifest, objects: list) -> None:
+        """The input's gallery page and its model's index (explain_core.gallery), from the manifest just
+        written. They are views of it: a failure is logged and counted, never the input's."""
+        started = time.perf_counter()
+        try:
+            written = self.gallery.write(manifest, {key: body for key, body, _ in objects},
+                                         preview=input_preview(upload.content))
+        except Exception:
+            logger.exception("gallery page not written", extra={"key": upload.key})
+            metrics.add_metric(name="GalleryPagesFailed", unit=MetricUnit.Count, value=1)
+            return
+        logger.info("gallery page", extra={"key": upload.key, "written": written,
+                                           "seconds": round(time.perf_counter() - started, 3)})
 
     def read_manifest(self, upload: Upload) -> Manifest:
         """The manifest of an input explained before (a duplicate request)."""
@@ -287,6 +305,7 @@ class ExplanationSession:
             explained_classes=explained.explained_classes,
             methods=explained.methods,
             background=self._background_description(loaded) if self.store.with_background else None,
+            rendering=explained.rendering,
             timings={**{k: round(v, 4) for k, v in upload.timings.items()}, **explained.timings},
             versions=library_versions(),
             results_prefix=self.keys.results_base(upload.ref),

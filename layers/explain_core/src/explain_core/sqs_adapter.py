@@ -18,6 +18,10 @@ Failure policy (nothing is silently lost, the function never crashes on user dat
 - one input never fails its neighbours: when a batched step fails, each input of the group is
   tried alone, so only the input that causes the failure fails.
 
+A sanity-check request file (``incoming/<family>/<model>/<version>/sanity-checks/<id>.json``) is
+not an input to explain: it is routed to :mod:`explain_core.sanity`, one request at a time, with
+the same error records and retries.
+
 Non-finite numbers never reach a result: NaN or infinite predictions fail the input and NaN or
 infinite attributions fail the method, both as ``invalid_model_output`` (in the modalities).
 """
@@ -69,11 +73,20 @@ class SqsAdapter:
                 retry[record.message_id] = exc
 
         groups: dict[tuple[str, str], list[Upload]] = defaultdict(list)
+        sanity_requests: list[Upload] = []
         for upload in uploads:
             try:
                 upload.ref = self.session.keys.parse_input(upload.bucket, upload.key, self.family)
-                groups[(upload.ref.model, upload.ref.version)].append(upload)
+                if self.session.keys.is_sanity_request(upload.ref):
+                    sanity_requests.append(upload)
+                else:
+                    groups[(upload.ref.model, upload.ref.version)].append(upload)
             except ExplainError as exc:
+                self._fail(upload, exc, retry, request_id)
+        for upload in sanity_requests:
+            try:
+                self._run_sanity_check(upload, context)
+            except Exception as exc:
                 self._fail(upload, exc, retry, request_id)
         for (model, version), group in groups.items():
             try:
@@ -184,6 +197,23 @@ class SqsAdapter:
                 self.session.write(upload, loaded, explained, request_id)
             except Exception as exc:
                 self._fail(upload, exc, retry, request_id)
+
+    @tracer.capture_method
+    def _run_sanity_check(self, upload: Upload, context) -> None:
+        report = self.sanity.handle(upload, context)
+        if report is None:
+            logger.info("duplicate sanity-check request: its report exists", extra={"key": upload.key})
+            metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=1)
+            return
+        logger.info("sanity check", extra={"key": upload.key, "status": report.status, "seconds": report.seconds,
+                                           "verdicts": {m.name: m.verdict for m in report.methods}})
+        metrics.add_metric(name="SanityChecks", unit=MetricUnit.Count, value=1)
+
+    @cached_property
+    def sanity(self):
+        from explain_core.sanity import SanityChecks
+
+        return SanityChecks(self.session)
 
     def _explain_isolated(self, uploads: list[Upload], loaded: LoadedModel, context, retry: dict, request_id):
         """(upload, explained) per input explained. When the batch fails, each input is explained

@@ -21,7 +21,7 @@ from explain_core.manifest_parts import ErrorDetail
 if TYPE_CHECKING:
     from explain_core.manifest import MethodEntry
     from explain_core.model_store import LoadedModel
-    from explain_core.registry import MethodSpec
+    from explain_core.registry import MethodSpec, MetricSpec
 
 #: A pass with a backward pass (gradient methods) costs about three forward passes.
 GRADIENT_PASS_COST = 3.0
@@ -29,6 +29,8 @@ GRADIENT_PASS_COST = 3.0
 TIME_RESERVE_S = 20.0
 #: Per method, on top of its model passes: building the explainer, tracing, rendering outputs.
 METHOD_OVERHEAD_S = 1.0
+#: Per quality metric and map, on top of its model passes: building the metric, one unbatched call per step.
+METRIC_OVERHEAD_S = 0.1
 
 logger = Logger(child=True)
 
@@ -46,6 +48,8 @@ class Explained:
     predictions: object
     explained_classes: list
     timings: dict = field(default_factory=dict)
+    #: How heatmaps were drawn (explain_core.rendering.RenderOptions): the manifest's ``rendering``; None without.
+    rendering: object = None
 
 
 class Modality:
@@ -140,6 +144,29 @@ def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds:
             f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "
             "use fewer samples or upload fewer images at once",
             method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1),
+        )
+
+
+def metric_seconds(metric: "MetricSpec", passes: int, spec: "MethodSpec", rows: int, pass_seconds: float) -> float:
+    """Cost of a quality metric on ``rows`` maps of ``spec`` (``passes`` per map, MetricSpec.passes_for): forward
+    passes, or the method's own passes when the metric re-runs it (AverageStability), plus a per-map overhead."""
+    backward = metric.reruns_method and spec.backward
+    return rows * (passes * pass_seconds * (GRADIENT_PASS_COST if backward else 1.0) + METRIC_OVERHEAD_S)
+
+
+def check_metric_time_budget(metric: "MetricSpec", params: dict, passes: int, spec: "MethodSpec", rows: int,
+                             pass_seconds: float, context) -> None:
+    """Refuse a metric that would outlast the invocation; the explanation it scores is kept."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return
+    estimate = metric_seconds(metric, passes, spec, rows, pass_seconds)
+    available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
+    if estimate > available:
+        raise OverTimeBudgetError(
+            f"metric {metric.name} of {spec.name} needs about {estimate:.0f} s for {rows} map(s) ({passes} model "
+            f"passes each) but the invocation has {max(0.0, available):.0f} s left; ask for fewer samples or steps",
+            metric=metric.name, method=spec.name, params=params, estimated_seconds=round(estimate, 1),
+            available_seconds=round(available, 1),
         )
 
 

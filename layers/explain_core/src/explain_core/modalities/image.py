@@ -14,26 +14,33 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from explain_core.errors import ImageTooLargeError, InvalidModelOutputError
+from explain_core.approximation import APPROXIMATION, WARNINGS, Approximation, ExplanationWarning, image_checks
+from explain_core.errors import ExplainError, ImageTooLargeError, InvalidModelOutputError
 from explain_core.manifest_parts import (
     ATTRIBUTIONS_SHAPE,
     BASE_VALUE,
     LOADED_FROM,
+    METRICS_FIELD,
     OUTPUT_KIND,
     SCORE,
     ClassScore,
     InputLocation,
+    MetricScore,
     ModelIdentity,
 )
 from explain_core.modalities.base import (
     Explained,
     Modality,
     check_finite,
+    check_metric_time_budget,
     check_time_budget,
     method_entry,
     method_error,
     method_seconds,
+    metric_seconds,
 )
+from explain_core.quality_metrics import metric_passes, score_rows
+from explain_core.rendering import HEATMAP_RANGE, RenderOptions
 
 #: Copies of an input timed together to measure a batched model pass.
 TIMING_BATCH = 16
@@ -70,6 +77,8 @@ class ImageCardFields(BaseModel):
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     #: Layer used by Grad-CAM, Grad-CAM++ and FEM; None lets Xplique pick the last conv layer.
     cam_layer: str | None = None
+    #: How heatmaps are drawn unless an upload says otherwise (docs/outputs.md#heatmaps-visual-options).
+    rendering: RenderOptions = Field(default_factory=RenderOptions)
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -108,17 +117,27 @@ class ImageOutput(ClassScore):
 
     score: Annotated[float, SCORE]
     heatmap: str = Field(description="Key of the heatmap overlaid on the image (PNG)")
+    raw_heatmap: str | None = Field(
+        default=None, description="Key of the heatmap alone at the model's input size, one pixel per model input "
+                                  "pixel, coloured as the overlay (PNG); absent from manifests before it existed")
+    heatmap_range: Annotated[list[float] | None, HEATMAP_RANGE] = None
     attributions: str = Field(description="Key of the raw attributions (NumPy .npy)")
     attributions_shape: Annotated[list[int], ATTRIBUTIONS_SHAPE]
     base_value: Annotated[float | None, BASE_VALUE] = None
     output_kind: Annotated[str | None, OUTPUT_KIND] = None
+    metrics: Annotated[dict[str, MetricScore] | None, METRICS_FIELD] = None
+    approximation: Annotated[Approximation | None, APPROXIMATION] = None
+    warnings: Annotated[list[ExplanationWarning] | None, WARNINGS] = None
 
     def with_links(self, sign) -> dict:
         """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
         return {"class_index": self.class_index, "class_name": self.class_name, "score": self.score,
                 "heatmap_url": sign(self.heatmap), "attributions_url": sign(self.attributions),
+                "raw_heatmap_url": sign(self.raw_heatmap) if self.raw_heatmap else None,
+                "heatmap_range": self.heatmap_range,
                 "attributions_shape": self.attributions_shape, "base_value": self.base_value,
-                "output_kind": self.output_kind}
+                "output_kind": self.output_kind, "metrics": self.metrics,
+                "approximation": self.approximation, "warnings": self.warnings}
 
 
 class ImageModality(Modality):
@@ -180,18 +199,34 @@ class ImageModality(Modality):
         raw_outputs(loaded.model, inputs, card, session.batch_size)  # the first call may trace
         pass_seconds = forward_seconds_per_image(loaded.model, inputs, card, session.batch_size)
         classes = 1 if options.target is not None else options.top_k
-        return sum(method_seconds(spec, params, classes, pass_seconds, card) for spec, params in options.methods)
+        seconds = sum(method_seconds(spec, params, classes, pass_seconds, card) for spec, params in options.methods)
+        for spec, params in options.methods:
+            for metric, metric_params in options.metrics:
+                try:
+                    passes = metric_passes(metric, metric_params, spec, params, card)
+                except ExplainError:
+                    continue  # refused when it would run (an error entry of that metric): costs nothing
+                seconds += metric_seconds(metric, passes, spec, classes, pass_seconds)
+        return seconds
 
     def explain(self, session, uploads, loaded, context) -> list[Explained]:
         """Predict the batch, then run each method once over all (image, class) rows sharing its parameters."""
         import numpy as np
 
-        from explain_core.attribution import class_scores, forward_seconds_per_image, run_method, to_model_input
+        from explain_core.attribution import (
+            forward_seconds_per_image,
+            probabilities,
+            raw_outputs,
+            run_method,
+            to_model_input,
+        )
 
         card = loaded.card
         inputs = to_model_input([u.content.pixels for u in uploads], card)
         started = time.perf_counter()
-        scores = class_scores(loaded.model, inputs, card, session.batch_size)
+        # Raw outputs (logits, ...) are what the approximation checks compare attributions with.
+        outputs = raw_outputs(loaded.model, inputs, card, session.batch_size)
+        scores = probabilities(outputs, card)
         predict_seconds = time.perf_counter() - started
         # A NaN row fails the batch; explained one by one, only the inputs with NaN predictions fail.
         for upload, row in zip(uploads, scores, strict=True):
@@ -219,17 +254,24 @@ class ImageModality(Modality):
                                                    loaded.background)
                 result = run_method(explainer, batch_inputs, one_hot)
                 metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
+                approximations = image_checks(spec, params, result.attributions, batch_inputs,
+                                              outputs[[i for i, _ in rows]], [cls for _, cls in rows], loaded.model,
+                                              card, session.batch_size, base_values=result.base_values)
+                metric_scores = _quality_scores(uploads, rows, spec, params, result, explainer, batch_inputs,
+                                                one_hot, loaded, session.batch_size, pass_seconds, context)
                 for row, (i, cls) in enumerate(rows):
                     problem = _non_finite_attributions(result, row, name, card.class_name(cls))
                     if problem is not None:
                         method_results[(i, name, params_json, cls)] = {"error": method_error(problem, name, card)}
                         continue
                     method_results[(i, name, params_json, cls)] = {
+                        "metrics": metric_scores[row],
                         "attributions": result.attributions[row],
                         "heatmap": result.heatmaps[row],
                         "seconds": result.seconds,
                         "rows": len(rows),
                         "base_value": None if result.base_values is None else float(result.base_values[row]),
+                        "approximation": approximations[row] if approximations else (None, None),
                     }
             except Exception as exc:  # a method failing on this model must not sink the others
                 error = method_error(exc, name, card)
@@ -248,7 +290,7 @@ class ImageModality(Modality):
         import numpy as np
 
         from explain_core.keys import class_label
-        from explain_core.rendering import npy_bytes, overlay_png
+        from explain_core.rendering import npy_bytes, render_heatmap
         from explain_core.shap_methods import output_kind
 
         card = loaded.card
@@ -272,9 +314,11 @@ class ImageModality(Modality):
                 label = class_label(cls, card.class_names)
                 heatmap_key = session.output_key(upload, spec.name, label, "png")
                 array_key = session.output_key(upload, spec.name, label, "npy")
-                objects.append((heatmap_key, overlay_png(
-                    upload.content.pixels, found["heatmap"], max_side=session.settings.max_overlay_side
-                ), "image/png"))
+                raw_heatmap_key = session.output_key(upload, spec.name, label, "heatmap.png")
+                rendered = render_heatmap(upload.content.pixels, found["heatmap"], upload.options.rendering,
+                                          max_side=session.settings.max_overlay_side)
+                objects.append((heatmap_key, rendered.overlay, "image/png"))
+                objects.append((raw_heatmap_key, rendered.raw, "image/png"))
                 objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
                 entry.seconds = round(found["seconds"], 4)  # the whole batch
                 entry.seconds_per_image = round(found["seconds"] / found["rows"], 4)
@@ -282,9 +326,13 @@ class ImageModality(Modality):
                 shap = found["base_value"] is not None
                 entry.outputs.append(ImageOutput(
                     **described(cls), heatmap=heatmap_key, attributions=array_key,
+                    raw_heatmap=raw_heatmap_key, heatmap_range=rendered.magnitudes,
                     attributions_shape=list(found["attributions"].shape),
                     # SHAP: the attributions sum to the class's output minus this expected value.
                     base_value=found["base_value"], output_kind=output_kind(card) if shap else None,
+                    metrics=found["metrics"] or None,
+                    # Always, for a method with a check: the error and its warnings (docs/approximation.md).
+                    approximation=found["approximation"][0], warnings=found["approximation"][1],
                 ))
             methods.append(entry)
 
@@ -292,6 +340,7 @@ class ImageModality(Modality):
             objects=objects, methods=methods, input_description=upload.content.description(),
             predictions=[class_score(c) for c in ranked], explained_classes=[class_score(c) for c in classes],
             timings={"predict_s": round(predict_seconds, 4), "batch_images": batch_rows},
+            rendering=upload.options.rendering,
         )
 
 
@@ -307,3 +356,34 @@ def _non_finite_attributions(result, row: int, method: str, class_name: str) -> 
     except InvalidModelOutputError as exc:
         return exc
     return None
+
+
+def _quality_scores(uploads, rows, spec, params, result, explainer, inputs, one_hot, loaded, batch_size: int,
+                    pass_seconds: float, context) -> list[dict]:
+    """Each row's quality metrics (the ones its upload asked for), by metric name; rows whose
+    attributions are not finite get none (the row is an error)."""
+    import numpy as np
+
+    finite = [bool(np.isfinite(result.attributions[row]).all() and np.isfinite(result.heatmaps[row]).all())
+              for row in range(len(rows))]
+    scored: list[dict] = [{} for _ in rows]
+    # Uploads of one batch may ask for different metrics: each (metric, parameters) runs on the rows that asked.
+    wanted: dict[tuple, list[int]] = defaultdict(list)
+    for row, (i, _) in enumerate(rows):
+        for metric, metric_params in uploads[i].options.metrics:
+            if finite[row]:
+                wanted[(metric, json.dumps(metric_params, sort_keys=True))].append(row)
+    for (metric, metric_params_json), selected in wanted.items():
+        metric_params = json.loads(metric_params_json)
+
+        def check_budget(metric, metric_params, passes, selected=selected):
+            check_metric_time_budget(metric, metric_params, passes, spec, len(selected), pass_seconds, context)
+
+        row_scores = score_rows(
+            ((metric, metric_params),), spec, params, model=loaded.model, card=loaded.card, explainer=explainer,
+            inputs=inputs[selected], targets=one_hot[selected], attributions=result.attributions[selected],
+            heatmaps=result.heatmaps[selected], batch_size=batch_size, check_budget=check_budget,
+        )
+        for row, found in zip(selected, row_scores, strict=True):
+            scored[row].update(found)
+    return scored

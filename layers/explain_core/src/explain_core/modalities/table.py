@@ -14,6 +14,13 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 
+from explain_core.approximation import (
+    APPROXIMATION,
+    WARNINGS,
+    ExplanationWarning,
+    TableApproximation,
+    table_check,
+)
 from explain_core.errors import InvalidModelOutputError, TableTooLargeError
 from explain_core.manifest_parts import (
     ADDITIVITY_MAX_ERROR,
@@ -103,12 +110,15 @@ class TableOutput(ManifestPart):
     additivity_max_error: Annotated[float, ADDITIVITY_MAX_ERROR]
     summary: str = Field(description="Key of the summary JSON (per-feature statistics)")
     files: list[str] = Field(description="Keys of the values CSV and the plots (PNG)")
+    approximation: Annotated[TableApproximation | None, APPROXIMATION] = None
+    warnings: Annotated[list[ExplanationWarning] | None, WARNINGS] = None
 
     def with_links(self, sign) -> dict:
         """The API's view (explain_core.api_models.MethodOutput): file keys as ``sign(key)`` URLs."""
         return {"class_index": self.class_index, "class_name": self.class_name, "output_kind": self.output_kind,
                 "base_value": self.base_value, "summary_url": sign(self.summary),
                 "additivity_max_error": self.additivity_max_error,
+                "approximation": self.approximation, "warnings": self.warnings,
                 "files": {posixpath.basename(key): sign(key) for key in self.files}}
 
 
@@ -228,6 +238,9 @@ class TableModality(Modality):
                     )
                     files, output = _report_files(session, upload, explanation, card)
                     objects += files
+                    approximation, warnings = table_check(spec, params, explanation)
+                    if approximation is not None or warnings:  # always, for a method with a check
+                        output.update(approximation=approximation, warnings=warnings)
                     entry.outputs.append(TableOutput(**described(cls), **output))
                 entry.seconds = round(seconds, 4)
                 metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
