@@ -182,14 +182,19 @@ def methods_reference() -> str:
                       else []),
                     f"- model passes per input at the defaults: {_passes(spec)}",
                     f"- paper: {d['reference']}", ""]
-            if d["parameters"]:
-                out += ["| parameter | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
-                for name, p in d["parameters"].items():
-                    out.append(f"| `{name}` | {p['type']} | {_cell(_number(p['default']))} | {_cell(_bounds(p))} "
-                               f"| {_cell(p.get('doc', ''))} |")
-            else:
-                out.append("No parameters.")
+            out += _parameters_table(d)
     return "\n".join(out)
+
+
+def _parameters_table(described: dict) -> list[str]:
+    """A method's or a metric's parameters: type, default, bounds, meaning."""
+    if not described["parameters"]:
+        return ["No parameters."]
+    rows = ["| parameter | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, p in described["parameters"].items():
+        rows.append(f"| `{name}` | {p['type']} | {_cell(_number(p['default']))} | {_cell(_bounds(p))} "
+                    f"| {_cell(p.get('doc', ''))} |")
+    return rows
 
 
 def _range(described: dict) -> str:
@@ -229,13 +234,7 @@ def metrics_reference() -> str:
                 f"- model passes per map at the defaults: {_metric_passes(spec)}",
                 f"- Xplique class: `{spec.metric}`",
                 f"- paper: {d['reference']}", ""]
-        if d["parameters"]:
-            out += ["| parameter | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
-            for name, p in d["parameters"].items():
-                out.append(f"| `{name}` | {p['type']} | {_cell(_number(p['default']))} | {_cell(_bounds(p))} "
-                           f"| {_cell(p.get('doc', ''))} |")
-        else:
-            out.append("No parameters.")
+        out += _parameters_table(d)
     return "\n".join(out)
 
 

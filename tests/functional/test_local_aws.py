@@ -39,7 +39,9 @@ def test_api_only_functions_are_wired_without_a_queue(deployment):
     api = deployment.functions["ApiFunction"]
     assert (api.module, api.queue, api.batch_size, api.batching_window) == ("functions.api.app", None, 0, 0)
     assert sorted(api.api_routes) == [("GET", "/jobs/{job_id}"), ("GET", "/methods"), ("GET", "/models"),
-                                      ("GET", "/models/{name}/{version}"), ("POST", "/uploads")]
+                                      ("GET", "/models/{name}/{version}"),
+                                      ("GET", "/sanity-checks/{family}/{name}/{version}/{request_id}"),
+                                      ("POST", "/sanity-checks"), ("POST", "/uploads")]
     authorizer = deployment.functions["AuthorizerFunction"]
     assert (authorizer.module, authorizer.queue, authorizer.api_routes) == ("functions.authorizer.app", None, [])
     with pytest.raises(ValueError, match="no SQS event"):

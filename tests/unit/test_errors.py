@@ -6,6 +6,7 @@ import pytest
 
 from explain_core import errors
 from explain_core.errors import (
+    EmptyMapError,
     ExplainError,
     ImageTooLargeError,
     InputChangedError,
@@ -57,6 +58,7 @@ EXPECTED = [
     (UnknownMethodError, "unknown_method", 422, ExplainError),
     (InvalidParameterError, "invalid_parameter", 422, ExplainError),
     (UnknownMetricError, "unknown_metric", 422, ExplainError),
+    (EmptyMapError, "empty_map", 422, ExplainError),
     (InvalidTargetError, "invalid_target", 422, ExplainError),
     (InvalidRenderingError, "invalid_rendering", 422, ExplainError),
     (OverTimeBudgetError, "over_time_budget", 422, ExplainError),

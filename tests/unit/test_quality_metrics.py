@@ -241,6 +241,22 @@ def test_a_non_finite_score_is_an_error_entry_never_a_nan():
         MetricScore(score=float("nan"), higher_is_better=True, params={})
 
 
+def test_a_map_zero_everywhere_is_an_empty_map_entry_not_a_score_out_of_range():
+    # Xplique's Sparseness of an all-zero map is about -1, outside the metric's [0, 1]: Grad-CAM of a
+    # class without evidence gives such maps.
+    maps = np.zeros((2, 8, 8), dtype=np.float32)
+    maps[1, 2, 3] = 0.5
+    rows = score_rows(tuple((get_metric(n), {}) for n in ("Sparseness", "Complexity")), REGISTRY["GradCAM"], {},
+                      model=None, card=image_card(), explainer=None, inputs=np.zeros((2, 8, 8, 3), np.float32),
+                      targets=np.eye(3, dtype=np.float32)[:2], attributions=maps, heatmaps=maps, batch_size=8,
+                      check_budget=lambda *a: None)
+    for name in ("Sparseness", "Complexity"):
+        assert rows[0][name].score is None and rows[0][name].error.code == "empty_map"
+        assert "zero everywhere" in rows[0][name].error.message
+        assert rows[1][name].score is not None and rows[1][name].error is None
+    assert rows[1]["Sparseness"].score == pytest.approx(63 / 64, abs=1e-4)
+
+
 def test_a_stored_manifest_with_metrics_reads_into_scores_and_the_api_answer():
     from pathlib import Path
 

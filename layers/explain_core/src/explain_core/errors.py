@@ -95,6 +95,14 @@ class UnknownMetricError(ExplainError):
     status = 422
 
 
+class EmptyMapError(ExplainError):
+    """A quality metric asked to score a map that is zero everywhere: there is no ranking to score
+    (Xplique's Sparseness would say -1, outside its range)."""
+
+    code = "empty_map"
+    status = 422
+
+
 class OverTimeBudgetError(ExplainError):
     """A method would not finish in the invocation's remaining time (a timeout would fail the whole batch)."""
 

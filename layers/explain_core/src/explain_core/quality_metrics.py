@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from explain_core.errors import (
+    EmptyMapError,
     ExplainError,
     InvalidModelOutputError,
     InvalidParameterError,
@@ -187,7 +188,11 @@ def score_rows(metrics: RequestedMetrics, method: MethodSpec, method_params: dic
         seconds = (time.perf_counter() - started) / max(1, len(inputs))
         for row, value in enumerate(values):
             entry = {"params": params, "higher_is_better": metric.higher_is_better}
-            if np.isfinite(value):
+            if not np.any(heatmaps[row]):  # e.g. Grad-CAM of a class with no evidence: nothing to rank
+                entry["error"] = metric_error(EmptyMapError(
+                    f"{method.name}'s map is zero everywhere: {metric.name} has nothing to score",
+                    metric=metric.name, method=method.name), metric, method)
+            elif np.isfinite(value):
                 entry.update(score=float(value), passes=passes, seconds=round(seconds, 4))
             else:
                 entry["error"] = metric_error(InvalidModelOutputError(

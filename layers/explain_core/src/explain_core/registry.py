@@ -38,10 +38,14 @@ class Param:
     power_of_two: bool = False
     doc: str = ""
 
-    def validate(self, method: str, value: Any) -> Any:
+    def validate(self, method: str, value: Any, owner: str = "method") -> Any:
+        """``value`` checked and converted; ``method`` names the entry it belongs to (a method, or a
+        metric with ``owner="metric"``) in the error's details."""
+
         def fail(reason: str):
             raise InvalidParameterError(
-                f"{method}.{self.name}={value!r}: {reason}", method=method, parameter=self.name, bounds=self.describe()
+                f"{method}.{self.name}={value!r}: {reason}", **{owner: method}, parameter=self.name,
+                bounds=self.describe(),
             )
 
         if self.kind is bool:
@@ -89,6 +93,29 @@ class Param:
         if self.doc:
             spec["doc"] = self.doc
         return spec
+
+
+def resolve_params(params: tuple[Param, ...], overrides: Mapping[str, Any] | None, name: str,
+                   owner: str = "method") -> dict:
+    """The defaults of ``params`` updated with ``overrides``, each checked against its bounds; an
+    unknown parameter is refused naming the ``owner`` entry (a method or a metric) ``name``."""
+    overrides = dict(overrides or {})
+    by_name = {p.name: p for p in params}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        label = name if owner == "method" else f"{owner} {name}"
+        raise InvalidParameterError(
+            f"{label} has no parameter {', '.join(unknown)}; it takes {sorted(by_name) or 'none'}",
+            **{owner: name}, parameters=unknown,
+        )
+    return {**{p.name: p.default for p in params},
+            **{key: by_name[key].validate(name, value, owner) for key, value in overrides.items()}}
+
+
+def import_dotted(path: str):
+    """The class at a dotted path, imported on first use so the registry stays light."""
+    module, _, cls = path.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
 
 
 @dataclass(frozen=True)
@@ -140,22 +167,11 @@ class MethodSpec:
         return {p.name: p.default for p in self.params}
 
     def explainer_class(self):
-        module, _, cls = self.explainer.rpartition(".")
-        return getattr(importlib.import_module(module), cls)
+        return import_dotted(self.explainer)
 
     def resolve(self, overrides: Mapping[str, Any] | None, input_size: tuple[int, int]) -> dict:
         """Defaults updated with ``overrides``, each checked; the cost is checked too."""
-        overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - self.param_names)
-        if unknown:
-            raise InvalidParameterError(
-                f"{self.name} has no parameter {', '.join(unknown)}; it takes {sorted(self.param_names) or 'none'}",
-                method=self.name,
-                parameters=unknown,
-            )
-        by_name = {p.name: p for p in self.params}
-        resolved = {name: by_name[name].validate(self.name, value) for name, value in overrides.items()}
-        params = {**self.defaults, **resolved}
+        params = resolve_params(self.params, overrides, self.name)
         cost = self.passes(params, input_size)
         if cost > MAX_PASSES_PER_IMAGE:
             raise InvalidParameterError(
@@ -493,25 +509,11 @@ class MetricSpec:
         return {p.name: p.default for p in self.params}
 
     def metric_class(self):
-        module, _, cls = self.metric.rpartition(".")
-        return getattr(importlib.import_module(module), cls)
+        return import_dotted(self.metric)
 
     def resolve(self, overrides: Mapping[str, Any] | None, input_size: tuple[int, int]) -> dict:
         """Defaults updated with ``overrides``, each checked against its bounds and the input size."""
-        overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - self.param_names)
-        if unknown:
-            raise InvalidParameterError(
-                f"metric {self.name} has no parameter {', '.join(unknown)}; it takes "
-                f"{sorted(self.param_names) or 'none'}", metric=self.name, parameters=unknown,
-            )
-        by_name = {p.name: p for p in self.params}
-        try:
-            params = {**self.defaults,
-                      **{name: by_name[name].validate(self.name, value) for name, value in overrides.items()}}
-        except InvalidParameterError as exc:  # Param names its owner "method"
-            exc.details["metric"] = exc.details.pop("method", self.name)
-            raise
+        params = resolve_params(self.params, overrides, self.name, owner="metric")
         if params.get("grid_size", 0) > min(input_size):
             raise InvalidParameterError(
                 f"{self.name}.grid_size={params['grid_size']} is larger than the model input "
