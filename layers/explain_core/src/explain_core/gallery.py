@@ -73,8 +73,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#1b1f24;background:#fff}
 h1{font-size:1.35rem;word-break:break-all}h2{font-size:1.15rem;margin-top:1.8rem;border-bottom:1px solid #ccd}
 h3{font-size:1rem;margin:.2rem 0}table{border-collapse:collapse;margin:.4rem 0}
-td,th{border:1px solid #ccd;padding:.2rem .5rem;text-align:left;vertical-align:top;font-size:.9rem;
-overflow-wrap:anywhere}
+td,th{border:1px solid #ccd;padding:.2rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}
+.card td,td.ref{overflow-wrap:anywhere}
 th{background:#f2f4f7}.grid{display:flex;flex-wrap:wrap;gap:1rem}
 .card{border:1px solid #ccd;border-radius:6px;padding:.6rem;max-width:540px;overflow-x:auto}.card.wide{max-width:960px}
 .images{display:flex;flex-wrap:wrap;gap:.4rem;align-items:flex-start}
@@ -409,8 +409,8 @@ class _InputPage:
                 f"<tr><td>{esc(method.get('name'))}</td><td class=\"status-{esc(method.get('status'))}\">"
                 f"{esc(method.get('status'))}</td><td>{_number(method.get('seconds'))}</td>"
                 f"<td>{_number(method.get('seconds_per_image'))}</td><td>{esc(method.get('passes_per_image', '-'))}"
-                f"</td><td>{esc(params)}</td><td>{_fields(extras, set()) or '-'}</td>"
-                f"<td>{esc(method.get('reference', ''))}</td></tr>"
+                f"</td><td>{esc(params)}</td><td class=\"ref\">{_fields(extras, set()) or '-'}</td>"
+                f"<td class=\"ref\">{esc(method.get('reference', ''))}</td></tr>"
             )
             if method.get("status") == "failed":
                 error = method.get("error") or {}
