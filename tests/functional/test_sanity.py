@@ -61,24 +61,29 @@ def test_a_request_file_upload_writes_a_report_and_a_chart_once(invoke, deployme
 def test_images_under_a_prefix_are_checked(invoke, deployment, s3, published_model, samples, unique_prefix):
     inputs, results = deployment.bucket("InputBucket"), deployment.bucket("ResultsBucket")
     images, _, _ = samples
+    folder = f"incoming/gradient/shapes/v1/{unique_prefix}/"
+    # An API job's input in the folder is another client's: never read (nor its sanity-check requests).
+    s3.put_object(Bucket=inputs, Key=f"{folder}0/jobs/abc/secret.png", Body=png_bytes(images[3]))
     for i in range(3):
-        s3.put_object(Bucket=inputs, Key=f"uploads/{unique_prefix}/{i}.png", Body=png_bytes(images[i]))
+        s3.put_object(Bucket=inputs, Key=f"{folder}{i}.png", Body=png_bytes(images[i]))
     key = request_key(unique_prefix)
     s3.put_object(Bucket=inputs, Key=key, Body=json.dumps({
-        "methods": ["Saliency"], "images": {"source": "prefix", "prefix": f"uploads/{unique_prefix}/", "count": 2},
+        "methods": ["Saliency"], "images": {"source": "prefix", "prefix": folder, "count": 3},
     }).encode())
 
     assert invoke("gradient", upload_event(key, family="gradient")) == {"batchItemFailures": []}
 
     report = read_json(s3, results, report_prefix(unique_prefix) + "report.json")
-    check_report(report, ["Saliency"], 2)
-    assert report["images"]["keys"] == [f"uploads/{unique_prefix}/0.png", f"uploads/{unique_prefix}/1.png"]
+    check_report(report, ["Saliency"], 3)
+    assert report["images"]["keys"] == [f"{folder}0.png", f"{folder}1.png", f"{folder}2.png"]
 
 
 @pytest.mark.parametrize("body, code", [
     (b'{"images": {"count": 1000}}', "invalid_sanity_request"),
     (b'{"methods": ["Occlusion"]}', "unknown_method"),  # a perturbation method sent to the gradient family
     (b'{"images": {"source": "prefix", "prefix": "models/"}}', "invalid_sanity_request"),
+    (b'{"images": {"source": "prefix", "prefix": "uploads/"}}', "invalid_sanity_request"),  # API clients' files
+    (b'{"images": {"source": "prefix", "prefix": "incoming/gradient/shapes/v1/jobs/"}}', "invalid_sanity_request"),
 ])
 def test_a_bad_request_file_gets_an_error_record(invoke, deployment, s3, published_model, unique_prefix, body,
                                                  code):
@@ -131,3 +136,13 @@ def test_the_api_refuses_a_method_of_another_family(invoke_function, published_m
     request = {"family": "gradient", "model": {"name": "shapes", "version": "v1"}, "methods": ["Rise"]}
     response = invoke_function("ApiFunction", rest_event("POST", "/sanity-checks", "/sanity-checks", body=request))
     assert response["statusCode"] == 422 and json.loads(response["body"])["error"]["code"] == "unknown_method"
+
+
+def test_the_api_refuses_images_under_a_prefix(invoke_function, deployment, s3, published_model, api_key):
+    # A prefix could name other API clients' inputs: through the API a check reads the background only.
+    request = {"family": "gradient", "model": {"name": "shapes", "version": "v1"}, "methods": ["Saliency"],
+               "images": {"source": "prefix", "prefix": "incoming/gradient/shapes/v1/", "count": 2}}
+    response = invoke_function("ApiFunction", rest_event("POST", "/sanity-checks", "/sanity-checks", body=request))
+
+    assert response["statusCode"] == 422, response["body"]
+    assert json.loads(response["body"])["error"]["code"] == "invalid_sanity_request"

@@ -212,3 +212,17 @@ def test_a_table_output_with_its_approximation_reads_back_to_the_same_document()
     assert TableOutput.from_dict(document).to_dict() == document
     answer = json.loads(MethodOutput(**output.with_links(lambda key: key)).model_dump_json())
     assert answer["approximation"] == document["approximation"]
+
+
+def test_a_check_that_fails_is_an_unavailable_warning_never_a_failed_method():
+    # A SHAP adapter without base values (a bug, say) must not fail the explanation the check is about.
+    from explain_core.approximation import image_checks
+    from explain_core.registry import REGISTRY
+
+    spec = REGISTRY["DeepExplainer"]
+    attributions = np.ones((2, 4, 4, 3), np.float32)
+    checked = image_checks(spec, spec.defaults, attributions, attributions, np.zeros((2, 3)), [0, 1], None, None, 8,
+                           base_values=None)
+    assert [approximation for approximation, _ in checked] == [None, None]
+    assert all(w.code == "approximation_unavailable" and "DeepExplainer" in w.message
+               for _, warnings in checked for w in warnings)

@@ -280,3 +280,13 @@ def test_a_parameter_error_names_the_metric_and_the_bounds():
         get_metric("Insertion").resolve({"steps": 1000}, (64, 64))
     assert raised.value.details["metric"] == "Insertion" and "method" not in raised.value.details
     assert raised.value.details["parameter"] == "steps" and raised.value.details["bounds"]["maximum"] == 64
+
+
+def test_every_metric_names_a_scorer():
+    # A registry entry picks how its Xplique class scores rows; adding a metric of a known kind touches
+    # only the registry.
+    from explain_core.quality_metrics import SCORERS
+    from explain_core.registry import METRICS
+
+    assert {metric.scoring for metric in METRICS} <= set(SCORERS)
+    assert {m.name for m in METRICS if m.scoring == "map"} == {"Complexity", "Sparseness"}

@@ -18,10 +18,8 @@ from explain_core.rendering import (
     ColourScale,
     RenderOptions,
     colour_table,
-    heatmap_png,
     npy_bytes,
     overlay_layout,
-    overlay_png,
     parse_rendering,
     render_heatmap,
     rendering_metadata,
@@ -29,6 +27,11 @@ from explain_core.rendering import (
 )
 
 ABSOLUTE_ALL = RenderOptions(clip_percentiles=(0, 100))
+
+
+def overlay_png(image, heatmap, options=None, **sizes) -> bytes:
+    """The overlay the function writes (explain_core.rendering.render_heatmap)."""
+    return render_heatmap(image, heatmap, options, **sizes).overlay
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -316,7 +319,8 @@ def test_the_raw_heatmap_is_the_map_alone_at_its_own_size():
     assert (raw[10, 10] == table[255]).all()  # +1: the map's end
     assert (raw[10, 50] == table[round(0.25 * 255)]).all()  # -0.5: a quarter up
     assert rendered.magnitudes == [0.0, 1.0]
-    assert (decode(heatmap_png(heatmap, options)) == raw).all()
+    # The raw map does not depend on the image under the overlay.
+    assert (decode(render_heatmap(np.full((8, 8, 3), 200, np.uint8), heatmap, options).raw) == raw).all()
     overlay = decode(rendered.overlay)  # the image's size, plus the default colour bar the raw map never has
     assert overlay.shape[0] == 300 and overlay.shape[1] > 500 + 2 * MARGIN + BAR_WIDTH
     alone = decode(overlay_png(np.zeros((300, 500, 3), np.uint8), heatmap,

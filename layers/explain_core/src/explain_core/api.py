@@ -58,6 +58,7 @@ from explain_core.api_models import (
 )
 from explain_core.errors import (
     ExplainError,
+    InvalidSanityRequestError,
     MalformedRequestError,
     MissingAuthorizerContextError,
     RequestInProgressError,
@@ -298,6 +299,11 @@ def create_sanity_check(request: SanityCheckRequest):
     for name in request.methods or []:
         if name.lower() != "all" and not get_method(name, request.family).supports(card):
             raise UnsupportedModelError(f"{name} cannot explain {card.name}/{card.version}", method=name)
+    if request.images.source != "background":
+        # A prefix could name other clients' inputs: the API checks the model's own background images.
+        raise InvalidSanityRequestError("through the API a sanity check runs on the model's background images; "
+                                        "upload a request file to the bucket to use images under a prefix",
+                                        source=request.images.source)
     accepted = SanityCheckAccepted(status="queued", **store_request(services.s3, services.settings, request,
                                                                     client_id))
     metrics.add_metric(name="SanityChecksRequested", unit=MetricUnit.Count, value=1)

@@ -195,12 +195,27 @@ def image_checks(spec, params: dict, attributions, inputs, outputs, classes, mod
     ``outputs`` are the model's raw outputs (rows, classes) of the batch's inputs, ``classes`` the
     explained class of each row, ``base_values`` the SHAP explainer's expected values.
     """
+    if spec.approximation is None:
+        return None
+    try:
+        return _image_checks(spec, params, attributions, inputs, outputs, classes, model, card, batch_size,
+                             base_values)
+    except Exception as exc:  # the check must never fail the explanation it checks
+        from aws_lambda_powertools import Logger
+
+        Logger(child=True).exception("approximation check failed", extra={"method": spec.name})
+        warning = ExplanationWarning(code="approximation_unavailable",
+                                     message=f"{spec.name}'s approximation error could not be computed: "
+                                             f"{type(exc).__name__}: {str(exc)[:300]}")
+        return [(None, [warning]) for _ in classes]
+
+
+def _image_checks(spec, params: dict, attributions, inputs, outputs, classes, model, card, batch_size: int,
+                  base_values) -> list[tuple[Approximation | None, list[ExplanationWarning]]]:
     import numpy as np
 
     from explain_core.shap_methods import output_kind as kind_of
 
-    if spec.approximation is None:
-        return None
     rows = np.arange(len(classes))
     explained = np.asarray(outputs, dtype=np.float64)[rows, classes]
     if spec.approximation == COMPLETENESS:

@@ -108,7 +108,8 @@ class JobStore:
         return item
 
 
-def _read(s3, bucket: str, key: str) -> bytes | None:
+def read_optional(s3, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist."""
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
@@ -181,12 +182,12 @@ def job_status(job: dict, s3, links: Links, *, now: float | None = None) -> JobS
         "created_at": job["created_at"], "input_key": job["input_key"],
         "estimated_seconds": float(job["estimated_seconds"]) if "estimated_seconds" in job else None,
     }
-    body = _read(s3, bucket, job["manifest_key"])
+    body = read_optional(s3, bucket, job["manifest_key"])
     if body is not None:
         manifest = Manifest.from_json(body)
         result = explanation_result(manifest, links, job["manifest_key"])
         return JobStatus(**described, status=manifest.status, result=result)
-    body = _read(s3, bucket, job["error_key"])
+    body = read_optional(s3, bucket, job["error_key"])
     record = json.loads(body) if body is not None else None
     if record is not None and not record.get("retrying"):
         return JobStatus(**described, status="failed", error=_final_error(record, job["family"]))

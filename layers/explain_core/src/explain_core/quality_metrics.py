@@ -28,7 +28,7 @@ from explain_core.errors import (
     UnsupportedModelError,
 )
 from explain_core.manifest_parts import ErrorDetail, MetricScore
-from explain_core.registry import COMPLEXITY, METRICS, MethodSpec, MetricSpec, get_metric
+from explain_core.registry import METRICS, MethodSpec, MetricSpec, get_metric
 
 #: Upload metadata keys.
 METRICS_KEY = "metrics"
@@ -150,6 +150,12 @@ class ProbabilityModels:
                 self._models.pop(next(iter(self._models)))
         return self._models[id(model)][1]
 
+    def retain(self, live_models) -> None:
+        """Drop the wrappers of models the store no longer holds (replaced in S3 or evicted)."""
+        live = {id(model) for model in live_models}
+        for key in [key for key, (model, _) in self._models.items() if id(model) not in live]:
+            del self._models[key]
+
 
 PROBABILITY_MODELS = ProbabilityModels()
 
@@ -173,12 +179,10 @@ def score_rows(metrics: RequestedMetrics, method: MethodSpec, method_params: dic
         try:
             passes = metric_passes(metric, params, method, method_params, card)
             check_budget(metric, params, passes)
-            if metric.kind == COMPLEXITY:  # no model pass: the whole batch at once
-                values = np.asarray(metric.metric_class()(batch_size=batch_size).detailed_evaluate(heatmaps))
-            else:
-                values = np.asarray(_row_scores(metric, params, model=model, card=card, explainer=explainer,
-                                                inputs=inputs, targets=targets, attributions=attributions,
-                                                heatmaps=heatmaps, batch_size=batch_size), dtype=np.float64)
+            values = np.asarray(SCORERS[metric.scoring](
+                metric.metric_class(), params, model=model, card=card, explainer=explainer, inputs=inputs,
+                targets=targets, attributions=attributions, heatmaps=heatmaps, batch_size=batch_size,
+            ), dtype=np.float64)
         except Exception as exc:  # a metric failing must not sink the explanation or the other metrics
             error = metric_error(exc, metric, method)
             for row_scores in scored:
@@ -213,36 +217,47 @@ def metric_error(exc: Exception, metric: MetricSpec, method: MethodSpec) -> Erro
     return ErrorDetail(type=type(exc).__name__, code="metric_failed", message=str(exc)[:2000])
 
 
-def _row_scores(metric: MetricSpec, params: dict, *, model, card, explainer, inputs, targets, attributions,
-                heatmaps, batch_size: int):
-    """One score per row with the Xplique class of ``metric``, whose ``evaluate`` returns the mean over
-    its inputs: the fidelity metrics are built once over all rows (one batched model call per step,
-    one trace) and read per row; AverageStability, which explains each input on its own anyway, gets
-    one instance per row."""
+# One score per row with the metric's Xplique class, whose ``evaluate`` returns the mean over its
+# inputs; a registry entry's ``scoring`` picks the scorer.
+def _map_scores(cls, params, *, heatmaps, batch_size, **_):
+    """Complexity metrics: the maps alone, the whole batch at once (no model pass)."""
+    return cls(batch_size=batch_size).detailed_evaluate(heatmaps)
 
-    cls = metric.metric_class()
-    if metric.name == "AverageStability":
-        return [cls(model, inputs[row:row + 1], targets[row:row + 1], batch_size=batch_size, radius=params["radius"],
-                    distance=_distance(params["distance"]), nb_samples=params["nb_samples"]
-                    ).evaluate(explainer.explain, base_explanations=attributions[row:row + 1])
-                for row in range(len(inputs))]
-    scoring_model = PROBABILITY_MODELS.get(model, card)
-    if metric.name == "MuFidelity":
-        fidelity = cls(scoring_model, inputs, targets, batch_size=batch_size, grid_size=params["grid_size"],
-                       subset_percent=params["subset_percent"], baseline_mode=params["baseline_value"],
-                       nb_samples=params["nb_samples"])
-        every_row = fidelity.inputs, fidelity.targets, fidelity.base_predictions
-        scores = []
-        for row in range(len(inputs)):
-            # evaluate() reads these three per input: one row at a time, its mean is that row's correlation.
-            fidelity.inputs, fidelity.targets, fidelity.base_predictions = (part[row:row + 1] for part in every_row)
-            scores.append(fidelity.evaluate(heatmaps[row:row + 1]))
-        return scores
-    # Deletion and Insertion: Xplique averages the class score over the rows at each step, then takes
-    # the curve's area; the per-row curves are recorded at its model calls and their areas taken alike.
-    causal = cls(scoring_model, inputs, targets, batch_size=batch_size, baseline_mode=params["baseline_value"],
-                 steps=params["steps"], max_percentage_perturbed=params["max_percentage_perturbed"])
+
+def _curve_scores(cls, params, *, model, card, inputs, targets, heatmaps, batch_size, **_):
+    """Deletion and Insertion: Xplique averages the class score over the rows at each step, then takes the
+    curve's area; built once over all rows (one batched model call per step, one trace), the per-row
+    curves are recorded at its model calls and their areas taken alike."""
+    causal = cls(PROBABILITY_MODELS.get(model, card), inputs, targets, batch_size=batch_size,
+                 baseline_mode=params["baseline_value"], steps=params["steps"],
+                 max_percentage_perturbed=params["max_percentage_perturbed"])
     return causal_row_scores(causal, heatmaps)
+
+
+def _subset_scores(cls, params, *, model, card, inputs, targets, heatmaps, batch_size, **_):
+    """MuFidelity: built once over all rows, evaluated one row at a time."""
+    fidelity = cls(PROBABILITY_MODELS.get(model, card), inputs, targets, batch_size=batch_size,
+                   grid_size=params["grid_size"], subset_percent=params["subset_percent"],
+                   baseline_mode=params["baseline_value"], nb_samples=params["nb_samples"])
+    every_row = fidelity.inputs, fidelity.targets, fidelity.base_predictions
+    scores = []
+    for row in range(len(inputs)):
+        # evaluate() reads these three per input: one row at a time, its mean is that row's correlation.
+        fidelity.inputs, fidelity.targets, fidelity.base_predictions = (part[row:row + 1] for part in every_row)
+        scores.append(fidelity.evaluate(heatmaps[row:row + 1]))
+    return scores
+
+
+def _rerun_scores(cls, params, *, model, explainer, inputs, targets, attributions, batch_size, **_):
+    """AverageStability: the session's own explainer run again on noisy copies, one instance per row
+    (it explains each input on its own anyway)."""
+    return [cls(model, inputs[row:row + 1], targets[row:row + 1], batch_size=batch_size, radius=params["radius"],
+                distance=_distance(params["distance"]), nb_samples=params["nb_samples"]
+                ).evaluate(explainer.explain, base_explanations=attributions[row:row + 1])
+            for row in range(len(inputs))]
+
+
+SCORERS = {"map": _map_scores, "curve": _curve_scores, "subsets": _subset_scores, "rerun": _rerun_scores}
 
 
 def causal_row_scores(causal, explanations):

@@ -498,6 +498,10 @@ class MetricSpec:
     passes: Callable[[Mapping[str, Any], int], int] = lambda params, method_passes: 0
     #: The passes are the explained method's own (a backward pass for gradient methods), not forward passes.
     reruns_method: bool = False
+    #: How explain_core.quality_metrics scores rows with the Xplique class: "map" (the maps alone, no
+    #: model pass), "curve" (Deletion/Insertion curves), "subsets" (MuFidelity's random cell subsets) or
+    #: "rerun" (the method run again on noisy copies).
+    scoring: str = "map"
     modalities: tuple[str, ...] = ("image",)
     param_names: frozenset = field(init=False)
 
@@ -562,14 +566,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "area under the class probability as the most important pixels are removed first",
         FIDELITY, higher_is_better=False, score_range=(0.0, 1.0),
         good="low: the probability falls fast when the pixels the map ranks first are removed",
-        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1,
+        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1, scoring="curve",
     ),
     MetricSpec(
         "Insertion", "xplique.metrics.Insertion", _RISE,
         "area under the class probability as the most important pixels are inserted first into a blank image",
         FIDELITY, higher_is_better=True, score_range=(0.0, 1.0),
         good="high: the probability rises fast when the pixels the map ranks first are put back",
-        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1,
+        params=_CAUSAL_PARAMS, passes=lambda p, m: p["steps"] + 1, scoring="curve",
     ),
     MetricSpec(
         "MuFidelity", "xplique.metrics.MuFidelity", _BHATT,
@@ -583,7 +587,7 @@ METRICS: tuple[MetricSpec, ...] = (
             Param("subset_percent", float, 0.2, 0.01, 0.99, doc="share of the cells removed in a subset"),
             Param("baseline_value", float, 0.0, -10.0, 10.0, doc="value of a removed cell (model input space)"),
         ),
-        passes=lambda p, m: p["nb_samples"] + 1,
+        passes=lambda p, m: p["nb_samples"] + 1, scoring="subsets",
     ),
     MetricSpec(
         "AverageStability", "xplique.metrics.AverageStability", _BHATT,
@@ -598,7 +602,7 @@ METRICS: tuple[MetricSpec, ...] = (
             Param("distance", str, "relative_l2", choices=("relative_l2", "l2", "l1"),
                   doc="relative_l2: |map' - map|_2 / |map|_2; l2 and l1 are Xplique's absolute distances"),
         ),
-        passes=lambda p, m: p["nb_samples"] * m, reruns_method=True,
+        passes=lambda p, m: p["nb_samples"] * m, reruns_method=True, scoring="rerun",
     ),
     MetricSpec(
         "Complexity", "xplique.metrics.Complexity", _BHATT,

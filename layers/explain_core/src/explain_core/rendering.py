@@ -334,7 +334,13 @@ class RenderedHeatmap:
 
 def render_heatmap(image, heatmap, options: RenderOptions | None = None, *, max_side: int = 1024,
                    min_side: int = MIN_OVERLAY_SIDE) -> RenderedHeatmap:
-    """The overlay and the raw heatmap of one (image, class), drawn with the same colour scale."""
+    """The overlay and the raw heatmap of one (image, class), drawn with the same colour scale.
+
+    The overlay is the colour-mapped heatmap (any size) over ``image`` (uint8 RGB), sized as
+    :func:`overlay_layout` says. Blended, the image is shown in grey so the colours belong to the
+    heatmap alone, and each pixel's opacity grows with its shown magnitude (up to ``alpha``) so weak
+    regions leave the image visible. The raw heatmap is one PNG pixel per heatmap value.
+    """
     options = options or RenderOptions()
     scale = ColourScale.of(heatmap, options)
     table = colour_table(options.colormap_name)
@@ -342,27 +348,6 @@ def render_heatmap(image, heatmap, options: RenderOptions | None = None, *, max_
     raw = _png(_colours(ColourScale.positions(scaled, scale.polarity), table))
     return RenderedHeatmap(_overlay(image, scaled, scale, table, options, max_side, min_side), raw,
                            [scale.low, scale.high])
-
-
-def overlay_png(image, heatmap, options: RenderOptions | None = None, *, max_side: int = 1024,
-                min_side: int = MIN_OVERLAY_SIDE) -> bytes:
-    """The colour-mapped heatmap (any size) over ``image`` (uint8 RGB), as PNG (see :func:`overlay_layout`).
-
-    Blended, the image is shown in grey so the colours belong to the heatmap alone, and each pixel's
-    opacity grows with its shown magnitude (up to ``alpha``) so weak regions leave the image visible.
-    """
-    options = options or RenderOptions()
-    scale = ColourScale.of(heatmap, options)
-    return _overlay(image, scale.scaled(heatmap), scale, colour_table(options.colormap_name), options,
-                    max_side, min_side)
-
-
-def heatmap_png(heatmap, options: RenderOptions | None = None) -> bytes:
-    """The colour-mapped heatmap alone, one PNG pixel per heatmap value."""
-    options = options or RenderOptions()
-    scale = ColourScale.of(heatmap, options)
-    positions = ColourScale.positions(scale.scaled(heatmap), scale.polarity)
-    return _png(_colours(positions, colour_table(options.colormap_name)))
 
 
 def _overlay(image, scaled, scale: ColourScale, table, options: RenderOptions, max_side: int, min_side: int) -> bytes:

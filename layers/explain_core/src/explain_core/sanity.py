@@ -75,7 +75,8 @@ class ImageSet(BaseModel):
     )
     prefix: str | None = Field(
         default=None, min_length=1, max_length=512,
-        description="With source prefix: a key prefix under incoming/<family>/ or uploads/ of the input bucket",
+        description="With source prefix: a key prefix under incoming/<family>/ of the input bucket (the API's "
+                    "jobs/ and sanity-checks/ folders are skipped)",
     )
     count: int = Field(default=DEFAULT_IMAGES, ge=1, le=MAX_IMAGES, description="Images used, at most")
 
@@ -420,16 +421,17 @@ class SanityChecks:
         from explain_core.images import decode_image
 
         session, settings = self.session, self.session.settings
-        allowed = (session.keys.family_prefix(self.family), settings.upload_prefix)
-        if not images.prefix.startswith(allowed) or ".." in images.prefix:
+        allowed = session.keys.family_prefix(self.family)
+        if not images.prefix.startswith(allowed) or ".." in images.prefix or _private(images.prefix):
             raise InvalidSanityRequestError(
-                f"images.prefix must be under {allowed[0]} or {allowed[1]} of the input bucket; got {images.prefix!r}",
-                prefix=images.prefix)
+                f"images.prefix must be under {allowed} of the input bucket, outside the API's jobs/ and "
+                f"sanity-checks/ folders; got {images.prefix!r}", prefix=images.prefix)
         found = []
         pages = session.s3.get_paginator("list_objects_v2").paginate(
             Bucket=settings.input_bucket, Prefix=images.prefix, PaginationConfig={"MaxItems": MAX_LISTED_KEYS})
         for page in pages:
-            found += [item for item in page.get("Contents", []) if item["Key"].lower().endswith(IMAGE_EXTENSIONS)]
+            found += [item for item in page.get("Contents", [])
+                      if item["Key"].lower().endswith(IMAGE_EXTENSIONS) and not _private(item["Key"])]
             if len(found) >= images.count:
                 break
         found = found[: images.count]
@@ -454,6 +456,12 @@ class SanityChecks:
 #: S3 user metadata of a request file stored by the API: a hash of the client that asked
 #: (explain_core.keys.client_segment); only that client sees its status.
 CLIENT_METADATA = "client"
+#: Folders of the input prefix that hold API clients' inputs: a sanity check never reads them.
+PRIVATE_FOLDERS = ("/jobs/", "/sanity-checks/")
+
+
+def _private(key: str) -> bool:
+    return any(folder in "/" + key for folder in PRIVATE_FOLDERS)
 
 
 def store_request(s3, settings, request, client_id: str) -> dict:
@@ -481,7 +489,7 @@ def request_status(s3, links, family: str, model: str, version: str, request_id:
     from botocore.exceptions import ClientError
 
     from explain_core.errors import UnknownSanityCheckError, is_missing_object
-    from explain_core.jobs import _read  # the job status's reader: None for a missing object
+    from explain_core.jobs import read_optional
     from explain_core.keys import KeyLayout, client_segment
 
     settings = links.settings
@@ -492,19 +500,20 @@ def request_status(s3, links, family: str, model: str, version: str, request_id:
     try:
         stored = s3.head_object(Bucket=settings.input_bucket, Key=request_key)
     except ClientError as exc:
-        if is_missing_object(exc):
+        # The API's role may not list the input bucket, so S3 answers a missing key with 403, not 404.
+        if is_missing_object(exc) or exc.response.get("Error", {}).get("Code") in ("403", "AccessDenied"):
             raise unknown from exc
         raise
     if stored.get("Metadata", {}).get(CLIENT_METADATA) != client_segment(client_id):
         raise unknown
     described = {"request_id": request_id, "family": family, "model": {"name": model, "version": version}}
     prefix = keys.sanity_prefix(family, model, version, request_id)
-    body = _read(s3, settings.results_bucket, prefix + REPORT_FILE)
+    body = read_optional(s3, settings.results_bucket, prefix + REPORT_FILE)
     if body is not None:
         report = SanityReport.model_validate_json(body)
         return {**described, "status": report.status, "report": report, "urls_expire_in": links.seconds,
                 "report_url": links.result(prefix + REPORT_FILE), "chart_url": links.result(report.chart)}
-    body = _read(s3, settings.results_bucket, keys.error_key(request_key))
+    body = read_optional(s3, settings.results_bucket, keys.error_key(request_key))
     if body is None:
         return {**described, "status": "queued"}
     record = json.loads(body)

@@ -50,6 +50,7 @@ from explain_core.manifest import BackgroundDescription, Manifest
 from explain_core.modalities import Explained
 from explain_core.modalities.base import METHOD_OVERHEAD_S
 from explain_core.model_store import LoadedModel, ModelStore
+from explain_core.quality_metrics import PROBABILITY_MODELS
 from explain_core.registry import SHAP
 from explain_core.request_options import RequestOptions, parse_options
 from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, SOURCE_ORDER, ResultWriter, now_iso
@@ -126,7 +127,9 @@ class ExplanationSession:
     def load(self, model: str, version: str) -> LoadedModel:
         """The model, its card and (shap family) its background; explainers of replaced models are dropped."""
         loaded = self.store.get(model, version)
-        self.explainers.retain(self.store.models_in_memory())
+        live = self.store.models_in_memory()
+        self.explainers.retain(live)
+        PROBABILITY_MODELS.retain(live)  # the quality metrics' softmax wrappers hold models too
         return loaded
 
     def download(self, upload: Upload, loaded: LoadedModel) -> tuple[bytes, dict]:
