@@ -19,7 +19,8 @@ Failure policy (nothing is silently lost, the function never crashes on user dat
   tried alone, so only the input that causes the failure fails.
 
 A sanity-check request file (``incoming/<family>/<model>/<version>/sanity-checks/<id>.json``) is
-not an input to explain: it is routed to :mod:`explain_core.sanity`, one request at a time, with
+not an input to explain: it is routed to :mod:`explain_core.sanity`, one request at a time after the
+batch's uploads (a check may take minutes and must not eat their time budget), with
 the same error records and retries.
 
 Non-finite numbers never reach a result: NaN or infinite predictions fail the input and NaN or
@@ -83,18 +84,18 @@ class SqsAdapter:
                     groups[(upload.ref.model, upload.ref.version)].append(upload)
             except ExplainError as exc:
                 self._fail(upload, exc, retry, request_id)
-        for upload in sanity_requests:
-            try:
-                self._run_sanity_check(upload, context)
-            except Exception as exc:
-                self._fail(upload, exc, retry, request_id)
         for (model, version), group in groups.items():
             try:
                 self._explain_group(model, version, group, retry, context)
             except Exception as exc:  # a bug at group level: only this group's inputs fail
                 for upload in group:
                     self._fail(upload, exc, retry, request_id)
-
+        # After the uploads: a sanity check may take minutes and must not eat their time budget.
+        for upload in sanity_requests:
+            try:
+                self._run_sanity_check(upload, context)
+            except Exception as exc:
+                self._fail(upload, exc, retry, request_id)
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
         def report(record: SQSRecord):
