@@ -90,18 +90,21 @@ def _sample_csv() -> bytes:
     return tabular_demo.sample_csv(rows)
 
 
-def test_the_api_answer_links_the_gallery_page(invoke_function, published_model, api_key, samples, unique_prefix):
-    images, _, _ = samples
+def explain_through_the_api(invoke_function, image, name: str) -> dict:
+    """The answer of POST /explanations/gradient (GradCAM) for ``image``, asserted 200."""
     event = load_event("api-explain-gradient.json")
     request = json.loads(event["body"])
-    request.update(methods=["GradCAM"], filename=f"{unique_prefix}.png",
-                   input_base64=base64.b64encode(png_bytes(images[2])).decode())
+    request.update(methods=["GradCAM"], filename=f"{name}.png",
+                   input_base64=base64.b64encode(png_bytes(image)).decode())
     event["body"] = json.dumps(request)
-
     response = invoke_function("GradientFunction", event)
-
     assert response["statusCode"] == 200, response["body"][:2000]
-    result = json.loads(response["body"])
+    return json.loads(response["body"])
+
+
+def test_the_api_answer_links_the_gallery_page(invoke_function, published_model, api_key, samples, unique_prefix):
+    images, _, _ = samples
+    result = explain_through_the_api(invoke_function, images[2], unique_prefix)
     with urllib.request.urlopen(result["gallery_url"], timeout=30) as answer:  # presigned, from the emulator
         assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
         page = answer.read().decode()

@@ -15,7 +15,8 @@ from PIL import Image
 from devtools import demo_model, tabular_demo
 from explain_core.gallery import EMBED_MAX_SIDE, PLOT_MAX_SIDE
 from explain_core.keys import GALLERY_PAGE
-from tests.conftest import EVENTS, clear_outputs, load_event, png_bytes, read_json, upload_event
+from tests.conftest import EVENTS, clear_outputs, png_bytes, read_json, upload_event
+from tests.functional.test_gallery import explain_through_the_api
 
 pytestmark = pytest.mark.browser
 
@@ -187,14 +188,7 @@ def test_the_api_answers_gallery_url_opens(invoke_function, published_model, api
     import urllib.request
 
     images, _, _ = samples
-    event = load_event("api-explain-gradient.json")
-    request = json.loads(event["body"])
-    request.update(methods=["GradCAM"], filename=f"{unique_prefix}.png",
-                   input_base64=base64.b64encode(png_bytes(images[2])).decode())
-    event["body"] = json.dumps(request)
-    response = invoke_function("GradientFunction", event)
-    assert response["statusCode"] == 200, response["body"][:2000]
-    result = json.loads(response["body"])
+    result = explain_through_the_api(invoke_function, images[2], unique_prefix)
 
     report = page_checker.check(result["gallery_url"], screenshot=artifacts_dir / "gallery-api.png")
     assert other_problems(report) == [], "\n".join(other_problems(report))

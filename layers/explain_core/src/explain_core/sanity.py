@@ -363,25 +363,24 @@ class SanityChecks:
         from explain_core.errors import OverTimeBudgetError
         from explain_core.modalities.base import (
             METHOD_OVERHEAD_S,
-            TIME_RESERVE_S,
             check_finite,
             method_error,
             method_seconds,
+            seconds_available,
         )
 
         card, batch_size = loaded.card, self.session.batch_size
         estimate = (EXPLANATIONS_PER_CHECK * method_seconds(spec, params, len(inputs), pass_seconds, card)
                     + 2 * METHOD_OVERHEAD_S)  # two explainers: trained and randomised model
         entry = {"name": spec.name, "params": params, "estimated_seconds": round(estimate, 2)}
-        if context is not None and hasattr(context, "get_remaining_time_in_millis"):
-            available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
-            if estimate > available:
-                error = OverTimeBudgetError(
-                    f"{spec.name} needs about {estimate:.0f} s for {len(inputs)} image(s) but the invocation has "
-                    f"{max(0.0, available):.0f} s left; ask for fewer images, fewer methods or fewer samples",
-                    method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1))
-                return MethodSanity(**entry, status="skipped", verdict=f"skipped: {error.message}",
-                                    error=ErrorDetail(**error.to_dict()))
+        available = seconds_available(context)
+        if available is not None and estimate > available:
+            error = OverTimeBudgetError(
+                f"{spec.name} needs about {estimate:.0f} s for {len(inputs)} image(s) but the invocation has "
+                f"{max(0.0, available):.0f} s left; ask for fewer images, fewer methods or fewer samples",
+                method=spec.name, estimated_seconds=round(estimate, 1), available_seconds=round(available, 1))
+            return MethodSanity(**entry, status="skipped", verdict=f"skipped: {error.message}",
+                                error=ErrorDetail(**error.to_dict()))
         model_metric, logit_metric = xplique_metrics()
         started = time.perf_counter()
         try:

@@ -131,13 +131,18 @@ def method_seconds(spec: "MethodSpec", params: dict, rows: int, pass_seconds: fl
     return passes * rows * pass_seconds * (GRADIENT_PASS_COST if spec.backward else 1.0)
 
 
+def seconds_available(context) -> float | None:
+    """Seconds the invocation has left for work (its reserve for writing results kept); None outside Lambda."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return None
+    return context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
+
+
 def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds: float, card, context) -> None:
     """Refuse a method that would outlast the invocation: a timeout would fail the whole batch."""
-    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
-        return
+    available = seconds_available(context)
     estimate = method_seconds(spec, params, rows, pass_seconds, card)
-    available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
-    if estimate > available:
+    if available is not None and estimate > available:
         passes = spec.passes(params, (card.input_height, card.input_width))
         raise OverTimeBudgetError(
             f"{spec.name} needs about {estimate:.0f} s for {rows} input(s) ({passes} model passes each at "
@@ -157,11 +162,9 @@ def metric_seconds(metric: "MetricSpec", passes: int, spec: "MethodSpec", rows: 
 def check_metric_time_budget(metric: "MetricSpec", params: dict, passes: int, spec: "MethodSpec", rows: int,
                              pass_seconds: float, context) -> None:
     """Refuse a metric that would outlast the invocation; the explanation it scores is kept."""
-    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
-        return
+    available = seconds_available(context)
     estimate = metric_seconds(metric, passes, spec, rows, pass_seconds)
-    available = context.get_remaining_time_in_millis() / 1000 - TIME_RESERVE_S
-    if estimate > available:
+    if available is not None and estimate > available:
         raise OverTimeBudgetError(
             f"metric {metric.name} of {spec.name} needs about {estimate:.0f} s for {rows} map(s) ({passes} model "
             f"passes each) but the invocation has {max(0.0, available):.0f} s left; ask for fewer samples or steps",
