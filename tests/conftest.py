@@ -74,13 +74,23 @@ def tabular_models(deployment, s3):
 
 
 @pytest.fixture(scope="session")
+def text_model(deployment, s3):
+    """The sentiment demo model (Embedding + LSTM), trained once and published."""
+    from devtools import text_demo
+
+    text_demo.build()
+    text_demo.publish(s3, deployment.bucket("ModelBucket"))
+    return text_demo.MODEL, text_demo.VERSION
+
+
+@pytest.fixture(scope="session")
 def samples():
     """Held-out demo images: (images uint8 N x 128 x 128 x 3, labels, masks)."""
     return demo_model.sample_images(6)
 
 
 @pytest.fixture(scope="session")
-def handlers(deployment, published_model, tabular_models):
+def handlers(deployment, published_model, tabular_models, text_model):
     """The real handlers of every function, imported under their template environment."""
     return {
         family: lambda_service.load_handler(deployment, deployment.function_for_family(family))

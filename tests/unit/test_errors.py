@@ -6,6 +6,7 @@ import pytest
 
 from explain_core import errors
 from explain_core.errors import (
+    DocumentTooLongError,
     EmptyMapError,
     ExplainError,
     ImageTooLargeError,
@@ -20,6 +21,7 @@ from explain_core.errors import (
     InvalidSanityRequestError,
     InvalidTableError,
     InvalidTargetError,
+    InvalidTextError,
     JobTimedOutError,
     MalformedRequestError,
     MissingAuthorizerContextError,
@@ -30,6 +32,7 @@ from explain_core.errors import (
     RequestTooLargeError,
     RouteNotFoundError,
     TableTooLargeError,
+    TextTooLargeError,
     UnknownInputError,
     UnknownJobError,
     UnknownMethodError,
@@ -41,6 +44,7 @@ from explain_core.errors import (
     UnsupportedMediaTypeError,
     UnsupportedModelError,
     UnsupportedTableFormatError,
+    UnsupportedTextFormatError,
 )
 
 EXPECTED = [
@@ -65,6 +69,10 @@ EXPECTED = [
     (InvalidTableError, "invalid_table", 422, ExplainError),
     (UnsupportedTableFormatError, "unsupported_table_format", 415, InvalidTableError),
     (TableTooLargeError, "table_too_large", 413, InvalidTableError),
+    (InvalidTextError, "invalid_text", 422, ExplainError),
+    (UnsupportedTextFormatError, "unsupported_text_format", 415, InvalidTextError),
+    (TextTooLargeError, "text_too_large", 413, InvalidTextError),
+    (DocumentTooLongError, "document_too_long", 413, InvalidTextError),
     (UnsupportedModelError, "unsupported_model", 422, ExplainError),
     (InvalidModelOutputError, "invalid_model_output", 422, ExplainError),
     (InputDeletedError, "input_deleted", 404, ExplainError),

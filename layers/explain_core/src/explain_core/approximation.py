@@ -201,13 +201,18 @@ def image_checks(spec, params: dict, attributions, inputs, outputs, classes, mod
         return _image_checks(spec, params, attributions, inputs, outputs, classes, model, card, batch_size,
                              base_values)
     except Exception as exc:  # the check must never fail the explanation it checks
-        from aws_lambda_powertools import Logger
-
-        Logger(child=True).exception("approximation check failed", extra={"method": spec.name})
-        warning = ExplanationWarning(code="approximation_unavailable",
-                                     message=f"{spec.name}'s approximation error could not be computed: "
-                                             f"{type(exc).__name__}: {str(exc)[:300]}")
+        warning = _check_failed(spec, exc)
         return [(None, [warning]) for _ in classes]
+
+
+def _check_failed(spec, exc: Exception) -> ExplanationWarning:
+    """The warning of a check that raised (logged with its trace)."""
+    from aws_lambda_powertools import Logger
+
+    Logger(child=True).exception("approximation check failed", extra={"method": spec.name})
+    return ExplanationWarning(code="approximation_unavailable",
+                              message=f"{spec.name}'s approximation error could not be computed: "
+                                      f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _image_checks(spec, params: dict, attributions, inputs, outputs, classes, model, card, batch_size: int,
@@ -228,6 +233,34 @@ def _image_checks(spec, params: dict, attributions, inputs, outputs, classes, mo
     with np.errstate(all="ignore"):  # a non-finite figure becomes an approximation_unavailable warning
         figures = approximation_errors(sums, references, explained, output_kind)
     return [image_check(spec, params, figures, row, output_kind) for row in rows]
+
+
+def text_check(spec, params: dict, found, row: int, cls: int, output: float, encoded, text_model, card,
+               batch_size: int) -> tuple[Approximation | None, list[ExplanationWarning]]:
+    """One document's explained class ``cls`` (row ``row`` of a :class:`explain_core.text_methods.TextAttributions`):
+    completeness against f(baseline embeddings) masked like the document, or additivity against the SHAP base
+    value; ``output`` is the model's raw output for the class. (None, []) without a check."""
+    if spec.approximation is None:
+        return None, []
+    try:
+        import numpy as np
+
+        from explain_core.attribution import raw_outputs
+        from explain_core.shap_methods import output_kind as kind_of
+
+        if spec.approximation == COMPLETENESS:
+            text_model.use_mask(encoded.ids)
+            dims = text_model.embeddings_model.inputs[0].shape[1:]
+            baseline = np.full((1, *dims), params.get("baseline_value", 0.0), dtype=np.float32)
+            reference = raw_outputs(text_model.embeddings_model, baseline, card, batch_size)[0, cls]
+        else:
+            reference = found.base_values[row]
+        output_kind = kind_of(card)
+        with np.errstate(all="ignore"):
+            figures = approximation_errors([found.sums[row]], [reference], [output], output_kind)
+        return image_check(spec, params, figures, 0, output_kind)
+    except Exception as exc:  # the check must never fail the explanation it checks
+        return None, [_check_failed(spec, exc)]
 
 
 def table_check(spec, params: dict, explanation) -> tuple[TableApproximation | None, list[ExplanationWarning]]:

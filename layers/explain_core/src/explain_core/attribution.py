@@ -100,7 +100,9 @@ class ExplainerCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key][1]
-        explainer = build_explainer(spec, model, card, params, batch_size, background)
+        from explain_core.modalities import modality_for
+
+        explainer = modality_for(card).build_explainer(spec, model, card, params, batch_size, background)
         # Keep the model referenced so id(model) cannot be reused by another object.
         self._entries[key] = (model, explainer)
         while len(self._entries) > self.capacity:

@@ -147,6 +147,34 @@ class TableTooLargeError(InvalidTableError):
     status = 413
 
 
+class InvalidTextError(ExplainError):
+    """A text upload (.txt, JSON Lines or CSV) that cannot be read as documents for a text model."""
+
+    code = "invalid_text"
+    status = 422
+
+
+class UnsupportedTextFormatError(InvalidTextError):
+    """A text upload whose extension is not one of explain_core.texts.SUPPORTED_EXTENSIONS."""
+
+    code = "unsupported_text_format"
+    status = 415
+
+
+class TextTooLargeError(InvalidTextError):
+    """A text upload over the byte limit (MaxTextBytes) or the documents-per-file limit (MaxDocumentsPerFile)."""
+
+    code = "text_too_large"
+    status = 413
+
+
+class DocumentTooLongError(InvalidTextError):
+    """One document with more tokens than the limit (MaxTokensPerDocument)."""
+
+    code = "document_too_long"
+    status = 413
+
+
 class UnsupportedModelError(ExplainError):
     """The method cannot explain this model (wrong modality or framework, or a layer it cannot propagate)."""
 

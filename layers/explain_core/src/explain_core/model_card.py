@@ -98,5 +98,10 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
             )
         return card
 
+    @property
+    def passes_size(self) -> tuple:
+        """The input size the registry's pass counts read (see Modality.passes_size)."""
+        return modality_for(self).passes_size(self)
+
     def class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)

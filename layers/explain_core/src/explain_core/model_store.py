@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from botocore.exceptions import ClientError
@@ -48,6 +48,8 @@ from explain_core.model_card import CARD_FILE, ModelCard
 from explain_core.settings import Settings
 
 BACKGROUND_FILE = "background.npy"
+#: Largest companion file (a text model's vocabulary) read beside a model.
+MAX_COMPANION_BYTES = 32 * 1024 * 1024
 #: Background rows kept at most (they multiply the cost of every SHAP explanation).
 MAX_BACKGROUND_ROWS = 1000
 @dataclass
@@ -63,6 +65,15 @@ class LoadedModel:
     #: SHAP background in the model's input space (preprocessed images or rows), if stored.
     background: np.ndarray | None = None
     background_etag: str | None = None
+    #: What the modality built beside the model (Modality.prepare_model: a text model's tokenizer and cut
+    #: models), and the ETags of the files it read (Modality.companion_files).
+    companion: object = None
+    companion_etags: dict = field(default_factory=dict)
+
+    @property
+    def models(self) -> tuple:
+        """The model and the models its companion holds: explainers built on any of them stay cached."""
+        return (self.model, *getattr(self.companion, "models", ()))
 
     @property
     def handler(self) -> FrameworkHandler:
@@ -107,10 +118,10 @@ class ModelStore:
             raise
 
     def models_in_memory(self) -> list:
-        return [loaded.model for loaded in self._memory.values()]
+        return [model for loaded in self._memory.values() for model in loaded.models]
 
-    def _background_head(self, name: str, version: str) -> dict | None:
-        if not self.with_background:
+    def _background_head(self, name: str, version: str, card: ModelCard) -> dict | None:
+        if not self.with_background or not modality_for(card).uses_background:
             return None
         try:
             return self._head(self.keys.model_key(name, version, BACKGROUND_FILE), name, version)
@@ -127,10 +138,14 @@ class ModelStore:
             model_key = self.keys.model_key(name, version, card.model_file)
             model_head = self._head(model_key, name, version)
             model_etag = model_head["ETag"].strip('"')
-            background_head = self._background_head(name, version)
+            background_head = self._background_head(name, version, card)
             background_etag = background_head["ETag"].strip('"') if background_head else None
+            companion_heads = {file: self._head(self.keys.model_key(name, version, file), name, version)
+                               for file in modality_for(card).companion_files(card)}
+            companion_etags = {file: head["ETag"].strip('"') for file, head in companion_heads.items()}
             etags = (model_etag, card_etag, background_etag)
-            if cached and (cached.model_etag, cached.card_etag, cached.background_etag) == etags:
+            if cached and (cached.model_etag, cached.card_etag, cached.background_etag) == etags \
+                    and cached.companion_etags == companion_etags:
                 self._memory.move_to_end((name, version))
                 cached.source = "memory"
                 self._touch(name, version)
@@ -138,6 +153,9 @@ class ModelStore:
             loaded = self._load(name, version, card, model_key, etags, model_head["ContentLength"])
             if background_head:
                 loaded.background = self._load_background(name, version, card, loaded.model, background_head)
+            files = {file: self._read_companion(name, version, file, head) for file, head in companion_heads.items()}
+            loaded.companion = modality_for(card).prepare_model(loaded, files)
+            loaded.companion_etags = companion_etags
             self._memory[(name, version)] = loaded
             while len(self._memory) > self.settings.max_cached_models:
                 self._memory.popitem(last=False)
@@ -154,6 +172,14 @@ class ModelStore:
         except UnknownModelError:
             return None
         return self._load_background(loaded.name, loaded.version, loaded.card, loaded.model, head)
+
+    def _read_companion(self, name: str, version: str, file: str, head: dict) -> bytes:
+        """A companion file's bytes (the version HEAD saw), size-checked before reading."""
+        if head["ContentLength"] > MAX_COMPANION_BYTES:
+            raise InvalidModelError(f"{file} of {name}/{version} is {head['ContentLength']} bytes; the limit is "
+                                    f"{MAX_COMPANION_BYTES}", model=name)
+        key = self.keys.model_key(name, version, file)
+        return self.s3.get_object(Bucket=self.settings.model_bucket, Key=key, IfMatch=head["ETag"])["Body"].read()
 
     def _read_card(self, card_key: str, card_etag: str, name: str, version: str) -> ModelCard:
         body = self.s3.get_object(Bucket=self.settings.model_bucket, Key=card_key, IfMatch=card_etag)["Body"]

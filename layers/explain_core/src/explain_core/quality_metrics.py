@@ -90,7 +90,7 @@ def parse_metrics(metadata: Mapping[str, str], card) -> RequestedMetrics:
             metrics=[spec.name for spec in specs],
         )
     lowered = {name.lower(): value for name, value in params.items()}
-    input_size = (card.input_height, card.input_width)
+    input_size = card.passes_size
     return tuple((spec, spec.resolve(lowered.get(spec.name.lower()), input_size)) for spec in specs)
 
 
@@ -123,7 +123,7 @@ def _metric_params(raw: str | None) -> dict:
 # ---------------------------------------------------------------------- scoring
 def metric_passes(metric: MetricSpec, params: dict, method: MethodSpec, method_params: dict, card) -> int:
     """Model passes to score one row explained by ``method`` (typed error over the registry's limit)."""
-    return metric.passes_for(params, method, method_params, (card.input_height, card.input_width))
+    return metric.passes_for(params, method, method_params, card.passes_size)
 
 
 class ProbabilityModels:

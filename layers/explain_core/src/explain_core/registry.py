@@ -140,6 +140,8 @@ class MethodSpec:
     backward: bool = False
     #: Each pass evaluates the model on every background row (Kernel SHAP's coalitions).
     passes_per_background_row: bool = False
+    #: Modalities the method refuses on purpose, with the reason the refusal gives (unsupported_model).
+    refuses: tuple[tuple[str, str], ...] = ()
     #: The approximation check of every output (explain_core.approximation): "completeness" (the
     #: attributions sum to f(x) - f(baseline)) or "additivity" (SHAP: they sum to f(x) - base value).
     approximation: str | None = None
@@ -157,6 +159,10 @@ class MethodSpec:
         if self.accuracy_param is not None and (self.approximation is None or self.accuracy_param not in
                                                 self.param_names):
             raise ValueError(f"{self.name}: accuracy_param must be one of its parameters, with a check")
+
+    def refusal(self, card) -> str | None:
+        """Why this method refuses the card's modality on purpose, or None."""
+        return dict(self.refuses).get(card.modality)
 
     def supports(self, card) -> bool:
         """True when this method can explain the card's model (modality and framework)."""
@@ -207,9 +213,11 @@ def _occlusion_passes(params, size):
 
 
 _STEPS = Param("steps", int, 50, 2, 512, doc="points on the path from the baseline to the input")
-_BASELINE = Param("baseline_value", float, 0.0, -10.0, 10.0, doc="value of the baseline image (model input space)")
+_BASELINE = Param("baseline_value", float, 0.0, -10.0, 10.0,
+                  doc="value of the baseline: every pixel (model input space) or, for text, every embedding value")
 _NB_SAMPLES_GRAD = Param("nb_samples", int, 50, 2, 512, doc="noisy copies of the input")
-_NOISE = Param("noise", float, 0.2, 0.0, 2.0, doc="standard deviation of the Gaussian noise")
+_NOISE = Param("noise", float, 0.2, 0.0, 2.0,
+               doc="standard deviation of the Gaussian noise (model input space; text: on the embeddings)")
 _GRID = Param("grid_size", int, 8, 2, 32, doc="the image is split into grid_size x grid_size cells")
 _GSA_GRID = Param("grid_size", int, 8, 2, 16, doc="the image is split into grid_size x grid_size cells")
 _PERTURBATION = Param(
@@ -238,6 +246,10 @@ _SHAP_REFERENCE = (
     "Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017), https://arxiv.org/abs/1705.07874"
 )
 _SHAP = "explain_core.shap_methods."
+_TEXT = "explain_core.text_methods."
+_HIDE_WITH = Param("hide_with", str, "padding", choices=("padding", "unknown"),
+                   doc="what a hidden word becomes: the padding token (removed, for a model that masks padding) or "
+                       "the out-of-vocabulary token")
 
 
 _GRADIENT_STATS = (_NB_SAMPLES_GRAD, _NOISE)
@@ -248,25 +260,26 @@ METHODS: tuple[MethodSpec, ...] = (
         "Saliency", GRADIENT, "xplique.attributions.Saliency",
         "Simonyan et al., Deep Inside Convolutional Networks: Visualising Image Classification Models and "
         "Saliency Maps (2013), https://arxiv.org/abs/1312.6034",
-        description="absolute gradient of the class score, maximum over channels",
+        modalities=("image", "text"), description="absolute gradient of the class score, maximum over channels",
     ),
     MethodSpec(
         "GradientInput", GRADIENT, "xplique.attributions.GradientInput",
         "Shrikumar et al., Not Just a Black Box: Learning Important Features Through Propagating Activation "
         "Differences (2016), https://arxiv.org/abs/1605.01713",
-        description="gradient times input",
+        modalities=("image", "text"), description="gradient times input",
     ),
     MethodSpec(
         "IntegratedGradients", GRADIENT, "xplique.attributions.IntegratedGradients",
         "Sundararajan et al., Axiomatic Attribution for Deep Networks (2017), https://arxiv.org/abs/1703.01365",
         params=(_STEPS, _BASELINE), passes=lambda p, s: p["steps"], approximation="completeness",
         accuracy_param="steps",
-        description="gradients integrated along a straight path from a baseline",
+        modalities=("image", "text"), description="gradients integrated along a straight path from a baseline",
     ),
     MethodSpec(
         "SmoothGrad", GRADIENT, "xplique.attributions.SmoothGrad",
         "Smilkov et al., SmoothGrad: removing noise by adding noise (2017), https://arxiv.org/abs/1706.03825",
-        params=_GRADIENT_STATS, passes=_per_sample, description="mean gradient over noisy copies",
+        params=_GRADIENT_STATS, passes=_per_sample, modalities=("image", "text"),
+        description="mean gradient over noisy copies",
     ),
     MethodSpec(
         "VarGrad", GRADIENT, "xplique.attributions.VarGrad",
@@ -378,7 +391,28 @@ METHODS: tuple[MethodSpec, ...] = (
         passes=lambda p, s: p["nb_design"],
         description="Hilbert-Schmidt independence between cells and the score",
     ),
-    # --- SHAP: Shapley values (shap library); image and tabular models ---
+    # --- text: black-box over words (explain_core.text_methods) ---
+    MethodSpec(
+        "WordOcclusion", PERTURBATION, _TEXT + "WordOcclusion",
+        "Zeiler and Fergus, Visualizing and Understanding Convolutional Networks (2013), "
+        "https://arxiv.org/abs/1311.2901; Li et al., Understanding Neural Networks through Representation Erasure "
+        "(2016), https://arxiv.org/abs/1612.08220",
+        params=(_HIDE_WITH,), passes=lambda p, s: s[1], modalities=("text",),
+        description="score drop when one word is hidden, for each word",
+    ),
+    MethodSpec(
+        "WordLime", PERTURBATION, _TEXT + "WordLime",
+        "Ribeiro et al., \"Why Should I Trust You?\": Explaining the Predictions of Any Classifier (2016), "
+        "https://arxiv.org/abs/1602.04938",
+        params=(
+            Param("nb_samples", int, 500, 16, 5000, doc="perturbed copies of the document"),
+            Param("kernel_width", float, 0.25, 0.01, 10.0, doc="width of the similarity kernel (cosine distance)"),
+            Param("prob", float, 0.5, 0.05, 0.95, doc="probability that a word is kept in a copy"),
+            _HIDE_WITH,
+        ),
+        passes=_per_sample, modalities=("text",), description="local linear surrogate over the document's words",
+    ),
+    # --- SHAP: Shapley values (shap library); image, tabular and text models ---
     MethodSpec(
         "GradientExplainer", SHAP, _SHAP + "GradientExplainer",
         "Erion et al., Improving performance of deep learning models with axiomatic attribution priors and "
@@ -397,6 +431,10 @@ METHODS: tuple[MethodSpec, ...] = (
         "https://arxiv.org/abs/1704.02685; " + _SHAP_REFERENCE,
         params=(Param("nb_background", int, 32, 1, 256, doc="background samples used as DeepLIFT references"),),
         passes=lambda p, s: p["nb_background"], backward=True, modalities=("image", "tabular"),
+        refuses=(("text", "shap's DeepExplainer cannot trace TensorFlow 2's recurrent layers (LSTM, GRU: shap issues "
+                          "#1490 and #4023; the fix, PR #3419, was closed unmerged) and an Embedding's ids have no "
+                          "gradient; use IntegratedGradients on the embeddings (gradient family) or "
+                          "TextPartitionExplainer"),),
         approximation="additivity", accuracy_param="nb_background",
         description="Deep SHAP: DeepLIFT multipliers averaged over background references",
     ),
@@ -426,6 +464,21 @@ METHODS: tuple[MethodSpec, ...] = (
         ),
         passes=_per_sample, approximation="additivity", accuracy_param="nb_samples",
         description="Kernel SHAP over SLIC super-pixels; hidden segments are blurred",
+    ),
+    MethodSpec(
+        "TextPartitionExplainer", SHAP, _TEXT + "TextPartitionExplainer",
+        "Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7; "
+        "shap's Partition explainer with a Text masker, "
+        "https://shap.readthedocs.io/en/latest/example_notebooks/text_examples/sentiment_analysis/"
+        "Emotion%20classification%20multiclass%20example.html",
+        params=(
+            Param("max_evals", int, 500, 20, 20000, doc="model evaluations per document and class"),
+            Param("granularity", str, "word", choices=("word", "sentence"), doc="what a value covers"),
+            _HIDE_WITH,
+        ),
+        passes=lambda p, s: p["max_evals"], modalities=("text",), approximation="additivity",
+        accuracy_param="max_evals",
+        description="Owen values of words (or sentences) over shap's text hierarchy, hidden words replaced",
     ),
     MethodSpec(
         "KernelExplainer", SHAP, _SHAP + "KernelExplainer", _SHAP_REFERENCE,

@@ -83,7 +83,7 @@ class RequestOptions:
 
 def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOptions:
     metadata = {k.lower(): v for k, v in (metadata or {}).items()}
-    input_size = (card.input_height, card.input_width)
+    input_size = card.passes_size
 
     raw_methods = metadata.get("methods", "").strip()
     if raw_methods.lower() == "all":
@@ -101,8 +101,9 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
                                  f"no {family} method can explain this model", family=family)
     unsupported = [spec.name for spec in specs if not spec.supports(card)]
     if unsupported:
+        reasons = "".join(f" ({spec.name}: {spec.refusal(card)})" for spec in specs if spec.refusal(card))
         raise UnsupportedModelError(
-            f"{', '.join(unsupported)} cannot explain a {card.modality} {card.framework} model; methods for "
+            f"{', '.join(unsupported)} cannot explain a {card.modality} {card.framework} model{reasons}; methods for "
             f"this model: {', '.join(s.name for s in methods_of(family, card)) or 'none in this family'}",
             methods=unsupported, modality=card.modality, framework=card.framework,
         )

@@ -325,8 +325,11 @@ class ExplanationSession:
 
     @staticmethod
     def _fingerprint(upload: Upload, loaded: LoadedModel) -> str:
-        # Everything the results depend on: the request, the model, its card and its SHAP background.
-        model = hashlib.sha256(f"{loaded.model_etag}/{loaded.card_etag}/{loaded.background_etag}".encode())
+        # Everything the results depend on: the request, the model, its card, its SHAP background and its
+        # companion files (a text model's vocabulary).
+        identity = f"{loaded.model_etag}/{loaded.card_etag}/{loaded.background_etag}"
+        identity += "".join(f"/{file}={etag}" for file, etag in sorted(loaded.companion_etags.items()))
+        model = hashlib.sha256(identity.encode())
         return f"{upload.options.fingerprint}-{model.hexdigest()[:16]}"
 
 

@@ -36,6 +36,11 @@ class Settings:
     #: Tabular uploads (CSV, JSON Lines): size and row limits, checked before parsing.
     max_table_bytes: int = 10 * 1024 * 1024
     max_table_rows: int = 1000
+    #: Text uploads (.txt, JSON Lines, CSV): bytes and documents per file (checked before parsing and
+    #: while reading), tokens per document (checked when each document is tokenized).
+    max_text_bytes: int = 1024 * 1024
+    max_documents: int = 100
+    max_document_tokens: int = 2000
     #: API: DynamoDB tables of jobs and of Powertools idempotency records.
     jobs_table: str = ""
     idempotency_table: str = ""
@@ -73,6 +78,9 @@ class Settings:
             tmp_reserve_bytes=_int_env("TMP_RESERVE_BYTES", cls.tmp_reserve_bytes),
             max_table_bytes=_int_env("MAX_TABLE_BYTES", cls.max_table_bytes),
             max_table_rows=_int_env("MAX_TABLE_ROWS", cls.max_table_rows),
+            max_text_bytes=_int_env("MAX_TEXT_BYTES", cls.max_text_bytes),
+            max_documents=_int_env("MAX_DOCUMENTS_PER_FILE", cls.max_documents),
+            max_document_tokens=_int_env("MAX_TOKENS_PER_DOCUMENT", cls.max_document_tokens),
             jobs_table=env.get("JOBS_TABLE", ""),
             idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
             presign_endpoint_url=env.get("PRESIGN_ENDPOINT_URL", ""),

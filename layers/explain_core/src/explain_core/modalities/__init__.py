@@ -1,4 +1,4 @@
-"""Modality plug-ins: one module per kind of input (images, tables), asked through :func:`modality_for`.
+"""Modality plug-ins: one module per kind of input (images, tables, text), asked through :func:`modality_for`.
 
 Adding a modality means adding a module with a :class:`Modality` subclass (its model card fields,
 its parts of the manifest, its limits, decoding, explaining and cost), listing it in
@@ -10,8 +10,10 @@ assembled from the modalities listed here.
 from explain_core.modalities.base import Explained, Modality
 from explain_core.modalities.image import ImageModality
 from explain_core.modalities.table import TableModality
+from explain_core.modalities.text import TextModality
 
-MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (ImageModality(), TableModality())}
+MODALITIES: dict[str, Modality] = {modality.name: modality for modality in (ImageModality(), TableModality(),
+                                                                            TextModality())}
 
 
 def modality_for(card) -> Modality:

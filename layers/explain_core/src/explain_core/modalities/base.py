@@ -76,6 +76,26 @@ class Modality:
         """The shape of one model input (without the batch axis) that the card prescribes."""
         raise NotImplementedError
 
+    def passes_size(self, card) -> tuple:
+        """The input size the registry's pass counts read (MethodSpec.passes): (height, width) of an image;
+        (1, max_length) of a text."""
+        return (card.input_height, card.input_width)
+
+    def companion_files(self, card) -> tuple[str, ...]:
+        """Files beside the model that its modality needs (a text model's vocabulary), read by the model store."""
+        return ()
+
+    def prepare_model(self, loaded: "LoadedModel", files: dict[str, bytes]):
+        """What explaining needs beside the model (``LoadedModel.companion``), built once per loaded model
+        from the model and its :meth:`companion_files`; InvalidModelError when they disagree."""
+        return None
+
+    def build_explainer(self, spec: "MethodSpec", model, card, params: dict, batch_size: int, background=None):
+        """A method's explainer for ``model`` (the loaded model, or its companion for a modality that has one)."""
+        from explain_core.attribution import build_explainer
+
+        return build_explainer(spec, model, card, params, batch_size, background)
+
     def describe_model(self, loaded: "LoadedModel") -> dict:
         """The manifest's modality-specific model fields."""
         raise NotImplementedError
@@ -88,6 +108,8 @@ class Modality:
         """The SHAP background when none is stored beside the model, in model input space."""
         raise NotImplementedError
 
+    #: False for a modality whose methods never read a SHAP background (background.npy is not even looked up).
+    uses_background: ClassVar[bool] = True
     #: True when the default background does not depend on the inputs (explainers are then reused).
     default_background_is_fixed: ClassVar[bool] = True
     #: What the manifest says of the default background.
@@ -127,7 +149,7 @@ class Modality:
 # ---------------------------------------------------------------------- what every modality shares
 def method_seconds(spec: "MethodSpec", params: dict, rows: int, pass_seconds: float, card) -> float:
     """Registry cost of a method on ``rows`` inputs at ``pass_seconds`` per model pass."""
-    passes = spec.passes(params, (card.input_height, card.input_width))
+    passes = spec.passes(params, card.passes_size)
     return passes * rows * pass_seconds * (GRADIENT_PASS_COST if spec.backward else 1.0)
 
 
@@ -143,7 +165,7 @@ def check_time_budget(spec: "MethodSpec", params: dict, rows: int, pass_seconds:
     available = seconds_available(context)
     estimate = method_seconds(spec, params, rows, pass_seconds, card)
     if available is not None and estimate > available:
-        passes = spec.passes(params, (card.input_height, card.input_width))
+        passes = spec.passes(params, card.passes_size)
         raise OverTimeBudgetError(
             f"{spec.name} needs about {estimate:.0f} s for {rows} input(s) ({passes} model passes each at "
             f"{pass_seconds * 1000:.1f} ms) but the invocation has {max(0.0, available):.0f} s left; "
@@ -178,7 +200,7 @@ def method_entry(spec: "MethodSpec", params: dict, card) -> "MethodEntry":
     from explain_core.manifest import MethodEntry  # the manifest is assembled from the modalities
 
     return MethodEntry(name=spec.name, params=params,
-                       passes_per_image=spec.passes(params, (card.input_height, card.input_width)),
+                       passes_per_image=spec.passes(params, card.passes_size),
                        reference=spec.reference)
 
 

@@ -1,0 +1,235 @@
+"""Explainers of text models: one document at a time, a value per word (or sentence) per explained class.
+
+Every explainer takes a :class:`explain_core.text_model.TextModel` and returns
+:class:`TextAttributions` for one document (:meth:`TextExplainer.explain_document`):
+
+- :class:`EmbeddingAttributions` wraps an Xplique gradient method (Saliency, GradientInput,
+  IntegratedGradients, SmoothGrad) built on the model's embedding output and sums each token's
+  attributions over the embedding dimensions;
+- :class:`WordOcclusion` and :class:`WordLime` run Xplique's Occlusion and LIME on the token ids;
+- :class:`TextPartitionExplainer` runs shap's Partition explainer with a Text masker over words or
+  sentences.
+
+A hidden word is replaced by the padding token (``hide_with="padding"``: removed, for a model whose
+embedding masks padding) or the out-of-vocabulary token (``"unknown"``), the same in every method.
+"""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from explain_core.tokenizers import Encoded, Token
+
+#: Sentence ends for sentence granularity: ., ! or ? (repeated, with closing quotes) then whitespace.
+SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+#: Most documents' outputs shap evaluates per call (batches of masked copies).
+SHAP_BATCH = 256
+
+
+@dataclass
+class TextAttributions:
+    """One method on one document: per explained class, a value per unit."""
+
+    #: (classes, units) float64; NaN for a token the model never saw (cut by its length).
+    values: np.ndarray
+    #: The units the values are for: the document's tokens (word granularity) or its sentences.
+    units: tuple[Token, ...]
+    unit: str = "word"
+    #: (classes,) attribution that fell on padding positions (gradient methods); None otherwise.
+    padding: np.ndarray | None = None
+    #: (classes,) SHAP base value: the output with every unit hidden; None otherwise.
+    base_values: np.ndarray | None = None
+    #: (classes,) sum over every model position (tokens and padding): what completeness compares.
+    sums: np.ndarray | None = None
+
+
+def _one_hot(classes: list[int], count: int) -> np.ndarray:
+    targets = np.zeros((len(classes), count), dtype=np.float32)
+    targets[np.arange(len(classes)), classes] = 1.0
+    return targets
+
+
+def _per_token(per_position: np.ndarray, encoded: Encoded) -> np.ndarray:
+    """(classes, max_length) -> (classes, tokens), NaN for the tokens the model never saw."""
+    values = np.full((len(per_position), len(encoded.tokens)), np.nan, dtype=np.float64)
+    seen = encoded.seen
+    values[:, seen] = per_position[:, encoded.positions[seen]]
+    return values
+
+
+def _hidden_id(text_model, hide_with: str) -> int:
+    tokenizer = text_model.tokenizer
+    return tokenizer.padding_id if hide_with == "padding" else tokenizer.oov_id
+
+
+class TextExplainer:
+    """The base: one document at a time (a text model's padding mask is per document)."""
+
+    def __init__(self, text_model, batch_size: int, classes: int):
+        self.text_model = text_model
+        self.batch_size = batch_size
+        self.classes = classes
+
+    def explain_document(self, encoded: Encoded, text: str, classes: list[int]) -> TextAttributions:
+        raise NotImplementedError
+
+
+class EmbeddingAttributions(TextExplainer):
+    """An Xplique gradient method on the embedding output, summed over embedding dimensions per token.
+
+    Integrated Gradients on embeddings: Sundararajan et al., Axiomatic Attribution for Deep Networks
+    (2017), https://arxiv.org/abs/1703.01365 (section 6.3, question classification); the baseline is
+    the all-``baseline_value`` embedding sequence, masked like the document.
+    """
+
+    def __init__(self, explainer, text_model, batch_size: int, classes: int):
+        super().__init__(text_model, batch_size, classes)
+        self.explainer = explainer
+
+    def explain_document(self, encoded, text, classes):
+        self.text_model.use_mask(encoded.ids)
+        embeddings = np.repeat(self.text_model.embed(encoded.ids[None]), len(classes), axis=0)
+        raw = self.explainer.explain(embeddings, _one_hot(classes, self.classes))
+        per_position = np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw, dtype=np.float64).sum(axis=-1)
+        padding = encoded.ids == self.text_model.tokenizer.padding_id
+        return TextAttributions(_per_token(per_position, encoded), encoded.tokens,
+                                padding=per_position[:, padding].sum(axis=1), sums=per_position.sum(axis=1))
+
+
+class WordOcclusion(TextExplainer):
+    """The drop of the class score when one word is hidden, for each word (Xplique's Occlusion with
+    one-token patches).
+
+    Zeiler and Fergus, Visualizing and Understanding Convolutional Networks (2013),
+    https://arxiv.org/abs/1311.2901; for words: Li et al., Understanding Neural Networks through
+    Representation Erasure (2016), https://arxiv.org/abs/1612.08220
+    """
+
+    def __init__(self, text_model, batch_size: int, classes: int, hide_with: str = "padding"):
+        from xplique.attributions import Occlusion
+
+        super().__init__(text_model, batch_size, classes)
+        self.explainer = Occlusion(text_model.ids_model, batch_size=batch_size, patch_size=1, patch_stride=1,
+                                   occlusion_value=float(_hidden_id(text_model, hide_with)))
+
+    def explain_document(self, encoded, text, classes):
+        ids = np.repeat(encoded.ids[None].astype(np.float32), len(classes), axis=0)
+        raw = self.explainer.explain(ids, _one_hot(classes, self.classes))
+        return TextAttributions(_per_token(np.asarray(raw, dtype=np.float64), encoded), encoded.tokens)
+
+
+class WordLime(TextExplainer):
+    """A local linear surrogate over the document's words (Xplique's LIME; padding is one feature).
+
+    Ribeiro et al., "Why Should I Trust You?": Explaining the Predictions of Any Classifier (2016),
+    https://arxiv.org/abs/1602.04938
+    """
+
+    def __init__(self, text_model, batch_size: int, classes: int, nb_samples: int = 500, kernel_width: float = 0.25,
+                 prob: float = 0.5, hide_with: str = "padding"):
+        from xplique.attributions import Lime
+
+        super().__init__(text_model, batch_size, classes)
+        padding_id = float(text_model.tokenizer.padding_id)
+
+        def word_features(ids):
+            """Each real token its own feature; all padding positions one last feature."""
+            import tensorflow as tf
+
+            real = tf.not_equal(ids, padding_id)
+            count = tf.reduce_sum(tf.cast(real, tf.int32))
+            return tf.where(real, tf.cumsum(tf.cast(real, tf.int32)) - 1, count)
+
+        self.explainer = Lime(text_model.ids_model, batch_size=batch_size, map_to_interpret_space=word_features,
+                              ref_value=float(_hidden_id(text_model, hide_with)), nb_samples=nb_samples,
+                              distance_mode="cosine", kernel_width=kernel_width, prob=prob)
+
+    def explain_document(self, encoded, text, classes):
+        ids = np.repeat(encoded.ids[None].astype(np.float32), len(classes), axis=0)
+        raw = self.explainer.explain(ids, _one_hot(classes, self.classes))
+        return TextAttributions(_per_token(np.asarray(raw, dtype=np.float64), encoded), encoded.tokens)
+
+
+class TextPartitionExplainer(TextExplainer):
+    """Owen values of the document's words (or sentences) over shap's text hierarchy (Partition explainer
+    with a Text masker); the values sum to f(x) - f(every unit hidden).
+
+    Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7;
+    Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
+    https://arxiv.org/abs/1705.07874
+    """
+
+    def __init__(self, text_model, batch_size: int, classes: int, max_evals: int = 500, granularity: str = "word",
+                 hide_with: str = "padding"):
+        from explain_core.frameworks.keras import KerasOutputs
+
+        super().__init__(text_model, batch_size, classes)
+        self.max_evals, self.granularity = max_evals, granularity
+        self.hidden_id = _hidden_id(text_model, hide_with)
+        self.outputs = KerasOutputs(text_model.ids_model, max(batch_size, SHAP_BATCH))
+
+    def explain_document(self, encoded, text, classes):
+        import shap
+
+        from explain_core.shap_methods import SEED, quiet
+
+        units = _sentences(text, encoded) if self.granularity == "sentence" else [
+            (token, [i]) for i, token in enumerate(encoded.tokens) if encoded.positions[i] >= 0]
+        if not units:
+            raise ValueError("the document has no unit the model sees")
+        positions = [encoded.positions[members] for _, members in units]
+
+        def model(unit_rows):
+            rows = np.asarray(unit_rows).reshape(len(unit_rows), -1)
+            ids = np.repeat(encoded.ids[None], len(rows), axis=0)
+            for unit, where in enumerate(positions):
+                hidden = rows[:, unit] < 0
+                ids[np.ix_(hidden, where)] = self.hidden_id
+            return self.outputs(ids.astype(np.float32))[:, classes]
+
+        masker = shap.maskers.Text(_UnitTokenizer(text, [token for token, _ in units]), mask_token=-1,
+                                   collapse_mask_token=False, output_type="token_ids")
+        explainer = shap.PartitionExplainer(model, masker)
+        np.random.seed(SEED)
+        with quiet():
+            result = explainer([text], max_evals=self.max_evals, batch_size=SHAP_BATCH, silent=True)
+        unit_values = np.asarray(result.values[0], dtype=np.float64).reshape(len(units), len(classes)).T
+        base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(classes))
+        unit_tokens = tuple(token for token, _ in units)
+        if self.granularity == "word":  # back to one value per token (NaN for unseen ones)
+            values = np.full((len(classes), len(encoded.tokens)), np.nan)
+            values[:, [members[0] for _, members in units]] = unit_values
+            return TextAttributions(values, encoded.tokens, base_values=base_values, sums=unit_values.sum(axis=1))
+        return TextAttributions(unit_values, unit_tokens, unit="sentence", base_values=base_values,
+                                sums=unit_values.sum(axis=1))
+
+
+class _UnitTokenizer:
+    """The minimal Hugging Face tokenizer interface shap's Text masker reads (input_ids and
+    offset_mapping), over units fixed in advance: their ids are their indexes in the document."""
+
+    def __init__(self, text: str, units: list[Token]):
+        self.text, self.units = text, units
+
+    def __call__(self, s, return_offsets_mapping=True):
+        if s != self.text:  # shap asks for the empty string's tokens (special tokens): none
+            return {"input_ids": [], "offset_mapping": []}
+        return {"input_ids": list(range(len(self.units))),
+                "offset_mapping": [(unit.start, unit.end) for unit in self.units]}
+
+
+def _sentences(text: str, encoded: Encoded) -> list[tuple[Token, list[int]]]:
+    """The document's sentences the model sees: (a Token spanning the sentence, indexes of its tokens)."""
+    bounds, start = [], 0
+    for end in SENTENCE_END.finditer(text):
+        bounds.append((start, end.start()))
+        start = end.end()
+    bounds.append((start, len(text)))
+    sentences = []
+    for first, last in bounds:
+        members = [i for i in encoded.seen if first <= encoded.tokens[i].start < last]
+        if members:
+            start, end = encoded.tokens[members[0]].start, encoded.tokens[members[-1]].end
+            sentences.append((Token(text[start:end], start, end, -1), members))
+    return sentences

@@ -1,0 +1,352 @@
+"""Text uploads (.txt, JSON Lines, CSV) parsed into documents for a text model.
+
+- ``.txt``: the whole file is one document (starting on line 1).
+- ``.jsonl``/``.ndjson``: each non-blank line is an object with a string field ``"text"`` (other
+  fields are ignored) or a JSON string.
+- ``.csv``: a header row with a ``text`` column (any case); each data row's cell in it is a document
+  (blank rows are skipped; as for tables, spaces after a comma are dropped unless the cell is quoted).
+
+Limits are checked before any work: the byte size before decoding, the document count while
+reading (reading stops at the first document over the limit), the tokens of each document when it
+is encoded. Every refusal is an :class:`InvalidTextError` (or subclass) whose message names the
+line where the document starts and what was found there.
+"""
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+
+from explain_core.errors import (
+    DocumentTooLongError,
+    ExplainError,
+    InvalidTextError,
+    TextTooLargeError,
+    UnsupportedTextFormatError,
+)
+from explain_core.tables import _OTHER_BOMS, _UTF8_BOM, _clip, _show
+
+#: File extensions (lower case) and the format each one means.
+SUPPORTED_EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+#: The CSV column (matched stripped and case-insensitively) and the JSON field holding a document.
+TEXT_FIELD = "text"
+_MAX_LISTED = 10
+#: Characters only JSON escapes can produce ("\u0000", "\ud800"): a NUL, or a lone surrogate that
+#: cannot be written back as UTF-8 in the outputs.
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+@dataclass
+class Document:
+    text: str
+    line: int  # 1-based line of the file where the document starts (1 for .txt)
+
+
+@dataclass
+class TextFile:
+    documents: list[Document]
+    format: str  # "txt", "jsonl" or "csv"
+
+
+def text_format(filename: str) -> str:
+    """The text format named by ``filename``'s extension (case-insensitive)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    extension = base[dot:].lower() if dot >= 0 else ""
+    if extension in SUPPORTED_EXTENSIONS:
+        return SUPPORTED_EXTENSIONS[extension]
+    supported = ", ".join(SUPPORTED_EXTENSIONS)
+    what = f"extension {_show(extension)}" if extension else "no extension"
+    raise UnsupportedTextFormatError(
+        f"the file {_show(base)} has {what}; texts must be plain text, JSON Lines or CSV files named with one of: "
+        f"{supported}",
+        filename=_clip(base),
+        extension=_clip(extension),
+        supported=list(SUPPORTED_EXTENSIONS),
+    )
+
+
+def parse_texts(data: bytes, filename: str, *, max_bytes: int, max_documents: int) -> TextFile:
+    """Parse an uploaded text file into documents, or raise a typed error naming the line."""
+    if len(data) > max_bytes:
+        raise TextTooLargeError(
+            f"the file is {len(data)} bytes; the limit is {max_bytes}", size=len(data), limit=max_bytes
+        )
+    fmt = text_format(filename)
+    if not data:
+        raise InvalidTextError("the file is empty (0 bytes): it has no documents")
+    text = decode_utf8(
+        data,
+        InvalidTextError,
+        encoding_advice="save the file as UTF-8 (in Excel: 'CSV UTF-8'; in Notepad: encoding 'UTF-8')",
+        binary_advice="upload a UTF-8 text, JSON Lines or CSV file",
+    )
+    if fmt == "txt":
+        documents = _parse_txt(text)
+    elif fmt == "jsonl":
+        documents = _parse_jsonl(text, max_documents)
+    else:
+        documents = _parse_csv(text, max_documents)
+    return TextFile(documents=documents, format=fmt)
+
+
+def encode_documents(documents: list[Document], tokenizer, *, max_tokens: int) -> list:
+    """``tokenizer.encode`` of each document (a list of ``Encoded``); refuses too many tokens or none."""
+    encoded = []
+    for number, document in enumerate(documents, start=1):
+        result = tokenizer.encode(document.text)
+        count = len(result.tokens)
+        if count > max_tokens:
+            raise DocumentTooLongError(
+                f"line {document.line}: the document has {count} tokens; the limit is {max_tokens} per document",
+                line=document.line,
+                document=number,
+                tokens=count,
+                limit=max_tokens,
+            )
+        if count == 0:
+            raise InvalidTextError(
+                f"line {document.line}: no words the model can read in {_show(document.text)} "
+                "(only punctuation or separators)",
+                line=document.line,
+                document=number,
+                text=_clip(document.text),
+            )
+        encoded.append(result)
+    return encoded
+
+
+# --- decoding (shared with tables: see decode_utf8) --------------------------------------
+
+
+def decode_utf8(data: bytes, error: type[ExplainError], *, encoding_advice: str, binary_advice: str) -> str:
+    """UTF-8 text without a BOM; other encodings and binary data raise ``error`` with the byte offset and line.
+
+    ``encoding_advice`` ends the message about invalid UTF-8, ``binary_advice`` the one about a NUL byte.
+    """
+    skipped = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        text = data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skipped + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        hint = next((f" (it looks like {name} text)" for bom, name in _OTHER_BOMS if data.startswith(bom)), "")
+        raise error(
+            f"the file is not UTF-8 text{hint}: byte {data[offset]:#04x} at byte offset {offset} (line {line}) "
+            f"is not valid UTF-8; {encoding_advice}",
+            offset=offset,
+            line=line,
+        ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise error(
+            f"the file contains a NUL byte at byte offset {nul}: it is a binary file, or text saved as "
+            f"UTF-16/UTF-32; {binary_advice}",
+            offset=nul,
+            line=data.count(b"\n", 0, nul) + 1,
+        )
+    return text
+
+
+# --- documents ----------------------------------------------------------------------------
+
+
+def _check_count(count: int, max_documents: int, line: int) -> None:
+    if count > max_documents:
+        raise TextTooLargeError(
+            f"the file has more than {max_documents} documents (line {line} starts document {count}); "
+            f"the limit is {max_documents} per file",
+            line=line,
+            limit=max_documents,
+        )
+
+
+def _document(text: str, line: int, where: str) -> Document:
+    if not text.strip():
+        raise InvalidTextError(
+            f"line {line}: {where} is empty{' (only whitespace)' if text else ''}; every document needs text",
+            line=line,
+        )
+    # Only reachable through JSON escapes: raw NUL bytes and invalid UTF-8 are refused when decoding.
+    bad = _NOT_TEXT.search(text)
+    if bad:
+        raise InvalidTextError(
+            f"line {line}: {where} holds the character U+{ord(bad.group()):04X} at character {bad.start()}, "
+            "which is not text (an unpaired surrogate or NUL)",
+            line=line,
+            character=bad.start(),
+        )
+    return Document(text=text, line=line)
+
+
+def _no_documents(what: str) -> InvalidTextError:
+    return InvalidTextError(f"the file has no documents ({what})")
+
+
+def _parse_txt(text: str) -> list[Document]:
+    if not text.strip():
+        raise InvalidTextError("the file holds only whitespace: it has no text to explain", line=1)
+    return [Document(text=text, line=1)]
+
+
+# --- JSON Lines ---------------------------------------------------------------------------
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs: duplicate keys stay visible."""
+
+
+_JSON_TYPES = {_Pairs: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _parse_jsonl(text: str, max_documents: int) -> list[Document]:
+    documents: list[Document] = []
+    # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r
+    # is JSON whitespace.
+    for number, line in enumerate(io.StringIO(text, newline="\n"), start=1):
+        if not line.strip():
+            continue
+        _check_count(len(documents) + 1, max_documents, number)
+        try:
+            # Without the line break, a truncated line's error points at its end, not at "column 1".
+            item = json.loads(line.rstrip("\r\n"), object_pairs_hook=_Pairs)
+        except RecursionError:
+            raise InvalidTextError(
+                f"line {number}: the JSON is nested too deeply; expected an object with a \"text\" field",
+                line=number,
+            ) from None
+        except ValueError as exc:
+            reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise InvalidTextError(
+                f"line {number} is not valid JSON ({_clip(reason, 80)}); each line must hold one complete JSON "
+                'object with a "text" field, or a JSON string',
+                line=number,
+            ) from None
+        if isinstance(item, str):
+            documents.append(_document(item, number, "the string"))
+        elif isinstance(item, _Pairs):
+            documents.append(_jsonl_object(item, number))
+        else:
+            raise InvalidTextError(
+                f"line {number}: got {_json_type(item)} ({_show(line.strip())}); expected a JSON object with a "
+                '"text" field, or a JSON string',
+                line=number,
+                found=_json_type(item),
+            )
+    if not documents:
+        raise _no_documents("it is empty or blank")
+    return documents
+
+
+def _jsonl_object(pairs: _Pairs, number: int) -> Document:
+    values = [value for key, value in pairs if key == TEXT_FIELD]
+    if not values:
+        keys = [key for key, _ in pairs]
+        found = f"its keys are {', '.join(_show(k) for k in keys[:_MAX_LISTED])}" if keys else "it is empty"
+        if len(keys) > _MAX_LISTED:
+            found += f" and {len(keys) - _MAX_LISTED} more"
+        hint = next((f" (keys are case-sensitive: {_show(k)})" for k in keys if k.strip().lower() == TEXT_FIELD), "")
+        raise InvalidTextError(
+            f'line {number}: the object has no "text" field{hint}; {found}',
+            line=number,
+            keys=[_clip(k) for k in keys[:100]],
+        )
+    if len(values) > 1:
+        raise InvalidTextError(
+            f'line {number}: the key "text" appears more than once; each object holds one document', line=number
+        )
+    (value,) = values
+    if not isinstance(value, str):
+        raise InvalidTextError(
+            f'line {number}: "text" is {_json_type(value)} ({_clip(json.dumps(value))}); expected a string',
+            line=number,
+            found=_json_type(value),
+        )
+    return _document(value, number, 'the "text" field')
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def _parse_csv(text: str, max_documents: int) -> list[Document]:
+    # newline="" keeps quoted line breaks and lets the csv module handle \r\n itself; line_num then
+    # counts physical lines, so a row's line is where it starts even after a multi-line cell.
+    # skipinitialspace reads `1, "a, b"` as two fields; strict refuses stray quotes.
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+    header: list[str] | None = None
+    column = -1
+    documents: list[Document] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                limit = csv.field_size_limit()
+                raise DocumentTooLongError(
+                    f"line {start}: a cell holds more than {limit} characters; split the document",
+                    line=start,
+                    characters_limit=limit,
+                ) from None
+            raise InvalidTextError(
+                f"line {start}: malformed CSV ({exc}); check for an unclosed or stray quote "
+                "(a cell holding commas, quotes or line breaks must be quoted, with inner quotes doubled)",
+                line=start,
+            ) from None
+        if all(not cell.strip() for cell in cells):
+            continue  # blank line (or a row of empty cells, as spreadsheets leave at the end)
+        if header is None:
+            header = cells
+            column = _csv_header(header, start)
+            continue
+        _check_count(len(documents) + 1, max_documents, start)
+        if len(cells) != len(header):
+            extra = cells[len(header) :]
+            if extra and not any(c.strip() for c in extra):
+                hint = " (a trailing comma?)"
+            elif extra:
+                hint = " (a cell holding a comma must be quoted)"
+            else:
+                hint = ""
+            raise InvalidTextError(
+                f"line {start} has {len(cells)} fields; expected {len(header)}, one per header column{hint}",
+                line=start,
+                expected=len(header),
+                got=len(cells),
+            )
+        documents.append(_document(cells[column], start, f"the {_show(header[column].strip())} cell"))
+    if header is None:
+        raise _no_documents("it is empty or blank")
+    if not documents:
+        raise _no_documents("only a header row")
+    return documents
+
+
+def _csv_header(header: list[str], line: int) -> int:
+    """The index of the text column in the header row at ``line``."""
+    names = [cell.strip() for cell in header]
+    found = [i for i, name in enumerate(names) if name.lower() == TEXT_FIELD]
+    if len(found) > 1:
+        raise InvalidTextError(
+            f"line {line}: the header has {len(found)} columns named {TEXT_FIELD!r} (any case); keep one",
+            line=line,
+        )
+    if not found:
+        listed = ", ".join(_show(n) for n in names[:_MAX_LISTED])
+        if len(names) > _MAX_LISTED:
+            listed += f" and {len(names) - _MAX_LISTED} more"
+        raise InvalidTextError(
+            f"line {line}: the header has no {TEXT_FIELD!r} column (found {listed}); the first row must name "
+            f"the columns, one of them {TEXT_FIELD!r}",
+            line=line,
+            columns=[_clip(n) for n in names[:100]],
+        )
+    return found[0]
