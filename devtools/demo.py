@@ -1,11 +1,12 @@
 """The main job, locally: upload -> queue -> function -> results, on a local S3/SQS emulator.
 
 ``python -m devtools.demo`` starts the emulator on loopback, wires it as template.yaml
-describes, publishes the demo model, uploads sample images, lets the real handlers process the
-real SQS events, prints a summary table, copies the results to ./local-results/, then keeps
-watching the queues for your own uploads until Ctrl-C (``--once`` stops after the samples): one
-line per upload (status, prediction, local copy of its manifest or error record), progress while
-a burst of uploads is worked through, and only that upload's own results copied.
+describes, publishes the demo models, uploads sample images, patient tables and reviews, lets
+the real handlers process the real SQS events, prints a summary table, copies the results to
+./local-results/, then keeps watching the queues for your own uploads until Ctrl-C (``--once``
+stops after the samples): one line per upload (status, prediction, local copy of its manifest
+or error record), progress while a burst of uploads is worked through, and only that upload's
+own results copied.
 
 The console is for people: what the functions write (Powertools' JSON logs, EMF metrics,
 TensorFlow's and absl's logs) goes to ./local-results/functions.log (the path is printed at start).
@@ -15,7 +16,8 @@ explanation, a job run by the queue); ``make local-api`` serves the API over HTT
 
 ``python -m devtools.demo upload IMAGE --family gradient`` uploads an image of yours to a
 running demo; ``python -m devtools.demo upload rows.csv --family shap --model breast-cancer-xgb``
-uploads a table to a tabular model.
+uploads a table to a tabular model; ``... upload reviews.jsonl --family gradient --model sentiment-lstm``
+explains text.
 """
 
 import argparse
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from devtools import demo_model, tabular_demo
+from devtools import demo_model, tabular_demo, text_demo
 from devtools.local import aws, lambda_service
 from devtools.local.api_gateway import explain_event, rest_event
 from devtools.local.lambda_service import NotifiedObject, SqsEventSource
@@ -47,6 +49,8 @@ TABULAR_SAMPLE_ROWS = 8
 #: Quality metrics the sample images ask for (docs/metrics.md): AverageStability is left out, it re-runs
 #: every method 8 times (Rise: 16,000 more passes per image).
 SAMPLE_METRICS = ("Deletion", "Insertion", "MuFidelity", "Sparseness")
+#: Tokens per review and method in the demo's text summary.
+TOP_TOKENS_SHOWN = 3
 #: Short column names of the metrics table.
 METRIC_ABBREVIATIONS = {"Deletion": "Del", "Insertion": "Ins", "MuFidelity": "MuF", "AverageStability": "Stab",
                         "Complexity": "Cplx", "Sparseness": "Spar"}
@@ -80,6 +84,13 @@ def upload_samples(deployment) -> list[str]:
                     tabular_demo.sample_csv(rows)))
     uploads.append((f"incoming/shap/{tabular_demo.MLP}/{tabular_demo.VERSION}/samples/patients.jsonl",
                     tabular_demo.sample_jsonl(rows)))
+    # Reviews for the sentiment LSTM: one document (.txt) and several (.jsonl), through every family.
+    samples = text_demo.sample_files()
+    uploads.append((f"incoming/gradient/{text_demo.MODEL}/{text_demo.VERSION}/samples/review.txt",
+                    samples["review.txt"]))
+    for family in FAMILIES:
+        uploads.append((f"incoming/{family}/{text_demo.MODEL}/{text_demo.VERSION}/samples/reviews.jsonl",
+                        samples["reviews.jsonl"]))
     for key, body in uploads:
         image = key.split("/")[2] == demo_model.NAME  # the tabular models get no metrics (docs/metrics.md)
         s3.put_object(Bucket=bucket, Key=key, Body=body,
@@ -205,6 +216,34 @@ def metrics_table(outcomes: dict) -> str | None:
         rows.append((*row, *cells, str(count)))
     return ("quality metrics, mean over the sample images (↑ higher is better, ↓ lower; docs/metrics.md)\n"
             + text_table(rows))
+
+
+def tokens_table(outcomes: dict) -> str | None:
+    """Per review: its predicted sentiment and, per method, the tokens with the largest attributions
+    (signed: + supports the predicted class); None without text inputs."""
+    found_rows = []
+    for key, found in outcomes.items():
+        if found["kind"] != "manifest" or found["model"]["modality"] != "text":
+            continue
+        name = key.rsplit("/", 1)[-1]
+        documents = found["predictions"]["documents"]
+        for order, method in enumerate(found["methods"]):
+            family = (FAMILIES.index(found["family"]), order)
+            if method["status"] == "failed":
+                found_rows.append(((name, 0, *family), (name, "-", found["family"], method["name"],
+                                                         f"FAILED {method['error']['code']}")))
+            for output in method.get("outputs", []):
+                document = documents[output["document"]]
+                tokens = ", ".join(f"{token['text']} {token['value']:+.2f}"
+                                   for token in output["top_tokens"][:TOP_TOKENS_SHOWN])
+                found_rows.append(((name, document["line"], *family), (
+                    f"{name}:{document['line']}", f"{document['class_name']} {document['score']:.2f}",
+                    found["family"], method["name"], tokens)))
+    if not found_rows:
+        return None
+    rows = [("review", "prediction", "family", "method", f"top {TOP_TOKENS_SHOWN} tokens (+ supports the class)")]
+    rows += [row for _, row in sorted(found_rows)]
+    return "reviews: predicted sentiment and the most attributed tokens per method (docs/text.md)\n" + text_table(rows)
 
 
 def copy_outcome(s3, results_bucket: str, found: dict, destination: Path) -> list[Path]:
@@ -490,10 +529,11 @@ def _run(args) -> int:
     deployment = aws.deploy(endpoint)
     log(f"wired from template.yaml: buckets {', '.join(deployment.buckets.values())}; "
         f"queues {', '.join(Path(u).name for u in deployment.queue_urls.values())}")
-    log("preparing the demo model (trained on first run, about a minute on 2 cores)")
+    log("preparing the demo models (trained on first run, about two minutes on 2 cores)")
     with lambda_service.captured_output():  # TensorFlow's start-up and training logs: to the functions' log
         model_dir = demo_model.ensure_demo_model()
         tabular_models = tabular_demo.ensure_tabular_models()
+        text_dir = text_demo.build()
     training = json.loads((model_dir / "training.json").read_text())
     s3 = deployment.client("s3")
     demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
@@ -502,6 +542,10 @@ def _run(args) -> int:
         tabular_demo.publish(s3, deployment.bucket("ModelBucket"), directory, name)
         accuracy = json.loads((directory / "training.json").read_text())["test_accuracy"]
         log(f"published models/{name}/{tabular_demo.VERSION}/ (held-out accuracy {accuracy:.1%})")
+
+    text_demo.publish(s3, deployment.bucket("ModelBucket"))
+    accuracy = json.loads((text_dir / "metrics.json").read_text())["accuracy"]
+    log(f"published models/{text_demo.MODEL}/{text_demo.VERSION}/ (held-out accuracy {accuracy:.1%})")
 
     log("loading the functions (TensorFlow and Xplique import: a few seconds)")
     sources = {family: SqsEventSource(deployment, deployment.function_for_family(family)) for family in FAMILIES}
@@ -515,6 +559,10 @@ def _run(args) -> int:
     if quality:
         print()
         print(quality)
+    reviews = tokens_table({k: outcomes[k] for k in keys if k in outcomes})
+    if reviews:
+        print()
+        print(reviews)
     print()
     api_ok = api_round_trip(deployment, sources)
     copied = copy_results(s3, results_bucket, args.output)

@@ -45,10 +45,12 @@ FAMILY_SUMMARY = {
     "perturbation": f"black-box: the model is only evaluated on perturbed copies of the input ({XPLIQUE})",
     "shap": f"Shapley values ({SHAP}): an input's attributions sum to its output minus a base value",
 }
-MODALITY_NAMES = {"image": "images", "tabular": "tables"}
+MODALITY_NAMES = {"image": "images", "tabular": "tables", "text": "text"}
 FRAMEWORK_NAMES = {"keras": "Keras", "xgboost": "XGBoost"}
 #: The input size at which the reference shows each method's cost in model passes.
 COST_SIZE = (224, 224)
+#: Text methods' costs are per document at this max_length (the model's input length, in tokens).
+TEXT_COST_LENGTH = 64
 
 SHELL_LANGUAGES = frozenset({"bash", "sh", "shell", "console", "zsh"})
 DEPLOY_ONLY = "deploy-only"
@@ -104,11 +106,12 @@ def _models(described: dict) -> str:
 
 def _passes(spec) -> str:
     """Model passes per input at the defaults (the registry's cost), or why there is no figure."""
+    text_only = tuple(spec.modalities) == ("text",)
     try:
-        count = spec.passes(spec.defaults, COST_SIZE)
+        count = spec.passes(spec.defaults, (1, TEXT_COST_LENGTH) if text_only else COST_SIZE)
     except Exception as exc:  # a cost that depends on the input, refused at this size
         return f"- ({type(exc).__name__})"
-    text = f"{count:,}"
+    text = f"{count:,}" + (f" per document of max_length {TEXT_COST_LENGTH}" if text_only else "")
     if getattr(spec, "passes_per_background_row", False):
         text += " × background rows"
     if getattr(spec, "backward", False):
