@@ -182,6 +182,9 @@ def test_the_walkthrough_files_exist():
     image = REPO / "events" / "samples" / "circle.png"
     assert image.read_bytes().startswith(b"\x89PNG") and image.stat().st_size < 96_000
     assert (REPO / "events" / "samples" / "patients.csv").read_text().startswith("mean radius,")
+    from devtools import text_demo
+
+    assert (REPO / "events" / "samples" / "reviews.jsonl").read_bytes() == text_demo.sample_files()["reviews.jsonl"]
 
 
 CODE_SPAN = re.compile(r"`([^`\n]+)`")

@@ -72,8 +72,8 @@ class LoadedModel:
 
     @property
     def models(self) -> tuple:
-        """The model and the models its companion holds: explainers built on any of them stay cached."""
-        return (self.model, *getattr(self.companion, "models", ()))
+        """The model and its companion: explainers are built on either, and stay cached while they are held."""
+        return (self.model,) if self.companion is None else (self.model, self.companion)
 
     @property
     def handler(self) -> FrameworkHandler:

@@ -53,11 +53,6 @@ class TextModel:
         """Mask the padding of the document ``ids`` (max_length,) in :attr:`embeddings_model`'s next calls."""
         self._mask_layer.mask.assign(np.asarray(ids).reshape(1, -1) != self.tokenizer.padding_id)
 
-    @property
-    def models(self) -> tuple:
-        """The Keras objects explainers are built on (the explainer cache keeps theirs alive)."""
-        return tuple(m for m in (self.ids_model, self.embeddings_model) if m is not None)
-
     def describe(self) -> dict:
         return {"takes": self.takes, "embedding_layer": getattr(self.embedding_layer, "name", None),
                 **self.tokenizer.describe()}
@@ -185,7 +180,8 @@ class _GraphWithOutputs(keras.layers.Layer):
         # Ids that give the embedding's own mask: a nonzero id where a token is, 0 on padding.
         mask_ids = tf.cast(mask, tf.int64)
         if self.graph_input_dtype == "string":  # the replaced TextVectorization never reads it
-            graph_input = tf.fill(tf.concat([[batch], list(self.graph_input_shape)], 0), "")
+            shape = tf.constant(self.graph_input_shape, dtype=tf.int32, shape=(len(self.graph_input_shape),))
+            graph_input = tf.fill(tf.concat([[batch], shape], 0), "")
         elif "embeddings" in self.replace.values():
             graph_input = tf.cast(mask_ids, self.graph_input_dtype)
         else:
