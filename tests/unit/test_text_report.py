@@ -87,19 +87,20 @@ def test_tokens_json_is_strict_and_offsets_round_trip():
     assert tokens[1]["value"] == 1.25 and tokens[8]["value"] == -0.75
 
 
-def test_top_tokens_are_the_largest_positive_seen_values_in_order():
-    values = {0: 0.1, 1: 2.0, 2: -5.0, 3: 0.7, 4: 0.7, 5: 1.5, 6: 0.05, 7: 0.3}
+def test_top_tokens_are_the_largest_absolute_seen_values_in_order():
+    values = {0: 0.1, 1: 2.0, 2: -5.0, 3: 0.7, 4: -0.7, 5: 1.5, 6: 0.05, 7: 0.3}
     expl = explain(values=values, max_length=8)
     expl.values[9] = np.nan  # unseen anyway; a huge value there would never be seen
     top = strict_loads(tokens_json(expl))["top_tokens"]
-    assert [t["index"] for t in top] == [1, 5, 3, 4, 7]  # ties (3, 4) keep text order; -5.0 excluded
-    assert [t["value"] for t in top] == [2.0, 1.5, 0.7, 0.7, 0.3]
-    assert top[0]["text"] == "loved"
+    assert [t["index"] for t in top] == [2, 1, 5, 3, 4]  # |value| order; ties (3, 4) keep text order
+    assert [t["value"] for t in top] == [-5.0, 2.0, 1.5, 0.7, -0.7]
+    assert top[1]["text"] == "loved"
 
 
-def test_top_tokens_never_include_non_positive_values():
+def test_top_tokens_skip_unseen_tokens():
     expl = explain("boring boring", values={0: -1.0, 1: 0.0})
-    assert strict_loads(tokens_json(expl))["top_tokens"] == []
+    expl.values[1] = np.nan
+    assert [t["index"] for t in strict_loads(tokens_json(expl))["top_tokens"]] == [0]
 
 
 # --------------------------------------------------------------------------- CSV

@@ -141,9 +141,19 @@ class WordLime(TextExplainer):
             count = tf.reduce_sum(tf.cast(real, tf.int32))
             return tf.where(real, tf.cumsum(tf.cast(real, tf.int32)) - 1, count)
 
+        def similarity(original_input, interp_samples, perturbed_samples):
+            """LIME's text kernel: exp(-d² / width²) with d the cosine distance between the copy's kept-word
+            vector and the document's (all ones). Xplique's distance_mode="cosine" cannot serve: it uses Keras'
+            cosine_similarity loss, which is the negated cosine, so the document itself weighs exp(-64)."""
+            import tensorflow as tf
+
+            kept = tf.cast(interp_samples, tf.float32)
+            distance = 1.0 - tf.sqrt(tf.reduce_sum(kept, axis=1) / tf.cast(tf.shape(kept)[1], tf.float32))
+            return tf.exp(-tf.square(distance) / kernel_width**2)
+
         self.explainer = Lime(text_model.ids_model, batch_size=batch_size, map_to_interpret_space=word_features,
                               ref_value=float(_hidden_id(text_model, hide_with)), nb_samples=nb_samples,
-                              distance_mode="cosine", kernel_width=kernel_width, prob=prob)
+                              similarity_kernel=similarity, prob=prob)
 
     def explain_document(self, encoded, text, classes):
         ids = np.repeat(encoded.ids[None].astype(np.float32), len(classes), axis=0)

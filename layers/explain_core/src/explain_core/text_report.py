@@ -124,13 +124,9 @@ def _short(text: str, limit: int = MAX_LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _top_positive(expl: DocumentExplanation, k: int) -> list[int]:
-    """Indexes of the ``k`` seen tokens with the largest positive values; ties keep text order."""
-    candidates = [i for i in range(len(expl.tokens)) if expl.seen[i] and expl.values[i] > 0]
-    return sorted(candidates, key=lambda i: -expl.values[i])[:k]
-
-
-def _top_abs(expl: DocumentExplanation, k: int) -> list[int]:
+def top_token_indexes(expl: DocumentExplanation, k: int = TOP_TOKENS) -> list[int]:
+    """Indexes of the ``k`` seen tokens with the largest |value| (the manifest's and the JSON's top tokens);
+    ties keep text order."""
     candidates = [i for i in range(len(expl.tokens)) if expl.seen[i]]
     return sorted(candidates, key=lambda i: -abs(expl.values[i]))[:k]
 
@@ -170,7 +166,7 @@ def tokens_json(explanation: DocumentExplanation) -> bytes:
         "tokens": tokens,
         "top_tokens": [
             {"index": i, "text": expl.substring(i), "value": float(expl.values[i])}
-            for i in _top_positive(expl, TOP_TOKENS)
+            for i in top_token_indexes(expl)
         ],
     }
     return strict_json(document)
@@ -214,7 +210,7 @@ def summary_line(explanation: DocumentExplanation, k: int = 3) -> str:
     """``positive 0.97: +loved (1.2), +great (0.8), -boring (-0.3)``: the k strongest units, signed."""
     expl = explanation
     parts = []
-    for i in _top_abs(expl, k):
+    for i in top_token_indexes(expl, k):
         value = float(expl.values[i])
         parts.append(f"{'+' if value >= 0 else '-'}{_short(expl.tokens[i].text, 40)} ({value:.3g})")
     head = f"{_short(expl.class_name)} {float(expl.score):.2f}"

@@ -40,8 +40,6 @@ from explain_core.modalities.base import (
 )
 from explain_core.registry import GRADIENT
 
-#: Tokens listed per output in the manifest (the JSON file has them all).
-TOP_TOKENS = 5
 #: Documents timed together to measure a batched model pass.
 TIMING_BATCH = 16
 
@@ -138,7 +136,8 @@ class TextOutput(ClassScore):
     html: str = Field(description="Key of the HTML snippet: the document with each token highlighted by its value")
     image: str = Field(description="Key of the same highlighted document as a PNG")
     values: str = Field(description="Key of the method's values CSV: every document and token of the file")
-    top_tokens: list[TopToken] = Field(description=f"The {TOP_TOKENS} tokens with the largest |value|")
+    top_tokens: list[TopToken] = Field(description="The 5 tokens with the largest |value| (the JSON file has them "
+                                                   "all)")
     sum_of_values: float = Field(description="Sum of the values over the tokens the model saw")
     padding_value: float | None = Field(default=None, description="Gradient methods: attribution that fell on "
                                                                    "padding positions")
@@ -364,7 +363,13 @@ def _files(session, upload, spec, explanations, card) -> tuple[list, list]:
     import numpy as np
 
     from explain_core.keys import class_label
-    from explain_core.text_report import html_snippet, render_png, tokens_json, values_csv
+    from explain_core.text_report import (
+        html_snippet,
+        render_png,
+        tokens_json,
+        top_token_indexes,
+        values_csv,
+    )
 
     values_key = session.output_key(upload, spec.name, "values", "csv")
     files = [(values_key, values_csv([e for e, _, _ in explanations]), "text/csv")]
@@ -375,8 +380,6 @@ def _files(session, upload, spec, explanations, card) -> tuple[list, list]:
         files += [(keys["tokens.json"], tokens_json(explanation), "application/json"),
                   (keys["html"], html_snippet(explanation), "text/html; charset=utf-8"),
                   (keys["png"], render_png(explanation), "image/png")]
-        seen = np.flatnonzero(~np.isnan(explanation.values))
-        top = seen[np.argsort(-np.abs(explanation.values[seen]), kind="stable")[:TOP_TOKENS]]
         text = explanation.text
         check = {"approximation": approximation, "warnings": warnings} if spec.approximation else {}
         entries.append(TextOutput(
@@ -385,7 +388,7 @@ def _files(session, upload, spec, explanations, card) -> tuple[list, list]:
             html=keys["html"], image=keys["png"], values=values_key,
             top_tokens=[TopToken(text=text[t.start:t.end], start=t.start, end=t.end,
                                  value=float(explanation.values[i]))
-                        for i, t in ((int(i), explanation.tokens[int(i)]) for i in top)],
+                        for i, t in ((i, explanation.tokens[i]) for i in top_token_indexes(explanation))],
             sum_of_values=float(np.nansum(explanation.values)),
             **({"padding_value": explanation.padding_value} if explanation.padding_value is not None else {}),
             **({"base_value": explanation.base_value, "output_kind": explanation.output_kind}
