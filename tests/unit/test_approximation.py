@@ -162,6 +162,7 @@ def test_methods_declare_their_check_and_the_parameter_that_raises_accuracy():
         "GradientExplainer": ("additivity", "nb_samples"),
         "DeepExplainer": ("additivity", "nb_background"),
         "PartitionExplainer": ("additivity", "max_evals"),
+        "TextPartitionExplainer": ("additivity", "max_evals"),
         "SuperpixelKernelExplainer": ("additivity", "nb_samples"),
         "KernelExplainer": ("additivity", "nb_samples"),
         "TreeExplainer": ("additivity", None),

@@ -33,6 +33,11 @@ def names(specs) -> list[str]:
     return [spec.name for spec in specs]
 
 
+def _text_only(spec) -> bool:
+    """Methods made for text models alone (their explainers live in explain_core.text_methods)."""
+    return spec.modalities == ("text",)
+
+
 def _id(value):
     if isinstance(value, MethodSpec):
         return value.name
@@ -340,7 +345,9 @@ def test_registry_is_consistent():
 @pytest.mark.parametrize("spec", METHODS, ids=_id)
 def test_entry_metadata(spec):
     assert spec.family in FAMILIES
-    if spec.family == SHAP:
+    if _text_only(spec):  # word-level methods of any family wrap their library in explain_core.text_methods
+        assert spec.explainer == f"explain_core.text_methods.{spec.name}"
+    elif spec.family == SHAP:
         assert spec.explainer.startswith("explain_core.shap_methods.")
     else:
         assert spec.explainer == f"xplique.attributions.{spec.name}"
@@ -387,24 +394,51 @@ def explainer_classes():
 def test_explainer_classes_are_real_xplique_explainers(explainer_classes):
     from xplique.attributions.base import BlackBoxExplainer
 
+    checked = 0
     for spec in METHODS:
-        if spec.family == SHAP:
+        if spec.family == SHAP or _text_only(spec):
             continue
         cls = explainer_classes[spec.name]
         assert inspect.isclass(cls)
         assert cls.__name__ == spec.name
         assert cls.__module__.startswith("xplique.attributions")
         assert issubclass(cls, BlackBoxExplainer)
+        checked += 1
+    assert checked >= 15
 
 
 def test_shap_explainer_classes_share_the_base_and_cite_their_paper(explainer_classes):
     from explain_core.shap_methods import ShapMethod
 
-    for spec in methods_of(SHAP):
+    image_and_tabular = [spec for spec in methods_of(SHAP) if not _text_only(spec)]
+    assert len(image_and_tabular) >= 6
+    for spec in image_and_tabular:
         cls = explainer_classes[spec.name]
         assert issubclass(cls, ShapMethod) and cls is not ShapMethod
         assert "explain_class" in vars(cls)
         assert PAPER.search(cls.__doc__), f"{cls.__name__} must cite its paper"
+
+
+def test_text_explainer_classes_share_the_base_and_cite_their_paper(explainer_classes):
+    """Text methods (any family) explain one document at a time: TextExplainer subclasses, not ShapMethod
+    or Xplique explainers, each citing its paper; the registry's parameters are constructor arguments."""
+    from xplique.attributions.base import BlackBoxExplainer
+
+    from explain_core.shap_methods import ShapMethod
+    from explain_core.text_methods import TextExplainer
+
+    text_only = [spec for spec in METHODS if _text_only(spec)]
+    assert {spec.family for spec in text_only} == {PERTURBATION, SHAP}
+    for spec in text_only:
+        cls = explainer_classes[spec.name]
+        assert inspect.isclass(cls) and cls.__name__ == spec.name
+        assert cls.__module__ == "explain_core.text_methods"
+        assert issubclass(cls, TextExplainer) and cls is not TextExplainer
+        assert not issubclass(cls, (ShapMethod, BlackBoxExplainer))
+        assert "explain_document" in vars(cls)
+        assert PAPER.search(cls.__doc__ or ""), f"{cls.__name__} must cite its paper"
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        assert {"text_model", "batch_size", "classes"} | set(spec.param_names) <= accepted, spec.name
 
 
 def test_explainer_constructors_accept_the_registry_parameters(explainer_classes):

@@ -39,7 +39,10 @@ def params_of(options: RequestOptions, method: str) -> dict:
 @pytest.mark.parametrize("value", ["all", "ALL", " All "])
 def test_all_methods_of_the_family(card, family, value):
     options = parse_options({"methods": value}, card, family)
-    assert names(options) == [spec.name for spec in methods_of(family)]
+    # "all" means every method of the family that can explain the card's model: an image model here
+    assert names(options) == [spec.name for spec in methods_of(family, card)]
+    assert all(spec.supports(card) and "image" in spec.modalities for spec, _ in options.methods)
+    assert not {"WordOcclusion", "WordLime"} & set(names(options))
     for spec, params in options.methods:
         assert params == spec.defaults
 
@@ -47,7 +50,23 @@ def test_all_methods_of_the_family(card, family, value):
 @pytest.mark.parametrize("family", [GRADIENT, PERTURBATION])
 def test_no_metadata_and_no_card_default_means_every_method(card, family):
     for metadata in ({}, None, {"methods": ""}, {"methods": "   "}):
-        assert names(parse_options(metadata, card, family)) == [spec.name for spec in methods_of(family)]
+        assert names(parse_options(metadata, card, family)) == [spec.name for spec in methods_of(family, card)]
+
+
+def test_all_for_a_text_model_means_its_word_methods_and_text_methods_are_refused_for_images(card):
+    from explain_core.errors import UnsupportedModelError
+    from explain_core.registry import SHAP
+
+    text = ModelCard.model_validate({"name": "reviews", "version": "v1", "modality": "text", "class_names": CLASSES,
+                                     "text": {"max_length": 16, "vocabulary_file": "vocab.txt"}})
+    assert names(parse_options({"methods": "all"}, text, GRADIENT)) == [
+        "Saliency", "GradientInput", "IntegratedGradients", "SmoothGrad"]
+    assert names(parse_options({}, text, PERTURBATION)) == ["WordOcclusion", "WordLime"]
+    assert names(parse_options({"methods": "all"}, text, SHAP)) == ["TextPartitionExplainer"]
+    with pytest.raises(UnsupportedModelError, match="shap issues #1490 and #4023"):
+        parse_options({"methods": "DeepExplainer"}, text, SHAP)
+    with pytest.raises(UnsupportedModelError, match="WordOcclusion cannot explain an image keras model"):
+        parse_options({"methods": "WordOcclusion"}, card, PERTURBATION)
 
 
 def test_explicit_list_is_case_insensitive_ordered_and_deduplicated(card):
@@ -72,9 +91,9 @@ def test_card_default_methods_are_used_per_family():
 
 def test_card_default_for_one_family_only():
     card = make_card(default_methods={"gradient": ["GradCAM"]})
-    assert names(parse_options({}, card, PERTURBATION)) == [spec.name for spec in methods_of(PERTURBATION)]
+    assert names(parse_options({}, card, PERTURBATION)) == [spec.name for spec in methods_of(PERTURBATION, card)]
     empty = make_card(default_methods={"gradient": []})
-    assert names(parse_options({}, empty, GRADIENT)) == [spec.name for spec in methods_of(GRADIENT)]
+    assert names(parse_options({}, empty, GRADIENT)) == [spec.name for spec in methods_of(GRADIENT, empty)]
 
 
 def test_card_default_methods_are_deduplicated():

@@ -103,7 +103,8 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
     if unsupported:
         reasons = "".join(f" ({spec.name}: {spec.refusal(card)})" for spec in specs if spec.refusal(card))
         raise UnsupportedModelError(
-            f"{', '.join(unsupported)} cannot explain a {card.modality} {card.framework} model{reasons}; methods for "
+            f"{', '.join(unsupported)} cannot explain {'an' if card.modality[0] in 'aeiou' else 'a'} {card.modality} "
+            f"{card.framework} model{reasons}; methods for "
             f"this model: {', '.join(s.name for s in methods_of(family, card)) or 'none in this family'}",
             methods=unsupported, modality=card.modality, framework=card.framework,
         )

@@ -58,9 +58,23 @@ def _per_token(per_position: np.ndarray, encoded: Encoded) -> np.ndarray:
     return values
 
 
-def _hidden_id(text_model, hide_with: str) -> int:
+def _hidden_id(text_model, hide_with: str, hides_every_word: bool = True) -> int:
+    """The id a hidden word becomes. A method that evaluates documents with every word hidden (SHAP's base
+    value, LIME's samples) is refused when the model's output there is not finite: a mask_zero model that
+    averages over its tokens divides by zero when all of them are padding."""
+    from explain_core.errors import UnsupportedModelError
+
     tokenizer = text_model.tokenizer
-    return tokenizer.padding_id if hide_with == "padding" else tokenizer.oov_id
+    hidden = tokenizer.padding_id if hide_with == "padding" else tokenizer.oov_id
+    if not hides_every_word:
+        return hidden
+    ids = np.full((1, tokenizer.max_length), hidden, dtype=np.float32)
+    if not np.all(np.isfinite(np.asarray(text_model.ids_model(ids)))):
+        raise UnsupportedModelError(
+            f"the model's output is not finite when every word is hidden by the {hide_with} token, which these "
+            f"methods need; use hide_with=\"{'unknown' if hide_with == 'padding' else 'padding'}\"",
+            hide_with=hide_with)
+    return hidden
 
 
 class TextExplainer:
@@ -111,7 +125,7 @@ class WordOcclusion(TextExplainer):
 
         super().__init__(text_model, batch_size, classes)
         self.explainer = Occlusion(text_model.ids_model, batch_size=batch_size, patch_size=1, patch_stride=1,
-                                   occlusion_value=float(_hidden_id(text_model, hide_with)))
+                                   occlusion_value=float(_hidden_id(text_model, hide_with, hides_every_word=False)))
 
     def explain_document(self, encoded, text, classes):
         ids = np.repeat(encoded.ids[None].astype(np.float32), len(classes), axis=0)

@@ -12,6 +12,13 @@ One tokenizer serves both kinds of text model (docs/text.md):
 The tokenizer reproduces ``TextVectorization``'s defaults ("lower_and_strip_punctuation", split on
 whitespace) but keeps each token's offsets in the text the user sent, so attributions can be shown
 where the words are. Nothing here is unpickled: a vocabulary is UTF-8 text.
+
+Two details of ``TextVectorization`` that Python's defaults do not share, followed by
+:meth:`WordTokenizer.from_text_vectorization` (tests/unit/test_tokenizers.py compares with the layer):
+its lowercasing (``tf.strings.lower``) changes ASCII letters only ("ÉCOLE" becomes "École"), and
+its "whitespace" split breaks on ASCII whitespace only (space, \\t, \\n, \\v, \\f, \\r; not on
+U+00A0 or U+2003). A vocabulary-file tokenizer lowercases with ``str.lower`` and splits on the card's
+``split_pattern`` (default ``\\s+``, Unicode whitespace).
 """
 
 import re
@@ -24,6 +31,10 @@ import numpy as np
 PUNCTUATION = frozenset('!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\'')
 #: Longest split pattern a card may give (a regex from the model's owner, compiled once).
 MAX_SPLIT_PATTERN = 200
+#: TextVectorization's split="whitespace" (tf.strings.split): ASCII whitespace only.
+ASCII_WHITESPACE = r"[ \t\n\x0b\x0c\r]+"
+#: str.translate table of tf.strings.lower: A-Z only.
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,8 @@ class WordTokenizer:
 
     def __init__(self, vocabulary: list[str], *, max_length: int, lowercase: bool = True,
                  strip_punctuation: bool = True, split_pattern: str = r"\s+", oov_token: str = "[UNK]",
-                 padding_token: str = "", padding: str = "post", truncation: str = "post"):
+                 padding_token: str = "", padding: str = "post", truncation: str = "post",
+                 ascii_lowercase: bool = False):
         if padding not in ("post", "pre") or truncation not in ("post", "pre"):
             raise ValueError("padding and truncation must be 'post' or 'pre'")
         self.vocabulary = list(vocabulary)
@@ -84,6 +96,8 @@ class WordTokenizer:
             raise ValueError("split_pattern must not match the empty string")
         self.max_length = max_length
         self.lowercase = lowercase
+        #: Lowercase A-Z only, as TextVectorization does (non-ASCII capitals stay).
+        self.ascii_lowercase = ascii_lowercase
         self.strip_punctuation = strip_punctuation
         self.oov_id = self.index[oov_token]
         self.padding_id = self.index[padding_token]
@@ -112,7 +126,8 @@ class WordTokenizer:
         return cls(vocabulary, max_length=int(config["output_sequence_length"]),
                    lowercase=standardize in ("lower_and_strip_punctuation", "lower"),
                    strip_punctuation=standardize in ("lower_and_strip_punctuation", "strip_punctuation"),
-                   oov_token=vocabulary[1], padding_token=vocabulary[0])
+                   split_pattern=ASCII_WHITESPACE, oov_token=vocabulary[1], padding_token=vocabulary[0],
+                   ascii_lowercase=True)
 
     # ------------------------------------------------------------------ text -> tokens
     def tokens(self, text: str) -> list[Token]:
@@ -137,7 +152,7 @@ class WordTokenizer:
         if not word:
             return
         if self.lowercase:
-            word = word.lower()
+            word = word.translate(_ASCII_LOWER) if self.ascii_lowercase else word.lower()
         found.append(Token(word, start, end, self.index.get(word, self.oov_id)))
 
     def encode(self, text: str) -> Encoded:
@@ -156,7 +171,8 @@ class WordTokenizer:
     def describe(self) -> dict:
         """The settings, for the manifest."""
         return {"vocabulary_size": len(self.vocabulary), "max_length": self.max_length,
-                "lowercase": self.lowercase, "strip_punctuation": self.strip_punctuation,
+                "lowercase": ("ascii" if self.ascii_lowercase else True) if self.lowercase else False,
+                "strip_punctuation": self.strip_punctuation,
                 "split_pattern": self.split.pattern, "oov_token": self.vocabulary[self.oov_id],
                 "padding_token": self.vocabulary[self.padding_id], "padding": self.padding,
                 "truncation": self.truncation}

@@ -60,7 +60,7 @@ class TextSettings(BaseModel):
     lowercase: bool = True
     #: Remove the characters Keras' TextVectorization strips (ASCII punctuation) from each token.
     strip_punctuation: bool = True
-    #: Regular expression between tokens (TextVectorization's "whitespace" split is \s+).
+    #: Regular expression between tokens (TextVectorization's "whitespace" split is ASCII whitespace).
     split_pattern: str = Field(default=r"\s+", min_length=1, max_length=200)
     oov_token: str = "[UNK]"
     padding_token: str = ""
