@@ -4,6 +4,7 @@ a table's page, and the API answer's presigned gallery_url (explain_core.gallery
 import base64
 import io
 import json
+import re
 import urllib.request
 
 from PIL import Image
@@ -112,3 +113,44 @@ def test_the_api_answer_links_the_gallery_page(invoke_function, published_model,
         heatmap = answer.read()
     assert heatmap in page_images(page)[1:]
     assert result["results_prefix"] in result["gallery_url"].split("?")[0].replace("%2F", "/")
+
+
+def test_a_text_files_page_shows_every_documents_highlighted_explanations(invoke, s3, deployment, text_model,
+                                                                          unique_prefix):
+    from devtools import text_demo
+
+    inputs, results = deployment.bucket("InputBucket"), deployment.bucket("ResultsBucket")
+    body = text_demo.sample_files()["reviews.jsonl"]
+    key = f"incoming/gradient/{text_demo.MODEL}/{text_demo.VERSION}/{unique_prefix}/reviews.jsonl"
+    s3.put_object(Bucket=inputs, Key=key, Body=body, Metadata={"methods": "Saliency,IntegratedGradients"})
+
+    assert invoke("gradient", upload_event(key, family="gradient")) == {"batchItemFailures": []}
+
+    prefix = f"results/{key.removeprefix('incoming/')}/"
+    manifest = read_json(s3, results, prefix + "manifest.json")
+    assert manifest["status"] == "succeeded" and manifest["model"]["modality"] == "text"
+    page = get_text(s3, results, prefix + "index.html")
+    assert page_images(page) == []  # self-contained: the snippets are inline HTML, the PNGs linked
+    documents = manifest["predictions"]["documents"]
+    assert len(documents) == len(body.decode().splitlines()) > 1
+    for document in documents:
+        assert f"Document {document['document']} (line {document['line']}): {document['class_name']}" in page
+    for method in manifest["methods"]:
+        assert len(method["outputs"]) == len(documents)
+        for output in method["outputs"]:
+            snippet = s3.get_object(Bucket=results, Key=output["html"])["Body"].read().decode()
+            assert snippet.split("</figcaption>", 1)[1].rsplit("</figure>", 1)[0] in page  # every word's span
+            for field in ("tokens", "image", "values"):
+                assert output[field].removeprefix(prefix) in page_links(page)
+    # The document texts are in the page through their snippets (escaped by text_report).
+    for line in body.decode().splitlines():
+        text = json.loads(line)
+        text = text["text"] if isinstance(text, dict) else text
+        assert all(word in page for word in re.findall(r"\w+", text))
+
+    entries = read_entries(get_text(s3, results, f"results/gradient/{text_demo.MODEL}/{text_demo.VERSION}/index.html"))
+    (entry,) = [e for e in entries if e["input"] == f"{unique_prefix}/reviews.jsonl"]
+    counts = manifest["predictions"]["documents_per_class"]
+    assert entry["prediction"] == f"{len(documents)} documents: " + ", ".join(
+        f"{n} {name}" for name, n in counts.items() if n)
+    assert entry["status"] == "succeeded" and entry["page"] == f"{unique_prefix}/reviews.jsonl/index.html"

@@ -7,12 +7,15 @@ import base64
 import csv
 import io
 import json
+import re
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from devtools import demo_model, tabular_demo
+from devtools import demo_model, tabular_demo, text_demo
+from explain_core import text_report
 from explain_core.gallery import EMBED_MAX_SIDE, PLOT_MAX_SIDE
 from explain_core.keys import GALLERY_PAGE
 from tests.conftest import EVENTS, clear_outputs, png_bytes, read_json, upload_event
@@ -197,3 +200,56 @@ def test_the_api_answers_gallery_url_opens(invoke_function, published_model, api
         heatmap = answer.read()  # through the answer's own presigned link
     assert heatmap in [embedded(image) for image in report.images[1:]]
     assert all(image.loaded for image in report.images) and "GradCAM" in report.text
+
+
+TEXT_METHODS = ("Saliency", "IntegratedGradients")
+HOSTILE_REVIEW = "<script>alert(1)</script> a truly great film, not bad at all"
+SPAN_STYLE = re.compile(r"background-color:rgba\((\d+),(\d+),(\d+),([0-9.]+)\)")
+
+
+@pytest.fixture(scope="module")
+def text_gallery(invoke, s3, deployment, text_model, tmp_path_factory):
+    """The demo's reviews plus one with markup in it, explained by two gradient methods; copied locally."""
+    body = text_demo.sample_files()["reviews.jsonl"] + (json.dumps({"text": HOSTILE_REVIEW}) + "\n").encode()
+    model = f"gradient/{text_demo.MODEL}/{text_demo.VERSION}/"
+    manifest = explain(invoke, s3, deployment, "gradient", f"incoming/{model}browser/reviews.jsonl", body,
+                       {"methods": ",".join(TEXT_METHODS)})
+    local = tmp_path_factory.mktemp("text-gallery")
+    download(s3, deployment.bucket("ResultsBucket"), f"results/{model}", local)
+    texts = [json.loads(line) for line in body.decode().splitlines()]
+    return manifest, local, [t["text"] if isinstance(t, dict) else t for t in texts]
+
+
+def span_colours(page_html: str) -> list[tuple[int, int, int]]:
+    """The on-screen colour (over the white page) of every highlighted token whose opacity is strictly between
+    faint and the legend's (MAX_ALPHA: the legend's swatches have it, so finding it would prove nothing)."""
+    colours = []
+    for r, g, b, alpha in SPAN_STYLE.findall("".join(re.findall(r"<span [^>]*data-value[^>]*>", page_html))):
+        alpha = float(alpha)
+        if 0.2 <= alpha < text_report.MAX_ALPHA - 0.02:
+            colours.append(tuple(round(255 * (1 - alpha) + int(c) * alpha) for c in (r, g, b)))
+    return colours
+
+
+def test_text_page_from_the_local_results_folder(text_gallery, page_checker, artifacts_dir):
+    manifest, local, texts = text_gallery
+    page = local / manifest["results_prefix"] / GALLERY_PAGE
+    report = page_checker.check(page.as_uri(), screenshot=artifacts_dir / "gallery-text-local.png")
+    assert report.problems == [], "\n".join(report.problems)  # no console error, overflow or dead link
+    assert report.requests == [page.as_uri()] and report.images == [] and not report.screenshot.blank
+    assert report.links >= 1 + len(manifest["output_keys"])  # the manifest and every file, all there
+    # Every document, as written: the markup of the last one is shown as text, never run.
+    for document, text in zip(manifest["predictions"]["documents"], texts, strict=True):
+        assert f"Document {document['document']} (line {document['line']}): {document['class_name']}" in report.text
+        assert text in report.text
+    assert HOSTILE_REVIEW in report.text and report.page_errors == []
+    for name in TEXT_METHODS:
+        assert report.text.count(name) >= len(texts)
+
+    # The highlighted tokens are drawn: the colours of their backgrounds are on the screenshot.
+    colours = span_colours(page.read_text())
+    assert len(colours) >= len(texts)
+    with Image.open(report.screenshot.path) as shot:
+        pixels = np.asarray(shot.convert("RGB")).reshape(-1, 3).astype(int)
+    found = [int((np.abs(pixels - colour).max(axis=1) <= 2).sum()) for colour in colours]
+    assert sum(n >= 40 for n in found) >= 0.9 * len(colours), list(zip(colours, found, strict=True))

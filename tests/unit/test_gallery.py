@@ -5,6 +5,7 @@ import base64
 import copy
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -292,3 +293,162 @@ def test_api_inputs_are_not_listed_in_the_models_index(name):
                                                 model_bucket="m"))
     assert writer.write(manifest, objects_for(manifest))
     assert s3.puts == [manifest["results_prefix"] + "index.html"]
+
+
+# ------------------------------------------------------------------------------------------ text files
+TEXT_PREFIX = "results/gradient/sentiment-lstm/v1/reviews.jsonl/"
+
+
+def text_manifest(texts: list[str], methods=("Saliency", "IntegratedGradients")) -> tuple[dict, dict[str, bytes]]:
+    """A text file's manifest (the fields modalities.text writes) and its outputs' bodies: per document and
+    method a tokens JSON, a PNG and the HTML snippet explain_core.text_report writes, one values CSV per method."""
+    from explain_core.modalities.text import TextOutput
+    from explain_core.text_report import DocumentExplanation, html_snippet
+    from explain_core.tokenizers import Token
+
+    attempt = f"{TEXT_PREFIX}attempts/a1/"
+    classes = ["negative", "positive"]
+    documents, entries, objects = [], [], {}
+    for d, text in enumerate(texts):
+        cls = d % 2
+        documents.append({"document": d, "line": d + 1, "class_index": cls, "class_name": classes[cls],
+                          "score": 0.75 + d / 1000, "tokens": len(text.split()), "truncated_tokens": 0})
+    for m, name in enumerate(methods):
+        values_key = f"{attempt}{name}/values.csv"
+        objects[values_key] = b"document,line\n"
+        outputs = []
+        for d, text in enumerate(texts):
+            cls = documents[d]["class_index"]
+            tokens = [Token(w.group(), w.start(), w.end(), 2 + i) for i, w in enumerate(re.finditer(r"\S+", text))]
+            values = np.linspace(-1, 1, len(tokens)) * (m + 1)
+            explanation = DocumentExplanation(name, cls, classes[cls], documents[d]["score"], d, d + 1, text,
+                                              tokens, values)
+            keys = {ext: f"{attempt}{name}/{d:03d}-{cls}-{classes[cls]}.{ext}"
+                    for ext in ("tokens.json", "html", "png")}
+            objects[keys["html"]] = html_snippet(explanation)
+            objects[keys["tokens.json"]] = b"{}"
+            objects[keys["png"]] = png(40, 20, d)
+            top = sorted(range(len(tokens)), key=lambda i: -abs(values[i]))[:5]
+            output = TextOutput(
+                class_index=cls, class_name=classes[cls], score=documents[d]["score"], document=d, line=d + 1,
+                unit="word", tokens=keys["tokens.json"], html=keys["html"], image=keys["png"], values=values_key,
+                top_tokens=[{"text": text[tokens[i].start:tokens[i].end], "start": tokens[i].start,
+                             "end": tokens[i].end, "value": float(values[i])} for i in top],
+                sum_of_values=float(values.sum()), padding_value=0.0)
+            outputs.append(output.model_dump(exclude_none=True))
+        entries.append({"name": name, "params": {}, "passes_per_image": 1, "reference": "paper", "status": "succeeded",
+                        "outputs": outputs, "seconds": 0.5, "seconds_per_image": 0.1})
+    manifest = {
+        "status": "succeeded", "family": "gradient",
+        "input": {"bucket": "in", "key": "incoming/gradient/sentiment-lstm/v1/reviews.jsonl", "etag": "e",
+                  "format": "jsonl", "documents": len(texts), "tokens": sum(len(t.split()) for t in texts),
+                  "truncated_documents": 0},
+        "model": {"name": "sentiment-lstm", "version": "v1", "modality": "text", "framework": "keras",
+                  "tokenizer": {"takes": "ids", "max_length": 48}},
+        "predictions": {"documents": documents, "documents_per_class": {
+            name: sum(doc["class_index"] == i for doc in documents) for i, name in enumerate(classes)}},
+        "explained_classes": [{"class_index": i, "class_name": name} for i, name in enumerate(classes)],
+        "methods": entries, "attempt": "a1", "created_at": "2026-12-01T21:00:00Z", "results_prefix": TEXT_PREFIX,
+        "output_keys": sorted(objects),
+    }
+    return manifest, objects
+
+
+def snippet_body(snippet: bytes) -> str:
+    """The highlighted text of a snippet as the page carries it: the <div> of spans after the caption."""
+    return snippet.decode().split("</figcaption>", 1)[1].rsplit("</figure>", 1)[0]
+
+
+def spans_of(page: str) -> list[dict]:
+    return [attrs for tag, attrs in elements(page) if tag == "span" and "data-value" in attrs]
+
+
+def test_a_text_page_shows_each_documents_snippet_prediction_top_tokens_and_files():
+    texts = ["A great film, I loved it.", "Dull and far too long.", "Not bad at all, the cast is superb."]
+    manifest, objects = text_manifest(texts)
+    manifest["methods"][1]["outputs"][0]["approximation"] = {"check": "completeness", "absolute_error": 0.25,
+                                                             "relative_error": 0.125, "output_gap": 2.0}
+    manifest["methods"][1]["outputs"][0]["warnings"] = [{"code": "approximation_error", "message": "raise steps",
+                                                         "parameter": "steps", "value": 16}]
+
+    page = gallery.input_page(manifest, objects)
+
+    assert page_images(page) == []  # the snippet shows the document; its PNG is linked, not embedded twice
+    for method in manifest["methods"]:
+        for output in method["outputs"]:
+            assert snippet_body(objects[output["html"]]) in page  # inline, as text_report wrote it
+            for token in output["top_tokens"]:
+                assert f"<td>{gallery.esc(token['text'])}</td><td>{token['value']:+.4g}</td>" in page
+            links = page_links(page)
+            for field in ("tokens", "image", "html", "values"):
+                assert gallery.href(output[field].removeprefix(TEXT_PREFIX)) in links
+    assert len(spans_of(page)) == 2 * sum(len(t.split()) for t in texts)  # every word of every snippet, twice
+    for document in manifest["predictions"]["documents"]:
+        assert (f"Document {document['document']} (line {document['line']}): {document['class_name']}, "
+                f"probability {document['score']:.4g}") in page
+    assert page.index("Document 0 (line 1)") < page.index("Document 1 (line 2)") < page.index("Document 2 (line 3)")
+    assert "relative_error" in page and '<div class="warn">' in page and "raise steps" in page
+    assert "s per document" in page and "Saliency" in page and "IntegratedGradients" in page
+    assert "<td>negative</td><td>2</td>" in page and "<td>positive</td><td>1</td>" in page  # documents per class
+    assert gallery.index_entry(manifest, "results/gradient/sentiment-lstm/v1/")["prediction"] == \
+        "3 documents: 2 negative, 1 positive"
+
+
+def test_a_text_page_escapes_the_documents_and_never_trusts_a_snippets_markup():
+    manifest, objects = text_manifest([f"{HOSTILE} is <b>bold</b> & \"quoted\"", "fine"])
+    for method in manifest["methods"]:
+        for output in method["outputs"]:
+            output["class_name"] = HOSTILE
+            for token in output["top_tokens"]:
+                token["text"] = HOSTILE
+    manifest["predictions"]["documents"][0]["class_name"] = HOSTILE
+    manifest["predictions"]["documents_per_class"] = {HOSTILE: 2}
+    tampered = manifest["methods"][0]["outputs"][1]["html"]  # a body that is not text_report's escaped snippet
+    objects[tampered] = (b'<figure onclick="x()"><script>alert(2)</script><img src=x onerror=alert(3)>'
+                         b'<span style="background:url(http://evil/)" title="t">kept</span><div>open')
+
+    page = gallery.input_page(manifest, objects)
+
+    assert HOSTILE not in page and "<b>bold</b>" not in page and "alert(2)" not in page and "evil" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert not [tag for tag, _ in elements(page) if tag in ("script", "img")]
+    assert '<span title="t">kept</span><div>open</div>' in page  # what is left of it is closed and escaped
+    page_images(page)
+
+
+def test_a_text_page_is_bounded_many_documents_and_large_snippets():
+    texts = [f"review number {i} was {'good' if i % 2 else 'poor'}" for i in range(gallery.MAX_DOCUMENTS_SHOWN + 7)]
+    manifest, objects = text_manifest(texts, methods=("Saliency",))
+
+    page = gallery.input_page(manifest, objects)
+
+    outputs = manifest["methods"][0]["outputs"]
+    for output in outputs[:gallery.MAX_DOCUMENTS_SHOWN]:
+        assert snippet_body(objects[output["html"]]) in page
+    for output in outputs[gallery.MAX_DOCUMENTS_SHOWN:]:
+        assert snippet_body(objects[output["html"]]) not in page
+    assert (f"7 more document(s) (lines {gallery.MAX_DOCUMENTS_SHOWN + 1} to {len(texts)}) not shown" in page)
+    assert f"Document {gallery.MAX_DOCUMENTS_SHOWN} " not in page
+
+    # A byte budget for the snippets: those past it are linked and counted.
+    first = len(objects[outputs[0]["html"]])
+    capped = gallery.input_page(manifest, objects, max_text_bytes=3 * first)
+    assert len(spans_of(capped)) < len(spans_of(page))
+    shown = sum(snippet_body(objects[o["html"]]) in capped for o in outputs[:gallery.MAX_DOCUMENTS_SHOWN])
+    assert 1 <= shown <= 3
+    assert f"{gallery.MAX_DOCUMENTS_SHOWN - shown} highlighted document(s) not embedded" in capped
+    assert "highlighted document: over the page's size cap" in capped
+
+
+def test_a_text_page_without_outputs_or_predictions_still_renders():
+    manifest, objects = text_manifest(["one two three"])
+    manifest["methods"][0].update(status="failed", outputs=[], error={"code": "unsupported_model", "message": "no"})
+    manifest["methods"][1]["outputs"][0]["html"] = TEXT_PREFIX + "missing.html"
+    page = gallery.input_page(manifest, objects)
+    assert "Failed methods" in page and "highlighted document: not available to the page" in page
+
+    manifest["status"], manifest["predictions"] = "failed", None
+    for method in manifest["methods"]:
+        method["outputs"] = []
+    page = gallery.input_page(manifest, {})
+    assert "<h2>Predictions</h2>-" in page and "Document 0" not in page

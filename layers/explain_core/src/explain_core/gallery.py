@@ -8,8 +8,9 @@ copy.
 
 - ``results/<family>/<model>/<version>/<input>/index.html`` (:func:`input_page`): the input's
   preview, its predictions, per explained class every method's overlay (or a table's SHAP plots
-  and top features per row), per method its time, parameters and any further fields the
-  manifest carries (metrics, approximation, warnings, ...), failed methods with their error.
+  and top features per row; a text file is laid out per document instead: its highlighted
+  snippets and top tokens, see ``BODY_SECTIONS``), per method its time, parameters and any further
+  fields the manifest carries (metrics, approximation, warnings, ...), failed methods with their error.
 - ``results/<family>/<model>/<version>/index.html`` (:func:`model_index_page`): the most recent
   inputs of the model, with their status and prediction, linking each input's page. Its list is
   kept in the page itself (a JSON data block) and updated by compare-and-swap.
@@ -53,6 +54,11 @@ PREVIEW_MAX_SIDE = 384
 MAX_TABLE_ROWS_SHOWN = 50
 #: Top features shown per table row.
 TOP_FEATURES_SHOWN = 5
+#: Documents of a text input a page shows (the values CSV and the tokens JSON files have them all).
+MAX_DOCUMENTS_SHOWN = 20
+#: Total bytes of highlighted text snippets (text_report.html_snippet) embedded in one page; beyond it
+#: a snippet is linked, not embedded, and the page says how many were left out.
+MAX_EMBEDDED_TEXT_BYTES = 2 * 1024 * 1024
 #: Inputs the per-model index lists, the most recent first.
 RECENT_INPUTS = 50
 #: Compare-and-swap rounds of a page write before giving up (each lost round means another writer won).
@@ -84,6 +90,8 @@ th{background:#f2f4f7}.grid{display:flex;flex-wrap:wrap;gap:1rem}
 .warn{background:#fff4e5;border-left:4px solid #f79009;padding:.3rem .6rem}
 .error{background:#fef3f2;border-left:4px solid #d92d20;padding:.3rem .6rem}
 .note{color:#555;font-size:.85rem}code{font-size:.85rem;word-break:break-all}
+.snippet{overflow-wrap:anywhere;margin:.3rem 0}.document{border-left:3px solid #ccd;padding-left:.8rem}
+.card.text{width:560px;max-width:100%;box-sizing:border-box}
 """
 
 
@@ -149,6 +157,77 @@ class _Embedder:
             return None
         self.remaining -= len(encoded)
         return f"data:{kind};base64,{encoded}"
+
+
+class _Fragments:
+    """HTML fragments (a text output's snippet) inlined within a byte budget; counts what it leaves out."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.remaining = budget
+        self.omitted = 0
+
+    def inline(self, body: bytes | None) -> str | None:
+        if not body:
+            return None
+        fragment = sanitized_fragment(body.decode("utf-8", errors="replace"))
+        size = len(fragment.encode())
+        if size > self.remaining:
+            self.omitted += 1
+            return None
+        self.remaining -= size
+        return fragment
+
+
+#: What a text snippet (explain_core.text_report.html_snippet) is made of; anything else is dropped.
+FRAGMENT_TAGS = frozenset({"figure", "figcaption", "div", "span", "strong", "em", "b", "i", "br", "p"})
+FRAGMENT_VOID_TAGS = frozenset({"br"})
+FRAGMENT_ATTRIBUTES = frozenset({"style", "title", "class", "data-value"})
+
+
+class _FragmentFilter(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.open: list[str] = []
+        self.skipping = 0  # inside <script> or <style>: their content is dropped
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self.skipping += 1
+            return
+        if tag not in FRAGMENT_TAGS:
+            return
+        kept = "".join(f' {name}="{esc(value)}"' for name, value in attrs
+                       if name in FRAGMENT_ATTRIBUTES and value is not None
+                       and not (name == "style" and re.search(r"url\(|@import|expression\(", value, re.I)))
+        self.out.append(f"<{tag}{kept}>")
+        if tag not in FRAGMENT_VOID_TAGS:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.open:  # closes what it opened, and any element left open inside it
+            while self.open:
+                inner = self.open.pop()
+                self.out.append(f"</{inner}>")
+                if inner == tag:
+                    break
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.out.append(esc(data))
+
+
+def sanitized_fragment(fragment: str) -> str:
+    """``fragment`` re-written from its parse: only FRAGMENT_TAGS with FRAGMENT_ATTRIBUTES (style without
+    ``url(``), every text and attribute escaped again, every element closed. The snippets are escaped
+    by text_report already; this keeps a page safe even from a body that is not one of them."""
+    parser = _FragmentFilter()
+    parser.feed(fragment)
+    parser.close()
+    return "".join(parser.out) + "".join(f"</{tag}>" for tag in reversed(parser.open))
 
 
 def _downscaled(body: bytes, kind: str, max_side: int) -> tuple[bytes, str]:
@@ -235,14 +314,18 @@ def _page(title: str, body: str, data_block: str = "") -> str:
 METHOD_SHOWN = {"name", "params", "passes_per_image", "reference", "status", "outputs", "error", "seconds",
                 "seconds_per_image", "batch_rows"}
 OUTPUT_SHOWN = {"class_index", "class_name", "score"}
+#: The same for a text output (modalities.text.TextOutput): its files and top tokens are shown in its card.
+TEXT_OUTPUT_SHOWN = OUTPUT_SHOWN | {"document", "line", "unit", "tokens", "html", "image", "values", "top_tokens"}
 
 
 class _InputPage:
-    def __init__(self, manifest: dict, objects: Mapping[str, bytes], preview: bytes | None, budget: int):
+    def __init__(self, manifest: dict, objects: Mapping[str, bytes], preview: bytes | None, budget: int,
+                 text_budget: int = MAX_EMBEDDED_TEXT_BYTES):
         self.manifest = manifest
         self.objects = objects
         self.preview = preview
         self.images = _Embedder(budget)
+        self.snippets = _Fragments(text_budget)
         self.prefix = manifest.get("results_prefix", "")
         self.output_keys = set(manifest.get("output_keys", []))
 
@@ -272,10 +355,13 @@ class _InputPage:
             f" &middot; written {esc(m.get('created_at') or '-')} &middot; attempt <code>{esc(m.get('attempt', '-'))}"
             f"</code> &middot; {self.link(self.prefix + 'manifest.json', 'manifest.json')}</p>",
             self.input_section(),
-            self.predictions_section(),
         ]
-        parts += [self.class_section(explained) for explained in m.get("explained_classes", [])]
+        parts += BODY_SECTIONS.get(model.get("modality"), _class_sections)(self)
         parts += [self.methods_section(), self.details_section()]
+        if self.snippets.omitted:
+            parts.insert(2, f'<p class="warn">{self.snippets.omitted} highlighted document(s) not embedded: the '
+                            f"page holds at most {self.snippets.budget / 1024**2:.3g} MiB of them; their files "
+                            "are linked.</p>")
         if self.images.omitted:
             parts.insert(2, f'<p class="warn">{self.images.omitted} image(s) not embedded: the page holds at most '
                             f"{self.images.budget / 1024**2:.3g} MiB of images; their files are linked.</p>")
@@ -309,12 +395,12 @@ class _InputPage:
         return (f"<h2>Class {esc(explained.get('class_name'))} (index {esc(explained.get('class_index'))}"
                 f"{scored})</h2>")
 
-    def method_caption(self, method: dict) -> str:
+    def method_caption(self, method: dict, level: int = 3, per: str = "image") -> str:
         seconds = method.get("seconds_per_image", method.get("seconds"))
-        timing = f"{_number(seconds)} s" + (" per image" if "seconds_per_image" in method else "") \
+        timing = f"{_number(seconds)} s" + (f" per {per}" if "seconds_per_image" in method else "") \
             if seconds is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in method.get("params", {}).items()) or "defaults"
-        return (f"<h3>{esc(method.get('name'))}</h3><p class=\"note\">{esc(timing)} &middot; "
+        return (f"<h{level}>{esc(method.get('name'))}</h{level}><p class=\"note\">{esc(timing)} &middot; "
                 f"{esc(method.get('passes_per_image', '-'))} model passes &middot; {esc(params)}</p>")
 
     def class_section(self, explained: dict) -> str:
@@ -400,6 +486,65 @@ class _InputPage:
                 "<table><tr><th>line</th><th>predicted</th><th>model output</th><th>top features</th></tr>"
                 f"{''.join(lines)}</table>{more}")
 
+    # -------------------------------------------------------------- text files (see _document_sections)
+    def documents_summary(self, documents: list[dict]) -> str:
+        """The text file's predictions: documents per class."""
+        predictions = self.manifest.get("predictions")
+        counts = predictions.get("documents_per_class") if isinstance(predictions, dict) else None
+        if not counts:
+            return f"<h2>Predictions</h2>{_value(predictions)}"
+        rows = "".join(f"<tr><td>{esc(name)}</td><td>{esc(n)}</td></tr>" for name, n in counts.items())
+        return (f"<h2>Predictions</h2><p>{esc(len(documents))} document(s), by most probable class:</p>"
+                f"<table><tr><th>class</th><th>documents</th></tr>{rows}</table>")
+
+    def document_section(self, document: dict, outputs: list[tuple[dict, dict]]) -> str:
+        """One document: its prediction, then per explained class every method's highlighted snippet."""
+        index = document.get("document")
+        heading = (f"Document {esc(index)} (line {esc(document.get('line', '?'))})"
+                   + (f": {esc(document['class_name'])}, probability {_number(document.get('score'))}"
+                      if "class_name" in document else ""))
+        tokens = document.get("tokens")
+        truncated = document.get("truncated_tokens") or 0
+        note = (f'<p class="note">{esc(tokens)} token(s)'
+                + (f", the last {esc(truncated)} beyond the model's maximum length (grey)" if truncated else "")
+                + "</p>") if tokens is not None else ""
+        by_class: dict[Any, list[tuple[dict, dict]]] = {}
+        for method, output in outputs:
+            by_class.setdefault(output.get("class_index"), []).append((method, output))
+        classes = []
+        for cls, pairs in by_class.items():
+            first = pairs[0][1]
+            classes.append(f"<h3>Class {esc(first.get('class_name'))} (index {esc(cls)}, probability "
+                           f"{_number(first.get('score'))})</h3><div class=\"grid\">"
+                           f"{''.join(self.text_card(method, output) for method, output in pairs)}</div>")
+        body = "".join(classes) or '<p class="note">No method produced an output for this document.</p>'
+        return f'<h2>{heading}</h2><div class="document">{note}{body}</div>'
+
+    def text_card(self, method: dict, output: dict) -> str:
+        """One method's explanation of one document for one class: the highlighted document (the output's
+        HTML snippet, inlined), its top tokens, the other fields of the output, its files."""
+        snippet = self.snippets.inline(self.objects.get(output.get("html")))
+        if snippet is None:
+            reason = "over the page's size cap" if self.objects.get(output.get("html")) else "not available to the page"
+            snippet = f'<p class="note">highlighted document: {reason}; file {self.link(output.get("html", "?"))}</p>'
+        unit = output.get("unit") or "word"
+        top = output.get("top_tokens") or []
+        rows = "".join(f"<tr><td>{esc(token.get('text'))}</td><td>{esc(_signed(token.get('value')))}</td>"
+                       f"<td>{esc(token.get('start'))}&ndash;{esc(token.get('end'))}</td></tr>" for token in top)
+        tops = (f"<table><tr><th>top {esc(unit)}s</th><th>value</th><th>characters</th></tr>{rows}</table>"
+                if rows else "")
+        extras = {k: v for k, v in output.items() if k not in TEXT_OUTPUT_SHOWN}
+        metrics = extras.pop("metrics", None)
+        folded = f"<details><summary>metrics: parameters and cost</summary>{_value(metrics)}</details>" \
+            if metrics else ""
+        files = [(field, output[field]) for field in ("tokens", "image", "html", "values")
+                 if isinstance(output.get(field), str)]
+        labels = {"tokens": "tokens JSON", "image": "PNG", "html": "HTML", "values": "values CSV (all documents)"}
+        links = " &middot; ".join(self.link(key, labels[field]) for field, key in files)
+        return (f'<div class="card text">{self.method_caption(method, 4, "document")}'
+                f'<div class="snippet">{snippet}</div>{tops}{_fields(extras, set())}{folded}'
+                f'<p class="note">files: {links}</p></div>')
+
     def methods_section(self) -> str:
         rows, failures = [], []
         for method in self.manifest.get("methods", []):
@@ -430,6 +575,42 @@ class _InputPage:
         return f"<h2>Model, timings, versions</h2>{_fields(self.manifest, shown)}"
 
 
+def _class_sections(page: _InputPage) -> list[str]:
+    """Images and tables: the predictions, then per explained class every method's card."""
+    return [page.predictions_section(),
+            *(page.class_section(explained) for explained in page.manifest.get("explained_classes", []))]
+
+
+def _document_sections(page: _InputPage) -> list[str]:
+    """Text files: the documents per class, then per document (the first MAX_DOCUMENTS_SHOWN) its
+    prediction and every method's highlighted snippet per explained class."""
+    predictions = page.manifest.get("predictions")
+    documents = list(predictions.get("documents") or []) if isinstance(predictions, dict) else []
+    outputs: dict[Any, list[tuple[dict, dict]]] = {}
+    for method in page.manifest.get("methods", []):
+        for output in method.get("outputs", []):
+            outputs.setdefault(output.get("document"), []).append((method, output))
+    known = {document.get("document") for document in documents}
+    # Outputs of a document the predictions do not list (a manifest cut short) still get a section.
+    documents += [{"document": index, "line": pairs[0][1].get("line", "?")} for index, pairs in outputs.items()
+                  if index not in known]
+    shown = documents[:MAX_DOCUMENTS_SHOWN]
+    parts = [page.documents_summary(documents)]
+    parts += [page.document_section(document, outputs.get(document.get("document"), [])) for document in shown]
+    if len(documents) > len(shown):
+        rest = documents[len(shown):]
+        parts.append(f'<p class="warn">{len(rest)} more document(s) (lines {esc(rest[0].get("line"))} to '
+                     f'{esc(rest[-1].get("line"))}) not shown: the page shows the first {MAX_DOCUMENTS_SHOWN}; '
+                     "their predictions are in manifest.json, their attributions in each method's values CSV "
+                     "and tokens JSON files.</p>")
+    return parts
+
+
+#: The sections of an input's page between its Input section and its Methods table, per modality
+#: (the model's ``modality``); a modality not listed is laid out per explained class.
+BODY_SECTIONS = {"text": _document_sections}
+
+
 def _plain(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -439,15 +620,16 @@ def _signed(value: Any) -> str:
 
 
 def input_page(manifest, objects: Mapping[str, bytes], *, preview: bytes | None = None,
-               max_embedded_bytes: int = MAX_EMBEDDED_BYTES) -> str:
+               max_embedded_bytes: int = MAX_EMBEDDED_BYTES, max_text_bytes: int = MAX_EMBEDDED_TEXT_BYTES) -> str:
     """The HTML page of one explained input.
 
     ``manifest``: a :class:`explain_core.manifest.Manifest` or its JSON document; ``objects``: the
     bodies of its outputs by key (those missing are linked, not shown); ``preview``: a PNG or
-    JPEG of the input (:func:`input_preview`). Images are embedded up to ``max_embedded_bytes``.
+    JPEG of the input (:func:`input_preview`). Images are embedded up to ``max_embedded_bytes``,
+    a text file's highlighted snippets up to ``max_text_bytes``.
     """
     document = manifest if isinstance(manifest, dict) else manifest.to_dict()
-    return _InputPage(document, objects, preview, max_embedded_bytes).render()
+    return _InputPage(document, objects, preview, max_embedded_bytes, max_text_bytes).render()
 
 
 # ------------------------------------------------------------------------------------------ the model's index
