@@ -19,20 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from explain_core.errors import InvalidTableError, TableTooLargeError, UnsupportedTableFormatError
+from explain_core.uploaded_files import clip, decode_utf8, file_format, show
 
 #: File extensions (lower case) and the format each one means.
 SUPPORTED_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
-_UTF8_BOM = b"\xef\xbb\xbf"
-#: Byte-order marks of encodings users sometimes save as ("Unicode text" in Excel, Notepad).
-_OTHER_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
-#: Offending values are shown (and put in details) cut to this many characters.
-_MAX_SHOWN = 40
 #: Names listed in a message; the details carry up to _MAX_LISTED_DETAILS.
 _MAX_LISTED = 10
 _MAX_LISTED_DETAILS = 100
@@ -48,19 +39,8 @@ class Table:
 
 def table_format(filename: str) -> str:
     """The table format named by ``filename``'s extension (case-insensitive)."""
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    dot = base.rfind(".")
-    extension = base[dot:].lower() if dot >= 0 else ""
-    if extension in SUPPORTED_EXTENSIONS:
-        return SUPPORTED_EXTENSIONS[extension]
-    supported = ", ".join(SUPPORTED_EXTENSIONS)
-    what = f"extension {_show(extension)}" if extension else "no extension"
-    raise UnsupportedTableFormatError(
-        f"the file {_show(base)} has {what}; tables must be CSV or JSON Lines files named with one of: {supported}",
-        filename=_clip(base),
-        extension=_clip(extension),
-        supported=list(SUPPORTED_EXTENSIONS),
-    )
+    return file_format(filename, SUPPORTED_EXTENSIONS, UnsupportedTableFormatError,
+                       "tables must be CSV or JSON Lines files")
 
 
 def parse_table(data: bytes, filename: str, feature_names: list[str] | None, *, max_bytes: int, max_rows: int,
@@ -113,41 +93,12 @@ class _Names:
 
 def _decode(data: bytes) -> str:
     """UTF-8 text without a BOM; anything else (other encodings, binary data) is refused."""
-    skipped = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    try:
-        text = data[skipped:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = skipped + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        hint = next((f" (it looks like {name} text)" for bom, name in _OTHER_BOMS if data.startswith(bom)), "")
-        raise InvalidTableError(
-            f"the file is not UTF-8 text{hint}: byte {data[offset]:#04x} at byte offset {offset} (line {line}) "
-            "is not valid UTF-8; save the table as UTF-8 (in Excel: 'CSV UTF-8')",
-            offset=offset,
-            line=line,
-        ) from None
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise InvalidTableError(
-            f"the file contains a NUL byte at byte offset {nul}: it is a binary file, or text saved as "
-            "UTF-16/UTF-32; upload a UTF-8 CSV or JSON Lines file",
-            offset=nul,
-            line=data.count(b"\n", 0, nul) + 1,
-        )
-    return text
-
-
-def _clip(value: str, limit: int = _MAX_SHOWN) -> str:
-    return value if len(value) <= limit else value[: limit - 3] + "..."
-
-
-def _show(value: str) -> str:
-    """A user's value for a message: quoted and cut to about 40 characters."""
-    return repr(_clip(value))
+    return decode_utf8(data, InvalidTableError, encoding_advice="save the table as UTF-8 (in Excel: 'CSV UTF-8')",
+                       binary_advice="upload a UTF-8 CSV or JSON Lines file")
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(_show(n) for n in names[:_MAX_LISTED])
+    shown = ", ".join(show(n) for n in names[:_MAX_LISTED])
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
@@ -185,7 +136,7 @@ def _match_names(names: list[str], feature_names: list[str], *, where: str, kind
     raise InvalidTableError(
         message,
         missing=missing[:_MAX_LISTED_DETAILS],
-        unexpected=[_clip(n) for n in unexpected[:_MAX_LISTED_DETAILS]],
+        unexpected=[clip(n) for n in unexpected[:_MAX_LISTED_DETAILS]],
         missing_count=len(missing),
         unexpected_count=len(unexpected),
     )
@@ -207,17 +158,17 @@ def _csv_value(cell: str, *, line: int, column: str) -> float:
         value = float(cell.strip()) if cell.strip() else math.nan  # an empty cell is a missing value
     except ValueError:
         raise InvalidTableError(
-            f"line {line}, column {_show(column)}: {_show(cell)} is not a number; expected a finite number",
+            f"line {line}, column {show(column)}: {show(cell)} is not a number; expected a finite number",
             line=line,
             column=column,
-            value=_clip(cell),
+            value=clip(cell),
         ) from None
     if not math.isfinite(value):
         raise InvalidTableError(
-            f"line {line}, column {_show(column)}: missing or non-finite value {_show(cell)}; expected a finite number",
+            f"line {line}, column {show(column)}: missing or non-finite value {show(cell)}; expected a finite number",
             line=line,
             column=column,
-            value=_clip(cell),
+            value=clip(cell),
         )
     return value
 
@@ -247,7 +198,7 @@ def _parse_csv(text: str, names: _Names, max_rows: int) -> tuple[list[list[float
             header = [cell.strip() for cell in cells]
             if names.resolved is None and all(_is_float(cell) for cell in header):
                 raise InvalidTableError(
-                    f"line {start} looks like data ({_show(','.join(header))}): the model card names no features, "
+                    f"line {start} looks like data ({show(','.join(header))}): the model card names no features, "
                     "so a header row naming the columns is required as the first row",
                     line=start,
                 )
@@ -277,8 +228,8 @@ def _csv_header(header: list[str], feature_names: list[str], *, line: int) -> li
     """Check the header row; return, for each feature in the card's order, its column index."""
     if set(header) != set(feature_names) and all(_is_float(cell) for cell in header):
         raise InvalidTableError(
-            f"line {line} looks like data ({_show(','.join(header))}): a header row with the feature names "
-            f"is required as the first row, e.g. {_show(','.join(feature_names))}",
+            f"line {line} looks like data ({show(','.join(header))}): a header row with the feature names "
+            f"is required as the first row, e.g. {show(','.join(feature_names))}",
             line=line,
         )
     empty = [i + 1 for i, name in enumerate(header) if not name]
@@ -295,7 +246,7 @@ def _csv_header(header: list[str], feature_names: list[str], *, line: int) -> li
             f"line {line}: the header names these columns more than once: {_listing(duplicates)}; "
             "each feature must appear in exactly one column",
             line=line,
-            duplicates=[_clip(n) for n in duplicates[:_MAX_LISTED_DETAILS]],
+            duplicates=[clip(n) for n in duplicates[:_MAX_LISTED_DETAILS]],
         )
     _match_names(header, feature_names, where=f"the header (line {line})", kind="columns")
     index = {name: i for i, name in enumerate(header)}
@@ -335,14 +286,14 @@ def _json_value(value: object, *, line: int, column: str) -> float:
     elif value is None:
         problem = "missing or non-finite value null"
     elif isinstance(value, str):
-        problem = f"{_show(value)} is a string; write numbers without quotes"
+        problem = f"{show(value)} is a string; write numbers without quotes"
     else:
-        problem = f"{_clip(json.dumps(value))} is {_json_type(value)}, not a number"
+        problem = f"{clip(json.dumps(value))} is {_json_type(value)}, not a number"
     raise InvalidTableError(
-        f"line {line}, feature {_show(column)}: {problem}; expected a finite number",
+        f"line {line}, feature {show(column)}: {problem}; expected a finite number",
         line=line,
         column=column,
-        value=_clip(json.dumps(value)),
+        value=clip(json.dumps(value)),
     )
 
 
@@ -360,9 +311,9 @@ def _parse_jsonl(text: str, names: _Names, max_rows: int) -> tuple[list[list[flo
             item = json.loads(line, parse_int=float, object_pairs_hook=_object_pairs)
         except _DuplicateKeyError as exc:
             raise InvalidTableError(
-                f"line {number}: the key {_show(exc.key)} appears more than once; each feature must appear once",
+                f"line {number}: the key {show(exc.key)} appears more than once; each feature must appear once",
                 line=number,
-                column=_clip(exc.key),
+                column=clip(exc.key),
             ) from None
         except RecursionError:
             raise InvalidTableError(
@@ -372,7 +323,7 @@ def _parse_jsonl(text: str, names: _Names, max_rows: int) -> tuple[list[list[flo
         except ValueError as exc:
             reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise InvalidTableError(
-                f"line {number} is not valid JSON ({_clip(reason, 80)}); each line must hold one complete JSON "
+                f"line {number} is not valid JSON ({clip(reason, 80)}); each line must hold one complete JSON "
                 "object (feature name -> number) or array of numbers",
                 line=number,
             ) from None
@@ -398,7 +349,7 @@ def _parse_jsonl(text: str, names: _Names, max_rows: int) -> tuple[list[list[flo
             rows.append([_json_value(v, line=number, column=f) for v, f in zip(item, feature_names, strict=True)])
         else:
             raise InvalidTableError(
-                f"line {number}: got {_json_type(item)} ({_clip(line.strip())}); expected a JSON object "
+                f"line {number}: got {_json_type(item)} ({clip(line.strip())}); expected a JSON object "
                 "(feature name -> number) or an array of numbers",
                 line=number,
             )

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 from explain_core.errors import (
     DocumentTooLongError,
-    ExplainError,
     InvalidTextError,
     TextTooLargeError,
     UnsupportedTextFormatError,
 )
-from explain_core.tables import _OTHER_BOMS, _UTF8_BOM, _clip, _show
+from explain_core.uploaded_files import clip, decode_utf8, file_format, show
 
 #: File extensions (lower case) and the format each one means.
 SUPPORTED_EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -52,20 +51,8 @@ class TextFile:
 
 def text_format(filename: str) -> str:
     """The text format named by ``filename``'s extension (case-insensitive)."""
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    dot = base.rfind(".")
-    extension = base[dot:].lower() if dot >= 0 else ""
-    if extension in SUPPORTED_EXTENSIONS:
-        return SUPPORTED_EXTENSIONS[extension]
-    supported = ", ".join(SUPPORTED_EXTENSIONS)
-    what = f"extension {_show(extension)}" if extension else "no extension"
-    raise UnsupportedTextFormatError(
-        f"the file {_show(base)} has {what}; texts must be plain text, JSON Lines or CSV files named with one of: "
-        f"{supported}",
-        filename=_clip(base),
-        extension=_clip(extension),
-        supported=list(SUPPORTED_EXTENSIONS),
-    )
+    return file_format(filename, SUPPORTED_EXTENSIONS, UnsupportedTextFormatError,
+                       "texts must be plain text, JSON Lines or CSV files")
 
 
 def parse_texts(data: bytes, filename: str, *, max_bytes: int, max_documents: int) -> TextFile:
@@ -108,46 +95,14 @@ def encode_documents(documents: list[Document], tokenizer, *, max_tokens: int) -
             )
         if count == 0:
             raise InvalidTextError(
-                f"line {document.line}: no words the model can read in {_show(document.text)} "
+                f"line {document.line}: no words the model can read in {show(document.text)} "
                 "(only punctuation or separators)",
                 line=document.line,
                 document=number,
-                text=_clip(document.text),
+                text=clip(document.text),
             )
         encoded.append(result)
     return encoded
-
-
-# --- decoding (shared with tables: see decode_utf8) --------------------------------------
-
-
-def decode_utf8(data: bytes, error: type[ExplainError], *, encoding_advice: str, binary_advice: str) -> str:
-    """UTF-8 text without a BOM; other encodings and binary data raise ``error`` with the byte offset and line.
-
-    ``encoding_advice`` ends the message about invalid UTF-8, ``binary_advice`` the one about a NUL byte.
-    """
-    skipped = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    try:
-        text = data[skipped:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = skipped + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        hint = next((f" (it looks like {name} text)" for bom, name in _OTHER_BOMS if data.startswith(bom)), "")
-        raise error(
-            f"the file is not UTF-8 text{hint}: byte {data[offset]:#04x} at byte offset {offset} (line {line}) "
-            f"is not valid UTF-8; {encoding_advice}",
-            offset=offset,
-            line=line,
-        ) from None
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise error(
-            f"the file contains a NUL byte at byte offset {nul}: it is a binary file, or text saved as "
-            f"UTF-16/UTF-32; {binary_advice}",
-            offset=nul,
-            line=data.count(b"\n", 0, nul) + 1,
-        )
-    return text
 
 
 # --- documents ----------------------------------------------------------------------------
@@ -224,7 +179,7 @@ def _parse_jsonl(text: str, max_documents: int) -> list[Document]:
         except ValueError as exc:
             reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise InvalidTextError(
-                f"line {number} is not valid JSON ({_clip(reason, 80)}); each line must hold one complete JSON "
+                f"line {number} is not valid JSON ({clip(reason, 80)}); each line must hold one complete JSON "
                 'object with a "text" field, or a JSON string',
                 line=number,
             ) from None
@@ -234,7 +189,7 @@ def _parse_jsonl(text: str, max_documents: int) -> list[Document]:
             documents.append(_jsonl_object(item, number))
         else:
             raise InvalidTextError(
-                f"line {number}: got {_json_type(item)} ({_show(line.strip())}); expected a JSON object with a "
+                f"line {number}: got {_json_type(item)} ({show(line.strip())}); expected a JSON object with a "
                 '"text" field, or a JSON string',
                 line=number,
                 found=_json_type(item),
@@ -248,14 +203,14 @@ def _jsonl_object(pairs: _Pairs, number: int) -> Document:
     values = [value for key, value in pairs if key == TEXT_FIELD]
     if not values:
         keys = [key for key, _ in pairs]
-        found = f"its keys are {', '.join(_show(k) for k in keys[:_MAX_LISTED])}" if keys else "it is empty"
+        found = f"its keys are {', '.join(show(k) for k in keys[:_MAX_LISTED])}" if keys else "it is empty"
         if len(keys) > _MAX_LISTED:
             found += f" and {len(keys) - _MAX_LISTED} more"
-        hint = next((f" (keys are case-sensitive: {_show(k)})" for k in keys if k.strip().lower() == TEXT_FIELD), "")
+        hint = next((f" (keys are case-sensitive: {show(k)})" for k in keys if k.strip().lower() == TEXT_FIELD), "")
         raise InvalidTextError(
             f'line {number}: the object has no "text" field{hint}; {found}',
             line=number,
-            keys=[_clip(k) for k in keys[:100]],
+            keys=[clip(k) for k in keys[:100]],
         )
     if len(values) > 1:
         raise InvalidTextError(
@@ -264,7 +219,7 @@ def _jsonl_object(pairs: _Pairs, number: int) -> Document:
     (value,) = values
     if not isinstance(value, str):
         raise InvalidTextError(
-            f'line {number}: "text" is {_json_type(value)} ({_clip(json.dumps(value))}); expected a string',
+            f'line {number}: "text" is {_json_type(value)} ({clip(json.dumps(value))}); expected a string',
             line=number,
             found=_json_type(value),
         )
@@ -322,7 +277,7 @@ def _parse_csv(text: str, max_documents: int) -> list[Document]:
                 expected=len(header),
                 got=len(cells),
             )
-        documents.append(_document(cells[column], start, f"the {_show(header[column].strip())} cell"))
+        documents.append(_document(cells[column], start, f"the {show(header[column].strip())} cell"))
     if header is None:
         raise _no_documents("it is empty or blank")
     if not documents:
@@ -340,13 +295,13 @@ def _csv_header(header: list[str], line: int) -> int:
             line=line,
         )
     if not found:
-        listed = ", ".join(_show(n) for n in names[:_MAX_LISTED])
+        listed = ", ".join(show(n) for n in names[:_MAX_LISTED])
         if len(names) > _MAX_LISTED:
             listed += f" and {len(names) - _MAX_LISTED} more"
         raise InvalidTextError(
             f"line {line}: the header has no {TEXT_FIELD!r} column (found {listed}); the first row must name "
             f"the columns, one of them {TEXT_FIELD!r}",
             line=line,
-            columns=[_clip(n) for n in names[:100]],
+            columns=[clip(n) for n in names[:100]],
         )
     return found[0]

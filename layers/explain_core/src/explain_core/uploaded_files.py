@@ -1,0 +1,68 @@
+"""What the parsers of uploaded files share (tables.py, texts.py): the format named by the extension,
+UTF-8 decoding with the errors people can act on, and user values cut short for messages."""
+
+from explain_core.errors import ExplainError
+
+UTF8_BOM = b"\xef\xbb\xbf"
+#: Byte-order marks of encodings users sometimes save as ("Unicode text" in Excel, Notepad).
+OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+#: Offending values are shown (and put in details) cut to this many characters.
+MAX_SHOWN = 40
+
+
+def clip(value: str, limit: int = MAX_SHOWN) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def show(value: str) -> str:
+    """A user's value for a message: quoted and cut to about 40 characters."""
+    return repr(clip(value))
+
+
+def file_format(filename: str, supported: dict[str, str], error: type[ExplainError], expected: str) -> str:
+    """The format ``supported`` maps ``filename``'s extension to (case-insensitive); else ``error`` saying
+    what was ``expected`` (e.g. "tables must be CSV or JSON Lines files")."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    extension = base[dot:].lower() if dot >= 0 else ""
+    if extension in supported:
+        return supported[extension]
+    what = f"extension {show(extension)}" if extension else "no extension"
+    raise error(
+        f"the file {show(base)} has {what}; {expected} named with one of: {', '.join(supported)}",
+        filename=clip(base), extension=clip(extension), supported=list(supported),
+    )
+
+
+def decode_utf8(data: bytes, error: type[ExplainError], *, encoding_advice: str, binary_advice: str) -> str:
+    """UTF-8 text without a BOM; other encodings and binary data raise ``error`` with the byte offset and line.
+
+    ``encoding_advice`` ends the message about invalid UTF-8, ``binary_advice`` the one about a NUL byte.
+    """
+    skipped = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        text = data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skipped + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        hint = next((f" (it looks like {name} text)" for bom, name in OTHER_BOMS if data.startswith(bom)), "")
+        raise error(
+            f"the file is not UTF-8 text{hint}: byte {data[offset]:#04x} at byte offset {offset} (line {line}) "
+            f"is not valid UTF-8; {encoding_advice}",
+            offset=offset,
+            line=line,
+        ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise error(
+            f"the file contains a NUL byte at byte offset {nul}: it is a binary file, or text saved as "
+            f"UTF-16/UTF-32; {binary_advice}",
+            offset=nul,
+            line=data.count(b"\n", 0, nul) + 1,
+        )
+    return text
