@@ -2,7 +2,7 @@
 
 They are the shape API Gateway sends a Lambda proxy integration, with the Lambda authorizer's
 principal in ``requestContext.authorizer`` (built by :mod:`devtools.local.api_gateway`). The
-inline inputs are a held-out demo image and demo table rows, so the functional tests can check
+inline inputs are a held-out demo image, demo table rows and demo reviews, so the functional tests can check
 real predictions. Run ``python -m devtools.api_events`` after changing the demo data; the files
 are committed.
 """
@@ -11,11 +11,13 @@ import base64
 import json
 from pathlib import Path
 
-from devtools import demo_model, tabular_demo
+from devtools import demo_model, tabular_demo, text_demo
 from devtools.local.api_gateway import TEST_API_KEY, explain_event, rest_event
 from devtools.samples import encode_image
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
+#: The inline text of events/api-explain-text.json: a clearly positive review.
+TEXT_REVIEW = "I loved it, truly wonderful"
 
 
 def events() -> dict[str, dict]:
@@ -24,6 +26,8 @@ def events() -> dict[str, dict]:
     rows, _ = tabular_demo.sample_rows(4)
     csv = base64.b64encode(tabular_demo.sample_csv(rows)).decode()
     shapes = {"name": demo_model.NAME, "version": demo_model.VERSION}
+    sentiment = {"name": text_demo.MODEL, "version": text_demo.VERSION}
+    reviews = base64.b64encode(text_demo.sample_files()["reviews.jsonl"]).decode()
     return {
         "api-explain-gradient.json": explain_event("gradient", {
             "model": shapes, "methods": ["Saliency", "GradCAM"], "input_base64": png, "filename": "sample-0.png",
@@ -35,6 +39,12 @@ def events() -> dict[str, dict]:
         "api-explain-shap-table.json": explain_event("shap", {
             "model": {"name": "breast-cancer-xgb", "version": tabular_demo.VERSION},
             "methods": ["TreeExplainer"], "input_base64": csv, "filename": "patients.csv",
+        }),
+        "api-explain-text.json": explain_event("gradient", {
+            "model": sentiment, "methods": ["IntegratedGradients", "Saliency"], "input_text": TEXT_REVIEW,
+        }),
+        "api-explain-text-file.json": explain_event("perturbation", {
+            "model": sentiment, "methods": ["WordOcclusion"], "input_base64": reviews, "filename": "reviews.jsonl",
         }),
         "api-explain-malformed.json": explain_event("gradient", '{"model": {"name": "shapes", '),
         "api-explain-unknown-model.json": explain_event("gradient", {
@@ -58,11 +68,16 @@ def events() -> dict[str, dict]:
     }
 
 
-def main() -> None:
+def main(names: list[str] | None = None) -> None:
+    """Write every event, or only those named."""
     for name, event in events().items():
+        if names and name not in names:
+            continue
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
         print(f"wrote events/{name}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

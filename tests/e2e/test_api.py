@@ -217,6 +217,29 @@ def test_errors_are_typed_through_the_gateway(api, key, samples, case):
     assert response.json()["error"]["message"]
 
 
+# ----------------------------------------------------------------------------------- texts
+def test_inline_text_is_explained_through_the_gateway(api, key, container_deployment):
+    from devtools import text_demo
+    from devtools.api_events import TEXT_REVIEW
+
+    text_demo.publish(container_deployment.client("s3"), container_deployment.bucket("ModelBucket"))
+    sentiment = {"name": text_demo.MODEL, "version": text_demo.VERSION}
+    response = call(api, "POST", "/explanations/gradient", key=key,
+                    body={"model": sentiment, "methods": ["IntegratedGradients"], "input_text": TEXT_REVIEW})
+    assert response.status == 200, response.text()
+    result = response.json()
+    (document,) = result["predictions"]["documents"]
+    assert document["class_name"] == "positive"
+    (output,) = result["methods"][0]["outputs"]
+    assert output["tokens_url"].startswith(api.emulator.host_endpoint + "/")
+    tokens = json.loads(fetch(output["tokens_url"]))["tokens"]
+    assert [TEXT_REVIEW[t["start"]:t["end"]] for t in tokens] == ["I", "loved", "it", "truly", "wonderful"]
+
+    refused = call(api, "POST", "/explanations/gradient", key=key,
+                   body={"model": sentiment, "methods": ["GradCAM"], "input_text": TEXT_REVIEW})
+    assert refused.status == 422 and error_code(refused) == "unsupported_model", refused.text()
+
+
 # ----------------------------------------------------------------------------------- uploads
 def test_presigned_upload_then_explain_the_uploaded_object(api, key, samples):
     images, labels, _ = samples

@@ -5,7 +5,7 @@ from itertools import combinations
 
 import pytest
 
-from devtools import containers
+from devtools import containers, text_demo
 from devtools.local import FAMILY_FUNCTIONS
 from devtools.local.events import deliver
 from tests.conftest import EVENTS, clear_outputs, event_keys, load_event, png_bytes, read_json
@@ -15,6 +15,21 @@ pytestmark = pytest.mark.e2e
 
 #: Layers after the shared ones that differ per function: requirements file, their install, app.py.
 FUNCTION_LAYERS = 3
+#: Cheap methods per family for the text demo model's uploads.
+TEXT_METHODS = {"gradient": "Saliency,IntegratedGradients", "perturbation": "WordOcclusion",
+                "shap": "TextPartitionExplainer"}
+
+
+@pytest.fixture(scope="session")
+def container_text_model(container_deployment):
+    """The sentiment demo model (devtools.text_demo) published on the emulator container."""
+    text_demo.publish(container_deployment.client("s3"), container_deployment.bucket("ModelBucket"))
+    return text_demo
+
+
+def is_text(key: str) -> bool:
+    """An upload for the text demo model (its inputs are .txt, .jsonl and .csv files)."""
+    return f"/{text_demo.MODEL}/{text_demo.VERSION}/" in key
 
 
 def event_files(family: str) -> list[str]:
@@ -57,6 +72,13 @@ def test_sam_local_invoke_every_event(function, family, container_deployment, en
         clear_outputs(s3, container_deployment, family)
         keys = [key for key in event_keys(event) if key.startswith(f"incoming/{family}/")]
         for i, key in enumerate(keys):
+            if is_text(key):
+                request.getfixturevalue("container_text_model")
+                name = key.rsplit("/", 1)[1]
+                files = text_demo.sample_files()
+                s3.put_object(Bucket=container_deployment.bucket("InputBucket"), Key=key,
+                              Body=files.get(name, files["review.txt"]), Metadata={"methods": TEXT_METHODS[family]})
+                continue
             if is_table(key):
                 # Only the shap family's tests need the tabular demo models.
                 tabular_demo = request.getfixturevalue("tabular_models")
@@ -77,6 +99,9 @@ def test_sam_local_invoke_every_event(function, family, container_deployment, en
         assert invocation.response != {}, invocation.output[-3000:]
         assert failures == poison, invocation.output[-3000:]
         for i, key in enumerate(keys):
+            if is_text(key):
+                check_text_manifest(s3, container_deployment, key, family)
+                continue
             image_model = key.startswith(f"incoming/{family}/shapes/v1/") and not is_table(key)
             tabular_model = is_table(key) and any(key.startswith(f"incoming/{family}/{model}/v1/")
                                                   for model in TABULAR_METHODS)
@@ -91,3 +116,18 @@ def test_sam_local_invoke_every_event(function, family, container_deployment, en
             for output in manifest["output_keys"]:
                 head = s3.head_object(Bucket=container_deployment.bucket("ResultsBucket"), Key=output)
                 assert head["ContentLength"] > 0
+
+
+def check_text_manifest(s3, deployment, key: str, family: str) -> None:
+    """A text upload's manifest: succeeded, each document predicted as the demo's truth says, its files written."""
+    manifest = read_json(s3, deployment.bucket("ResultsBucket"),
+                         f"results/{key.removeprefix('incoming/')}/manifest.json")
+    assert manifest["status"] == "succeeded", (key, manifest)
+    name = key.rsplit("/", 1)[1]
+    truth = text_demo.sample_truth().get(name, text_demo.sample_truth()["review.txt"])
+    assert [d["class_name"] for d in manifest["predictions"]["documents"]] == [t["label"] for t in truth], key
+    assert {m["name"] for m in manifest["methods"]} == set(TEXT_METHODS[family].split(","))
+    assert all(m["status"] == "succeeded" for m in manifest["methods"]), manifest["methods"]
+    assert manifest["output_keys"], key
+    for output in manifest["output_keys"]:
+        assert s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=output)["ContentLength"] > 0

@@ -83,9 +83,11 @@ _ERROR_DESCRIPTIONS = {
     403: "Unknown or disabled API key (API Gateway, Lambda authorizer)",
     404: "Unknown model, uploaded input, job or route",
     409: "The same job request is being created right now; retry",
-    413: "Input too large (inline inputs: 4 MiB decoded; use POST /uploads)",
-    415: "Unsupported image or table format, or a body that is not JSON",
-    422: "Invalid method, parameter, target or model for the method",
+    413: "Input too large (inline inputs: 4 MiB decoded; use POST /uploads), or a text over its limits "
+         "(text_too_large, document_too_long)",
+    415: "Unsupported image, table or text format, or a body that is not JSON",
+    422: "Invalid method, parameter, target or model for the method (unsupported_model), or an input that "
+         "cannot be read (invalid_image, invalid_table, invalid_text: the details name the line)",
     429: "Throttled by the stage's rate limit",
 }
 
@@ -249,7 +251,8 @@ def create_upload(upload: UploadRequest):
 
     settings = services.settings
     key = f"{settings.upload_prefix}{uuid.uuid4().hex}/{upload.filename}"
-    max_bytes = max(settings.max_image_bytes, settings.max_table_bytes)
+    # Any input kind may come this way (images, tables, texts); each is checked against its own limit when read.
+    max_bytes = max(settings.max_image_bytes, settings.max_table_bytes, settings.max_text_bytes)
     ticket = services.links.upload(key, max_bytes, UPLOAD_TICKET_SECONDS)
     return _json(201, UploadTicket(input_key=key, url=ticket["url"], fields=ticket["fields"],
                                    expires_in=UPLOAD_TICKET_SECONDS, max_bytes=max_bytes))
@@ -265,7 +268,7 @@ def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_REGEX)]):
 
 
 @app.post(
-    "/explanations/<family>", summary="Explain one image or table: now (200) or as a job (202)",
+    "/explanations/<family>", summary="Explain one image, table or text: now (200) or as a job (202)",
     tags=["explanations"], operation_id="explain",
     responses=_responses({200: ("Explained now", ExplanationResult), 202: ("Started as a job", JobAccepted)},
                          404, 409, 413, 415, 422),
@@ -436,7 +439,7 @@ def openapi_json() -> str:
 
     return app.get_openapi_json_schema(
         title=API_TITLE, version=API_VERSION,
-        description="Explanations of image and tabular models (Xplique, SHAP) as a REST API. Send "
+        description="Explanations of image, tabular and text models (Xplique, SHAP) as a REST API. Send "
                     "`Authorization: Bearer <API key>`; keys are checked by a Lambda authorizer.",
         security_schemes={"apiKey": HTTPBearer(description="An API key from the clients table")},
         security=[{"apiKey": []}],

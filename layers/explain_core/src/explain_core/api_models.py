@@ -47,6 +47,7 @@ from explain_core.manifest import (  # the manifest's models are the API's: one 
     Timings,
 )
 from explain_core.manifest_parts import METRICS_FIELD, MetricScore
+from explain_core.modalities.text import TopToken
 from explain_core.rendering import HEATMAP_RANGE, RENDERING, RenderOptions, rendering_metadata
 from explain_core.sanity import SanityReport, SanityRequest
 
@@ -58,6 +59,8 @@ UPLOAD_KEY_REGEX = r"^uploads/[0-9a-f]{32}/[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
 JOB_ID_REGEX = r"^[0-9a-f]{32}$"
 #: Largest decoded inline input: Lambda's 6 MB request payload holds about 4.4 MB once base64-encoded.
 MAX_INLINE_INPUT_BYTES = 4 * 1024 * 1024
+#: Inline inputs' default file names: the name's extension says how the input is read.
+DEFAULT_IMAGE_FILENAME, DEFAULT_TEXT_FILENAME = "input.png", "input.txt"
 
 
 class _Strict(BaseModel):
@@ -84,15 +87,23 @@ class ExplanationRequest(_Strict):
     top_k: int | None = Field(default=None, ge=1, le=10, description="Explain the k most probable classes")
     input_base64: str | None = Field(
         default=None,
-        description=f"The image (PNG, JPEG, WebP, ...) or table (CSV, JSON Lines) base64-encoded; at most "
-                    f"{MAX_INLINE_INPUT_BYTES} bytes once decoded, larger inputs go through POST /uploads",
+        description=f"The image (PNG, JPEG, WebP, ...), table (CSV, JSON Lines) or text file (.txt, .jsonl, .csv: "
+                    f"give its filename) base64-encoded; at most {MAX_INLINE_INPUT_BYTES} bytes once decoded, larger "
+                    "inputs go through POST /uploads",
+    )
+    input_text: str | None = Field(
+        default=None, min_length=1,
+        description=f"Text models: one document as plain text (explained as a .txt file, default filename "
+                    f"{DEFAULT_TEXT_FILENAME}); at most {MAX_INLINE_INPUT_BYTES} bytes in UTF-8",
     )
     input_key: str | None = Field(
         default=None, pattern=UPLOAD_KEY_REGEX, description="The input_key returned by POST /uploads"
     )
     filename: str | None = Field(
         default=None, pattern=FILENAME_REGEX,
-        description="Name of an inline input; its extension matters for tables (.csv, .jsonl). Default input.png",
+        description="Name of an inline input; its extension matters for tables and texts (.csv, .jsonl, .txt). "
+                    f"Default {DEFAULT_IMAGE_FILENAME}, or {DEFAULT_TEXT_FILENAME} with input_text (whose "
+                    "filename must end in .txt)",
     )
     rendering: RenderOptions | None = Field(
         default=None,
@@ -116,8 +127,11 @@ class ExplanationRequest(_Strict):
 
     @model_validator(mode="after")
     def _one_input(self):
-        if (self.input_base64 is None) == (self.input_key is None):
-            raise ValueError("give exactly one of input_base64 and input_key")
+        given = [self.input_base64, self.input_key, self.input_text]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of input_base64, input_key and input_text")
+        if self.input_text is not None and self.filename is not None and not self.filename.lower().endswith(".txt"):
+            raise ValueError("input_text is one plain-text document: its filename must end in .txt")
         return self
 
     def options_metadata(self) -> dict[str, str]:
@@ -147,7 +161,8 @@ class ErrorResponse(BaseModel):
 
 
 class MethodOutput(BaseModel):
-    """One explained class of one method: links to its files, never the arrays themselves."""
+    """One explained class of one method (images, tables: of the input; texts: of one document): links to its
+    files, never the arrays themselves."""
 
     class_index: Annotated[int, CLASS_INDEX]
     class_name: Annotated[str, CLASS_NAME]
@@ -163,6 +178,24 @@ class MethodOutput(BaseModel):
     summary_url: str | None = Field(default=None, description="Tables: the summary JSON")
     additivity_max_error: Annotated[float | None, ADDITIVITY_MAX_ERROR] = None
     files: dict[str, str] = Field(default_factory=dict, description="Tables: file name -> URL (values, plots)")
+    document: int | None = Field(default=None, description="Texts: 0-based index of the document in the file")
+    line: int | None = Field(default=None, description="Texts: 1-based line of the file where the document starts")
+    unit: Literal["word", "sentence"] | None = Field(
+        default=None, description="Texts: what each value covers, a word or a sentence")
+    tokens_url: str | None = Field(
+        default=None, description="Texts: the attributions JSON: per token (or sentence) its text, character "
+                                  "offsets [start, end) in the document and value")
+    html_url: str | None = Field(
+        default=None, description="Texts: the document as an HTML snippet, each token highlighted by its value")
+    image_url: str | None = Field(default=None, description="Texts: the same highlighted document (PNG)")
+    values_url: str | None = Field(
+        default=None, description="Texts: the method's values CSV (every document and token of the file)")
+    top_tokens: list[TopToken] | None = Field(
+        default=None, description="Texts: the tokens with the largest |value|, largest first")
+    sum_of_values: float | None = Field(
+        default=None, description="Texts: sum of the values over the tokens the model saw")
+    padding_value: float | None = Field(
+        default=None, description="Texts, gradient methods: attribution that fell on padding positions")
     metrics: Annotated[dict[str, MetricScore] | None, METRICS_FIELD] = None
     approximation: Annotated[Approximation | TableApproximation | None, APPROXIMATION] = None
     warnings: Annotated[list[ExplanationWarning] | None, WARNINGS] = None

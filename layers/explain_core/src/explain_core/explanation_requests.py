@@ -2,11 +2,12 @@
 
 The decision, per request (``mode=auto``, the default):
 
-1. the input is stored under ``requests/<family>/<model>/<version>/api/<client>/<digest>/<file>``
-   (``client``: a hash of the API client's id; ``digest``: of that hash, the bytes and the options:
-   the same request from the same client maps to the same key), validated and decoded exactly as
-   the S3 path does; a request the same client had explained before is answered from its manifest.
-   Clients never share a stored request or its results, so no client learns what another sent;
+1. the input (base64, ``input_text`` as a ``.txt`` file, or an uploaded object) is stored under
+   ``requests/<family>/<model>/<version>/api/<client>/<digest>/<file>`` (``client``: a hash of the
+   API client's id; ``digest``: of that hash, the bytes and the options: the same request from the
+   same client maps to the same key), validated and decoded exactly as the S3 path does; a request
+   the same client had explained before is answered from its manifest. Clients never
+   share a stored request or its results, so no client learns what another sent;
 2. ``estimate`` = the session's cost estimate: the model's pass time measured on this input,
    times each method's registry pass count (x3 with a backward pass), plus a fixed overhead per
    method (:meth:`ExplanationSession.estimate_seconds`);
@@ -36,7 +37,14 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 
-from explain_core.api_models import MAX_INLINE_INPUT_BYTES, ExplanationRequest, ExplanationResult, JobAccepted
+from explain_core.api_models import (
+    DEFAULT_IMAGE_FILENAME,
+    DEFAULT_TEXT_FILENAME,
+    MAX_INLINE_INPUT_BYTES,
+    ExplanationRequest,
+    ExplanationResult,
+    JobAccepted,
+)
 from explain_core.api_responses import Links, explanation_result
 from explain_core.errors import (
     ExplainError,
@@ -58,7 +66,6 @@ API_GATEWAY_TIMEOUT_S = 29.0
 SYNC_RESERVE_S = 3.0
 #: The same job request within this time returns the same job.
 IDEMPOTENCY_SECONDS = 24 * 3600
-DEFAULT_FILENAME = "input.png"
 
 logger = Logger(child=True)
 
@@ -151,6 +158,15 @@ class ExplanationRequests:
 
     def _input(self, request: ExplanationRequest, loaded: LoadedModel) -> tuple[bytes, str]:
         """The input's bytes and file name, size-checked before decoding or reading."""
+        if request.input_text is not None:
+            # Unpaired surrogates never get here: the schema refuses them (400 malformed_request).
+            data = request.input_text.encode("utf-8")
+            if len(data) > MAX_INLINE_INPUT_BYTES:  # the bytes stored and explained, not the characters
+                raise RequestTooLargeError(
+                    f"input_text is limited to {MAX_INLINE_INPUT_BYTES} bytes in UTF-8 ({len(data)} sent); upload "
+                    "larger texts with POST /uploads and send their input_key", limit=MAX_INLINE_INPUT_BYTES,
+                )
+            return data, request.filename or DEFAULT_TEXT_FILENAME
         if request.input_base64 is not None:
             # 4 base64 characters hold 3 bytes: refuse before decoding anything large.
             if len(request.input_base64) > (MAX_INLINE_INPUT_BYTES + 2) // 3 * 4:
@@ -164,7 +180,7 @@ class ExplanationRequests:
                 raise MalformedRequestError(f"input_base64 is not valid base64: {exc}") from exc
             if not data:
                 raise MalformedRequestError("input_base64 is empty")
-            return data, request.filename or DEFAULT_FILENAME
+            return data, request.filename or DEFAULT_IMAGE_FILENAME
         uploaded = Upload("", self.settings.input_bucket, request.input_key, None)
         try:
             data, _ = self.session.download(uploaded, loaded)
