@@ -36,6 +36,12 @@ Sections (``--sections``, all by default), printed as plain-text tables and writ
     "6.6 s"): first use in a fresh process, a warm call split into pieces, and variants (model
     function, batch size).
 
+``text``
+    Each text method on the demo LSTM over N held-out reviews (``--text-documents``), per
+    document: the floor (registry passes x a measured forward, or forward + backward, pass), the
+    raw Xplique or shap call a user would write, ours (``build_explainer`` + ``explain_document``)
+    and the handler on a ``.jsonl`` upload.
+
 Findings of ``partition-profile`` (2 shared cores; shap 0.51, TensorFlow 2.20, 4 images, 200
 evaluations, 3 explained classes; seconds for the 4 images):
 

@@ -17,11 +17,12 @@ from devtools.benchmark.report import tables_of
 from devtools.benchmark.shap_vs_xplique import benchmark_shap_vs_xplique
 from devtools.benchmark.subjects import REPO, SUBJECTS, Subject, profile_of, profile_overrides
 from devtools.benchmark.tabular import benchmark_tabular
+from devtools.benchmark.text import benchmark_text, text_parameters
 from explain_core.errors import ExplainError
 from explain_core.registry import GRADIENT, METHODS, REGISTRY, MethodSpec
 
 DEFAULT_OUTPUT = REPO / "benchmark-results" / "benchmark.json"
-SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile")
+SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile", "text")
 
 
 def selected_methods(names: str) -> list[MethodSpec]:
@@ -103,6 +104,8 @@ def parse_args(argv=None):
                         help="model evaluations per image in shap-vs-xplique (default: 100,300)")
     parser.add_argument("--tabular-rows", type=positive_ints, default=[8, 64],
                         help="rows per CSV upload in the tabular section (default: 8,64)")
+    parser.add_argument("--text-documents", type=int, default=16,
+                        help="held-out reviews in the text section's .jsonl upload (default: 16)")
     parser.add_argument("--burst-images", type=int, default=32, help="images in the burst section (default: 32)")
     parser.add_argument("--burst-methods", type=selected_methods, default="GradCAM,IntegratedGradients",
                         help="gradient methods for the burst section (default: GradCAM,IntegratedGradients)")
@@ -110,8 +113,8 @@ def parse_args(argv=None):
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="the template's LogLevel for the functions (default: WARNING)")
     args = parser.parse_args(argv)
-    if min(args.images, args.burst_images, args.repeats) < 1:
-        parser.error("--images, --burst-images and --repeats must be at least 1")
+    if min(args.images, args.burst_images, args.repeats, args.text_documents) < 1:
+        parser.error("--images, --burst-images, --repeats and --text-documents must be at least 1")
     if any(spec.family != GRADIENT for spec in args.burst_methods):
         parser.error("--burst-methods must be gradient methods (the burst goes through the gradient function)")
     return args
@@ -137,6 +140,8 @@ def check_parameters(subjects: dict[str, Subject], args) -> None:
                              subject.input_size)
             except ExplainError as exc:
                 raise SystemExit(f"parameters refused for {spec.name} on {subject.key}: {exc}") from exc
+    if "text" in args.sections:
+        text_parameters(args)
     if "shap-vs-xplique" in args.sections:
         for evaluations in args.shap_evals:
             for name, param in (("KernelShap", "nb_samples"), ("SuperpixelKernelExplainer", "nb_samples"),
@@ -164,6 +169,8 @@ def run_sections(harness: Harness, args, results: dict) -> None:
         results["tabular"] += benchmark_tabular(harness, args)
     if "partition-profile" in args.sections:
         results["partition_profile"] = benchmark_partition_profile(harness, subjects["demo"], args)
+    if "text" in args.sections:
+        results["text"] += benchmark_text(harness, args)
 
 
 def main(argv=None) -> None:
@@ -176,13 +183,14 @@ def main(argv=None) -> None:
             "models": args.models, "methods": [s.name for s in args.methods], "images": args.images,
             "repeats": args.repeats, "profile": args.profile, "params": args.params, "sections": args.sections,
             "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods],
-            "shap_evals": args.shap_evals, "tabular_rows": args.tabular_rows,
+            "shap_evals": args.shap_evals, "tabular_rows": args.tabular_rows, "text_documents": args.text_documents,
         },
         "environment": {
             "cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
             "template_batch_sizes": harness.batch_sizes(),
         },
         "forward": {}, "methods": [], "burst": [], "shap_vs_xplique": [], "tabular": [], "partition_profile": {},
+        "text": [],
     }
     try:
         run_sections(harness, args, results)

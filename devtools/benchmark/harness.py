@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devtools import tabular_demo
+from devtools import tabular_demo, text_demo
 from devtools.benchmark.subjects import Subject
 from devtools.demo import key_layout, outcome
 from devtools.local import aws, lambda_service
@@ -74,6 +74,10 @@ class Harness:
     def publish_tabular(self, name: str, directory: Path) -> None:
         """Upload a tabular demo model, its card and its background, as a user would."""
         tabular_demo.publish(self.s3, self.deployment.bucket("ModelBucket"), directory, name)
+
+    def publish_text(self) -> None:
+        """Upload the text demo model, its card and its vocabulary, as a user would."""
+        text_demo.publish(self.s3, self.deployment.bucket("ModelBucket"))
 
     def handler(self, family: str) -> TimedHandler:
         """The family's real handler, imported once under its template environment."""

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 from devtools.benchmark.tabular import TABULAR_WIDE_BATCH
 from devtools.benchmark.timing import FORWARD_BATCH, ratio
-from explain_core.registry import SHAP
+from explain_core.registry import GRADIENT, SHAP
 
 
 @dataclasses.dataclass
@@ -209,6 +209,49 @@ def tabular_notes(repeats: int) -> list[str]:
     ]
 
 
+TEXT_COLUMNS = [
+    Column("method", lambda r: r["method"]),
+    Column("family", lambda r: r["family"]),
+    Column("passes", lambda r: r["passes"]),
+    Column("floor s/doc", lambda r: r["floor_s"], "{:.4f}"),
+    Column("raw s/doc", lambda r: r.get("raw_s"), "{:.4f}"),
+    Column("ours s/doc", lambda r: r.get("ours_s"), "{:.4f}"),
+    Column("handler s/doc", lambda r: r.get("handler_s"), "{:.4f}"),
+    Column("explain-in-handler s/doc", lambda r: r.get("in_handler_explain_s"), "{:.4f}"),
+    Column("ours/raw", lambda r: r.get("ours_over_raw"), "{:.2f}"),
+    Column("handler/ours", lambda r: r.get("handler_over_ours"), "{:.2f}"),
+    Column("handler/floor", lambda r: r.get("handler_over_floor"), "{:.1f}"),
+    Column("params used", lambda r: format_params(r["params"]) + (f"  FAILED {r['error']}" if r["error"] else "")),
+]
+
+
+def text_notes(rows: list[dict], repeats: int) -> list[str]:
+    forward = next((r["pass_s"] for r in rows if r["family"] != GRADIENT), None)
+    backward = next((r["pass_s"] for r in rows if r["family"] == GRADIENT), None)
+    passes = " and ".join(f"{label} {seconds * 1e3:.3f} ms/doc" for label, seconds in
+                          (("forward", forward), ("forward+backward", backward)) if seconds is not None)
+    return [
+        "Seconds per document: each cell's time for all N held-out reviews (text_demo.test_reviews) divided by N;",
+        "  every measurement explains each review's predicted class (the demo card's top_k=1).",
+        "floor: passes (MethodSpec.passes at the card's max_length) x one measured pass, batched and warm",
+        f"  ({FORWARD_BATCH} documents): {passes}.",
+        "  Gradient methods: forward+backward on the embeddings model (tf.GradientTape); others: forward on ids.",
+        *[line for r in rows if r.get("model_rows_per_document") is not None for line in (
+            f"  {r['method']}: max_evals is a bound; ours evaluated {r['model_rows_per_document']:.0f} model rows",
+            "    per document (counted): a short document's partition tree runs out first.")],
+        "raw: the library call a user would write: Xplique's class on our embeddings model, one document per call",
+        "  (its padding mask is per document); Occlusion(patch_size=1) and Lime (default mapping: a feature per",
+        "  position) on the ids model, one call for the N documents; shap.PartitionExplainer(f, shap.maskers.Text())",
+        "  with shap's default tokenizer, f = our tokenizer + model.predict, shap's default batch (10), every class.",
+        "ours: modality_for(card).build_explainer(...) then explain_document per document, explainer built and",
+        f"  warmed before timing. raw and ours: warm, {best_note(repeats)}.",
+        "handler: the real handler of the method's family on a .jsonl upload of the N reviews, warm (a first",
+        "  upload warms it), best of at least 2; includes S3 I/O on the emulator, parsing, predict, the tokens",
+        "  JSON, values CSV, HTML and PNG per document and the manifest. explain-in-handler: the manifest's",
+        "  methods[].seconds / N (the explain_document loop inside the handler).",
+    ]
+
+
 PROFILE_COLD_NOTES = [
     "A fresh Python process (as a cold Lambda start) on the same 4 images: shap's numba functions",
     "  (_jit_build_partition_tree, make_masks' _init_masks/_rec_fill_masks, _build_fixed_multi_output) are",
@@ -287,4 +330,7 @@ def tables_of(results: dict, args) -> list[str]:
                                    tabular_notes(args.repeats)))
     if results["partition_profile"]:
         tables += profile_tables(results["partition_profile"], args.repeats)
+    if results.get("text"):
+        tables.append(format_table(f"Text methods on the demo LSTM ({args.text_documents} reviews per upload)",
+                                   TEXT_COLUMNS, results["text"], text_notes(results["text"], args.repeats)))
     return tables

@@ -44,6 +44,8 @@ class TextModel:
     takes: str
     #: Why gradient methods cannot explain this model, when they cannot.
     no_gradients_reason: str | None = None
+    #: The layer of :attr:`embeddings_model` that holds the explained document's padding mask.
+    mask_layer: object = None
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """Embeddings (n, max_length, dim) float32 of token ids."""
@@ -51,7 +53,7 @@ class TextModel:
 
     def use_mask(self, ids: np.ndarray) -> None:
         """Mask the padding of the document ``ids`` (max_length,) in :attr:`embeddings_model`'s next calls."""
-        self._mask_layer.mask.assign(np.asarray(ids).reshape(1, -1) != self.tokenizer.padding_id)
+        self.mask_layer.mask.assign(np.asarray(ids).reshape(1, -1) != self.tokenizer.padding_id)
 
     def describe(self) -> dict:
         return {"takes": self.takes, "embedding_layer": getattr(self.embedding_layer, "name", None),
@@ -92,10 +94,8 @@ def text_model(model, card, files: dict[str, bytes]) -> TextModel:
         replace = {embedding: "embeddings", **({vectorizers[0]: "mask_ids"} if string_input else {})}
         embeddings_model, mask_layer = _cut(graph, length, (int(embedding.output_dim),), replace, model.inputs[0],
                                             masked=embedding, with_layer=True)
-    text = TextModel(tokenizer, ids_model, embeddings_model, embedding, "strings" if string_input else "ids",
-                     no_gradients)
-    text._mask_layer = mask_layer
-    return text
+    return TextModel(tokenizer, ids_model, embeddings_model, embedding, "strings" if string_input else "ids",
+                     no_gradients, mask_layer)
 
 
 def _graph(model, name: str):

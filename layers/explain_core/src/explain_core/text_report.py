@@ -282,9 +282,9 @@ def html_snippet(explanation: DocumentExplanation) -> bytes:
     pr, pg, pb = POSITIVE_RGB
     nr, ng, nb = NEGATIVE_RGB
     legend = (
-        f'<span style="background-color:rgba({pr},{pg},{pb},{MAX_ALPHA})">&nbsp;red&nbsp;</span> raises, '
-        f'<span style="background-color:rgba({nr},{ng},{nb},{MAX_ALPHA})">&nbsp;blue&nbsp;</span> lowers the '
-        f"{esc(expl.output_kind)} of class {esc(_valid_unicode(str(expl.class_name)))}; "
+        f'<span style="background-color:rgba({pr},{pg},{pb},{MAX_ALPHA})">&nbsp;red&nbsp;</span> positive, '
+        f'<span style="background-color:rgba({nr},{ng},{nb},{MAX_ALPHA})">&nbsp;blue&nbsp;</span> negative '
+        f"attribution to the {esc(expl.output_kind)} of class {esc(_valid_unicode(str(expl.class_name)))}; "
         f"opacity \u221d |value| per {esc(expl.unit)}, strongest |value| = {esc(f'{max_abs:.3g}')}."
     )
     unseen = int((~seen).sum())
@@ -496,7 +496,8 @@ def render_png(explanation: DocumentExplanation, *, width: int = 900) -> bytes:
               font=title_font)
     max_abs = expl.max_abs()
     legend_y = MARGIN + TITLE_FONT_SIZE + 10
-    legend = (f"red raises, blue lowers the {expl.output_kind} of class {_displayable(_short(expl.class_name))}; "
+    legend = (f"red positive, blue negative attribution to the {expl.output_kind} of class "
+              f"{_displayable(_short(expl.class_name))}; "
               f"opacity \u221d |value| per {expl.unit}")
     bar_x = width - MARGIN - COLOUR_BAR_WIDTH
     draw.text((MARGIN, legend_y), _ellipsize(legend, bar_x - MARGIN - 12, small), fill=TEXT_RGB, font=small)
