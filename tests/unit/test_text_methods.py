@@ -195,3 +195,23 @@ def test_text_partition_by_sentence(masked):
         only.append(outputs(model, ids)[0])
     base = found.base_values
     np.testing.assert_allclose(found.values[:, 0], 0.5 * (only[0] - base) + 0.5 * (f_x - only[1]), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- DeepExplainer: refused, and why
+
+
+def test_shap_deep_explainer_still_cannot_trace_an_lstm(card, lstm):
+    """The registry refuses DeepExplainer for text (MethodSpec.refuses) because shap cannot propagate
+    DeepLIFT through TensorFlow 2's LSTM (shap issues #1490, #4023): checked on a real LSTM, so a shap
+    release that fixes it fails this test and the refusal can be lifted."""
+    import shap
+
+    from explain_core.shap_methods import _restored_gradient_recording
+
+    _, explained = lstm
+    encoded = [explained.tokenizer.encode(text) for text in (TOO_LONG, TWO_SENTENCES, "the movie was fine")]
+    embeddings = explained.embed(np.stack([e.ids for e in encoded]))
+    explained.use_mask(encoded[0].ids)
+    with _restored_gradient_recording(), pytest.raises(Exception, match="TensorList|LSTM|while"):
+        shap.DeepExplainer(explained.embeddings_model, embeddings[1:]).shap_values(embeddings[:1])
+    assert "#1490" in REGISTRY["DeepExplainer"].refusal(card)
