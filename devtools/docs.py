@@ -183,6 +183,8 @@ def methods_reference() -> str:
                     f"- models: {_models(d)}",
                     *(["- the layer it reads: the model card's `cam_layer`"] if getattr(spec, "uses_cam_layer", False)
                       else []),
+                    *[f"- refuses {MODALITY_NAMES.get(modality, modality)} models (`unsupported_model`): {reason}"
+                      for modality, reason in getattr(spec, "refuses", ())],
                     f"- model passes per input at the defaults: {_passes(spec)}",
                     f"- paper: {d['reference']}", ""]
             out += _parameters_table(d)

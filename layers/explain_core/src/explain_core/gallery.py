@@ -506,7 +506,7 @@ class _InputPage:
         tokens = document.get("tokens")
         truncated = document.get("truncated_tokens") or 0
         note = (f'<p class="note">{esc(tokens)} token(s)'
-                + (f", the last {esc(truncated)} beyond the model's maximum length (grey)" if truncated else "")
+                + (f", {esc(truncated)} of them cut by the model's maximum length (grey)" if truncated else "")
                 + "</p>") if tokens is not None else ""
         by_class: dict[Any, list[tuple[dict, dict]]] = {}
         for method, output in outputs:

@@ -218,9 +218,13 @@ class SqsAdapter:
 
     def _explain_isolated(self, uploads: list[Upload], loaded: LoadedModel, context, retry: dict, request_id):
         """(upload, explained) per input explained. When the batch fails, each input is explained
-        alone, so that only the input that causes the failure fails."""
+        alone, so that only the input that causes the failure fails (a modality that does not explain
+        in batches gets one input at a time from the start)."""
         if not uploads:
             return []
+        if len(uploads) > 1 and not loaded.modality.explains_in_batches:
+            return [done for upload in uploads
+                    for done in self._explain_isolated([upload], loaded, context, retry, request_id)]
         try:
             return list(zip(uploads, self.session.explain(uploads, loaded, context), strict=True))
         except Exception as exc:

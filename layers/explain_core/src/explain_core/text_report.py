@@ -269,7 +269,7 @@ def html_snippet(explanation: DocumentExplanation) -> bytes:
             continue
         label = esc(_valid_unicode(_short(expl.tokens[i].text)))
         if not seen[i]:
-            title = f"{label}: not seen by the model (beyond its maximum length)"
+            title = f"{label}: not seen by the model (cut by its maximum length)"
             body.append(f'<span class="unseen" style="color:#969696" title="{title}">{piece}</span>')
             continue
         value = float(expl.values[i])
@@ -290,7 +290,7 @@ def html_snippet(explanation: DocumentExplanation) -> bytes:
     unseen = int((~seen).sum())
     if unseen:
         legend += (
-            f' <span style="color:#969696">Grey: {unseen} {esc(expl.unit)}(s) beyond the model&#x27;s maximum length, '
+            f' <span style="color:#969696">Grey: {unseen} {esc(expl.unit)}(s) cut by the model&#x27;s maximum length, '
             "never seen by it.</span>"
         )
     if expl.padding_value is not None and math.isfinite(float(expl.padding_value)):
@@ -479,7 +479,7 @@ def render_png(explanation: DocumentExplanation, *, width: int = 900) -> bytes:
     unseen = int((~expl.seen).sum())
     notes = []
     if unseen:
-        notes.append(f"Grey: {unseen} {expl.unit}(s) beyond the model's maximum length, never seen by it.")
+        notes.append(f"Grey: {unseen} {expl.unit}(s) cut by the model's maximum length, never seen by it.")
     if layout.cut_at is not None:
         notes.append(
             f"\u2026 text cut at character {layout.cut_at} of {len(expl.text)}: the image shows {layout.lines} lines."

@@ -112,6 +112,10 @@ class Modality:
     uses_background: ClassVar[bool] = True
     #: True when the default background does not depend on the inputs (explainers are then reused).
     default_background_is_fixed: ClassVar[bool] = True
+    #: True when inputs of one model are explained together (images share method runs over a batch); False
+    #: when each input is explained on its own anyway (a table's rows, a text file's documents), so a batch
+    #: is handed over one input at a time and a failing input never makes the others run twice.
+    explains_in_batches: ClassVar[bool] = True
     #: What the manifest says of the default background.
     default_background_description: ClassVar[str]
 

@@ -133,6 +133,7 @@ class TableModality(Modality):
     attribution_dtype = "float64"  # kept for the values CSV
     default_background_is_fixed = False
     default_background_description = "the uploaded rows (at most 64)"
+    explains_in_batches = False
 
     def check_card(self, card) -> None:
         if card.feature_names and len(set(card.feature_names)) != len(card.feature_names):
