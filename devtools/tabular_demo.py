@@ -17,14 +17,14 @@ import inspect
 import io
 import json
 import os
-import shutil
 import time
-import uuid
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from devtools.cached_build import build_once
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TABULAR_DEMO_CACHE_DIR", REPO / ".cache" / "tabular-demo"))
@@ -205,20 +205,8 @@ def ensure_tabular_models() -> dict[str, Path]:
     directories = {}
     for name in MODELS:
         directory = model_directory(name)
-        if not (directory / "training.json").exists():
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            scratch = directory.parent / f".{VERSION}-{uuid.uuid4().hex[:8]}"
-            try:
-                report = TRAINERS[name](scratch)
-                if directory.exists() and not (directory / "training.json").exists():
-                    shutil.rmtree(directory, ignore_errors=True)  # an interrupted build's leftovers
-                try:
-                    scratch.rename(directory)
-                except OSError:  # another process finished first; its model is the same
-                    if not (directory / "training.json").exists():
-                        raise
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        report = build_once(directory, "training.json", TRAINERS[name])
+        if report is not None:
             print(f"trained tabular demo model: {report}", flush=True)
         directories[name] = directory
     return directories

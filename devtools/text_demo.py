@@ -20,9 +20,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import time
-import uuid
 from collections import Counter
 from functools import cache
 from importlib import metadata
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devtools.cached_build import build_once
 from explain_core import tokenizers
 from explain_core.tokenizers import PUNCTUATION, WordTokenizer
 
@@ -367,24 +366,12 @@ def train(directory: Path) -> dict:
 def build(force: bool = False) -> Path:
     """The cache directory holding model.keras, vocab.txt, card.json and metrics.json; trains on first use.
 
-    Trained into a scratch directory that is then renamed, so a concurrent or interrupted build never
-    leaves a half-written model in the cache.
+    Trained atomically (devtools.cached_build): a concurrent or interrupted build never leaves a
+    half-written model in the cache.
     """
     directory = CACHE / fingerprint()
-    if force or not (directory / "metrics.json").exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        scratch = directory.parent / f".{directory.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            metrics = train(scratch)
-            if directory.exists() and (force or not (directory / "metrics.json").exists()):
-                shutil.rmtree(directory, ignore_errors=True)
-            try:
-                scratch.rename(directory)
-            except OSError:  # another process finished first; its model is the same
-                if not (directory / "metrics.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    metrics = build_once(directory, "metrics.json", train, force=force)
+    if metrics is not None:
         print(f"trained text demo model: {metrics}", flush=True)
     return directory
 

@@ -149,6 +149,16 @@ def upload_event(*keys: str, family: str = "shap", receive_count: int = 1) -> di
     return event
 
 
+class RecordingS3:
+    """An S3 client that records ``upload_file`` calls (what a publish step would upload, without S3)."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def upload_file(self, filename, bucket, key):
+        self.uploads.append((filename, bucket, key))
+
+
 def read_json(s3, bucket: str, key: str) -> dict:
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 

@@ -10,6 +10,7 @@ import pytest
 from devtools import tabular_demo
 from explain_core.model_card import MODEL_FILES, ModelCard
 from explain_core.registry import SHAP, get_method
+from tests.conftest import RecordingS3
 
 MIN_ACCURACY = 0.93
 
@@ -169,13 +170,6 @@ def test_second_build_is_a_cache_hit(model_dirs, monkeypatch):
 
 
 def test_publish_uploads_card_model_and_background(model_dirs):
-    class RecordingS3:
-        def __init__(self):
-            self.uploads = []
-
-        def upload_file(self, filename, bucket, key):
-            self.uploads.append((filename, bucket, key))
-
     s3 = RecordingS3()
     for name, directory in model_dirs.items():
         tabular_demo.publish(s3, "model-bucket", directory, name)

@@ -10,6 +10,7 @@ import pytest
 
 from devtools import text_demo
 from explain_core.tokenizers import WordTokenizer, parse_vocabulary
+from tests.conftest import RecordingS3
 
 MIN_ACCURACY, MIN_NEGATION_ACCURACY = 0.95, 0.9
 
@@ -196,13 +197,6 @@ def test_sample_files_and_their_truth(model_dir, vocab):
 
 
 def test_publish_uploads_the_three_files(model_dir):
-    class RecordingS3:
-        def __init__(self):
-            self.uploads = []
-
-        def upload_file(self, filename, bucket, key):
-            self.uploads.append((filename, bucket, key))
-
     s3 = RecordingS3()
     text_demo.publish(s3, "model-bucket")
     assert sorted(s3.uploads) == sorted(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from explain_core.errors import InvalidTableError, TableTooLargeError, UnsupportedTableFormatError
-from explain_core.uploaded_files import clip, decode_utf8, file_format, show
+from explain_core.uploaded_files import DuplicateKeyError, clip, decode_utf8, file_format, jsonl_items, show
 
 #: File extensions (lower case) and the format each one means.
 SUPPORTED_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -256,17 +256,11 @@ def _csv_header(header: list[str], feature_names: list[str], *, line: int) -> li
 # --- JSON Lines ---------------------------------------------------------------------------
 
 
-class _DuplicateKeyError(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
 def _object_pairs(pairs: list[tuple[str, object]]) -> dict:
     result = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKeyError(key)
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
 
@@ -300,33 +294,11 @@ def _json_value(value: object, *, line: int, column: str) -> float:
 def _parse_jsonl(text: str, names: _Names, max_rows: int) -> tuple[list[list[float]], list[int]]:
     rows: list[list[float]] = []
     lines: list[int] = []
-    # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r
-    # is JSON whitespace.
-    for number, line in enumerate(io.StringIO(text, newline="\n"), start=1):
-        if not line.strip():
-            continue
-        _check_row_limit(len(rows) + 1, max_rows, number)
-        try:
-            # parse_int=float: huge integers become inf (refused below) instead of raising.
-            item = json.loads(line, parse_int=float, object_pairs_hook=_object_pairs)
-        except _DuplicateKeyError as exc:
-            raise InvalidTableError(
-                f"line {number}: the key {show(exc.key)} appears more than once; each feature must appear once",
-                line=number,
-                column=clip(exc.key),
-            ) from None
-        except RecursionError:
-            raise InvalidTableError(
-                f"line {number}: the JSON is nested too deeply; expected a flat object or array of numbers",
-                line=number,
-            ) from None
-        except ValueError as exc:
-            reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise InvalidTableError(
-                f"line {number} is not valid JSON ({clip(reason, 80)}); each line must hold one complete JSON "
-                "object (feature name -> number) or array of numbers",
-                line=number,
-            ) from None
+    expected = "an object (feature name -> number, each feature once) or an array of numbers"
+    # parse_int=float: huge integers become inf (refused below) instead of raising.
+    for number, line, item in jsonl_items(text, InvalidTableError, expected,
+                                          lambda count, number: _check_row_limit(count, max_rows, number),
+                                          parse_int=float, object_pairs_hook=_object_pairs):
         if isinstance(item, dict):
             feature_names = names.get(list(item), line=number, where="the object")
             _match_names(list(item), feature_names, where=f"line {number}", kind="keys")

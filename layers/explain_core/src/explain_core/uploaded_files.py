@@ -1,5 +1,10 @@
 """What the parsers of uploaded files share (tables.py, texts.py): the format named by the extension,
-UTF-8 decoding with the errors people can act on, and user values cut short for messages."""
+UTF-8 decoding and JSON Lines reading with the errors people can act on, and user values cut short
+for messages."""
+
+import io
+import json
+from collections.abc import Callable, Iterator
 
 from explain_core.errors import ExplainError
 
@@ -66,3 +71,41 @@ def decode_utf8(data: bytes, error: type[ExplainError], *, encoding_advice: str,
             line=data.count(b"\n", 0, nul) + 1,
         )
     return text
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that names a key twice (raised by an ``object_pairs_hook``)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def jsonl_items(text: str, error: type[ExplainError], expected: str, check_count: Callable[[int, int], None],
+                **loads) -> Iterator[tuple[int, str, object]]:
+    """(line number, line, parsed value) of each non-blank line of JSON Lines ``text``.
+
+    ``check_count(count, line)`` runs before a line is parsed, so a limit stops reading early; a line
+    that is not JSON, nests too deeply or names a key twice raises ``error`` saying what was
+    ``expected`` (e.g. 'an object with a "text" field'). ``loads`` go to :func:`json.loads`.
+    """
+    count = 0
+    # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r is JSON whitespace.
+    for number, line in enumerate(io.StringIO(text, newline="\n"), start=1):
+        if not line.strip():
+            continue
+        count += 1
+        check_count(count, number)
+        try:
+            # Without the line break, a truncated line's error points at its end, not at "column 1".
+            item = json.loads(line.rstrip("\r\n"), **loads)
+        except DuplicateKeyError as exc:
+            raise error(f"line {number}: the key {show(exc.key)} appears more than once; expected {expected}",
+                        line=number, column=clip(exc.key)) from None
+        except RecursionError:
+            raise error(f"line {number}: the JSON is nested too deeply; expected {expected}", line=number) from None
+        except ValueError as exc:
+            reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise error(f"line {number} is not valid JSON ({clip(reason, 80)}); each line must hold one complete "
+                        f"JSON value: {expected}", line=number) from None
+        yield number, line, item
