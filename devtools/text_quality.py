@@ -13,8 +13,8 @@ each text method this explains the *predicted* class of held-out reviews and mea
 - **k** = the review's number of decisive (resp. polarity) words, at most ``K_CAP``: a perfect ranking
   scores 1.
 - **ranking**: by the value for the explained class, highest first, for methods whose sign means support
-  for the class; by |value| for ``UNSIGNED`` methods (Saliency's absolute gradient; SmoothGrad's summed
-  gradient, whose sign is that of the gradient along the embedding axes, not of a contribution). Ties are
+  for the class; by |value| for ``UNSIGNED`` methods (Saliency's absolute gradient; SmoothGrad's L2 norm of
+  the mean gradient, registry ``token_reduction="l2"``: magnitudes, not contributions). Ties are
   counted at their expectation under random tie-breaking (``hit_rate``), so a constant ranking scores chance.
 - **chance** = the expected hit rate of a random ranking: the review's share of decisive tokens.
 

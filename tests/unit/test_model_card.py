@@ -223,3 +223,27 @@ def test_error_type():
     assert isinstance(error, InvalidModelError)
     assert (error.code, error.status) == ("invalid_model_card", 422)
     assert isinstance(refused("nope").__cause__, Exception)
+
+
+TEXT = {"name": "reviews", "version": "v1", "modality": "text", "class_names": ["negative", "positive"],
+        "text": {"vocabulary_file": "vocab.txt", "max_length": 8}}
+
+
+@pytest.mark.parametrize("pattern", [r"\s+", r"[\s,;]+", r"[ \t\n\x0b\x0c\r]+", r"[^\w]+"])
+def test_text_card_accepts_split_patterns_that_cannot_backtrack(pattern):
+    card = load({**TEXT, "text": {**TEXT["text"], "split_pattern": pattern}}, model="reviews")
+    assert card.text.split_pattern == pattern and "split_pattern" in card.text.model_fields_set
+    assert "split_pattern" not in load(TEXT, model="reviews").text.model_fields_set
+
+
+@pytest.mark.parametrize("pattern", [r"(\s+)+!", r"\s+|,", r"\b", r"(?=a)\s+", r"\s*", r"[ ]+[ ]+"])
+def test_text_card_refuses_a_split_pattern_that_could_backtrack(pattern):
+    error = refused({**TEXT, "text": {**TEXT["text"], "split_pattern": pattern}}, model="reviews")
+    assert error.message.startswith("model card of reviews/v1 is invalid: text.split_pattern: ")
+    assert f"split_pattern {pattern!r} is not allowed: it must be \\s+ or one character class followed by +" \
+        in error.message
+
+
+def test_text_card_refuses_an_invalid_character_class():
+    error = refused({**TEXT, "text": {**TEXT["text"], "split_pattern": "[z-a]+"}}, model="reviews")
+    assert "text.split_pattern: " in error.message and "not a valid regular expression" in error.message

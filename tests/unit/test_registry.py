@@ -477,3 +477,17 @@ def test_extreme_values_either_resolve_or_raise_a_typed_error(spec, param):
             else:
                 assert params[param.name] == value
                 assert 1 <= spec.passes(params, size) <= MAX_PASSES_PER_IMAGE
+
+
+def test_token_reduction_of_the_text_gradient_methods():
+    """How a text model's per-dimension attributions become one value per token: the signed sum where completeness
+    needs it (IntegratedGradients, GradientInput), the sum of |gradient| (an L1 norm) for Saliency, and the L2
+    norm for SmoothGrad, whose signed sum would be a derivative along (1, ..., 1)."""
+    reductions = {spec.name: spec.token_reduction for spec in METHODS if spec.family == GRADIENT
+                  and "text" in spec.modalities}
+    assert reductions == {"Saliency": "sum", "GradientInput": "sum", "IntegratedGradients": "sum", "SmoothGrad": "l2"}
+    assert all(spec.token_reduction in registry.TOKEN_REDUCTIONS for spec in METHODS)
+    with pytest.raises(ValueError, match="token_reduction"):
+        MethodSpec("Nope", GRADIENT, "xplique.attributions.Saliency", "ref", token_reduction="max")
+    # Saliency's description holds for both of its modalities
+    assert "channels" in REGISTRY["Saliency"].description and "embedding" in REGISTRY["Saliency"].description

@@ -173,3 +173,76 @@ def test_two_unnamed_embeddings_leave_gradient_methods_out():
     # naming one of them brings gradients back
     named = text_model(model, card(vocabulary_file="vocab.txt", embedding_layer="words"), FILES)
     assert named.embedding_layer is model.get_layer("words") and named.no_gradients_reason is None
+
+
+# --------------------------------------------------------------------------- card settings a string model ignores
+
+
+@pytest.mark.parametrize("settings", [{"lowercase": False}, {"strip_punctuation": True}, {"split_pattern": r"\s+"},
+                                      {"oov_token": "[UNK]"}, {"padding_token": ""}, {"padding": "pre"},
+                                      {"truncation": "post"}, {"lowercase": True, "padding": "post"}])
+def test_a_string_model_refuses_card_settings_its_layer_decides(settings):
+    """Even set to the defaults: the card says something the model does not do."""
+    with pytest.raises(InvalidModelError, match="are read from the TextVectorization layer; remove them from the "
+                                                "card") as info:
+        text_model(string_model(False), card(**settings), {})
+    assert info.value.details["fields"] == [name for name in ("lowercase", "strip_punctuation", "split_pattern",
+                                                              "oov_token", "padding_token", "padding", "truncation")
+                                            if name in settings]
+    assert ", ".join(settings) in info.value.message
+
+
+def test_a_string_model_accepts_max_length_and_embedding_layer():
+    model = string_model(False)
+    name = next(layer.name for layer in model.layers if isinstance(layer, keras.layers.Embedding))
+    assert text_model(model, card(embedding_layer=name), {}).embedding_layer is model.get_layer(name)
+
+
+def test_an_ids_model_takes_the_cards_settings():
+    explained = text_model(ids_model(True), card(vocabulary_file="vocab.txt", lowercase=False, padding="pre",
+                                                 split_pattern="[,]+"), FILES)
+    assert explained.tokenizer.encode("the,Movie,great").ids.tolist() == [0] * 5 + [2, 1, 5]  # "Movie": OOV
+
+
+# --------------------------------------------------------------------------- vocabulary vs the embedding's rows
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused():
+    keras.utils.set_random_seed(0)
+    small = keras.Sequential([keras.Input((LENGTH,), dtype="int32"),
+                              keras.layers.Embedding(len(VOCABULARY) - 1, 5, mask_zero=True, name="embedding"),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+    with pytest.raises(InvalidModelError, match=f"the vocabulary has {len(VOCABULARY)} tokens .* 'embedding' has "
+                                                f"input_dim {len(VOCABULARY) - 1}") as info:
+        text_model(small, card(vocabulary_file="vocab.txt"), FILES)
+    assert info.value.details["vocabulary_size"] == len(VOCABULARY)
+    assert info.value.details["input_dim"] == len(VOCABULARY) - 1
+    # the vocabulary exactly fills the embedding: loads, and the last id predicts
+    explained = text_model(ids_model(True), card(vocabulary_file="vocab.txt"), FILES)
+    assert np.isfinite(np.asarray(explained.ids_model(np.full((1, LENGTH), len(VOCABULARY) - 1, np.float32)))).all()
+
+
+def test_a_string_models_vocabulary_larger_than_its_embedding_is_refused():
+    vectorizer = keras.layers.TextVectorization(output_mode="int", output_sequence_length=LENGTH)
+    vectorizer.adapt(CORPUS)
+    inputs = keras.Input((1,), dtype="string")
+    x = keras.layers.Embedding(vectorizer.vocabulary_size() - 2, 4)(vectorizer(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(x)))
+    _refused(model, card(), {}, f"vocabulary has {vectorizer.vocabulary_size()} tokens")
+
+
+def test_every_embedding_fed_the_ids_is_checked_and_a_position_embedding_is_not():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((LENGTH,), dtype="int32")
+    words = keras.layers.Embedding(len(VOCABULARY), 4, name="words")(inputs)
+    positions = keras.layers.Embedding(LENGTH, 4, name="positions")(keras.ops.arange(LENGTH)[None])
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Add()([words, positions]))
+    model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+    assert LENGTH < len(VOCABULARY)  # the position embedding is smaller than the vocabulary: not checked
+    explained = text_model(model, card(vocabulary_file="vocab.txt", embedding_layer="words"), FILES)
+    assert explained.embedding_layer is model.get_layer("words")
+    # two embeddings of the ids, none named (no gradients): the small one is still refused
+    other = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(3, 4, name="other")(inputs))
+    two = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Concatenate()(
+        [keras.layers.GlobalAveragePooling1D()(words), other])))
+    _refused(two, card(vocabulary_file="vocab.txt"), FILES, "'other' has input_dim 3")

@@ -389,8 +389,24 @@ def test_encode_documents_token_limit_exactly_and_one_over(tokenizer):
         encode_documents(documents, tokenizer, max_tokens=2)
     error = info.value
     assert (error.code, error.status) == ("document_too_long", 413)
-    assert error.details == {"line": 3, "document": 2, "tokens": 3, "limit": 2}
-    assert "line 3" in error.message and "3 tokens" in error.message and "limit is 2" in error.message
+    # Tokenizing stopped at the third token ("movie" of "the\nbad movie"): where the limit was passed.
+    assert error.details == {"line": 3, "document": 2, "limit": 2, "offset": 8}
+    assert error.message == ("line 3: the document has more than 2 tokens (token 3 starts at character 8); "
+                             "the limit is 2 per document")
+
+
+def test_encode_documents_stops_tokenizing_at_the_limit():
+    calls = []
+
+    class Counting(WordTokenizer):
+        def _add(self, text, start, end, found):
+            calls.append(start)
+            super()._add(text, start, end, found)
+
+    counting = Counting(VOCABULARY, max_length=4)
+    with pytest.raises(DocumentTooLongError, match="more than 5 tokens"):
+        encode_documents([Document("good " * 100_000, 1)], counting, max_tokens=5)
+    assert len(calls) == 6  # not 100 000 pieces: the document is refused after its sixth token
 
 
 def test_encode_documents_refuses_a_document_without_words(tokenizer):

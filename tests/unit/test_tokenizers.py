@@ -2,11 +2,21 @@
 as Keras' TextVectorization."""
 
 import random
+import re
+from re import _constants as sre_constants
+from re import _parser as sre_parse
 
 import numpy as np
 import pytest
 
-from explain_core.tokenizers import MAX_SPLIT_PATTERN, PUNCTUATION, WordTokenizer, parse_vocabulary
+from explain_core.tokenizers import (
+    ASCII_WHITESPACE,
+    MAX_SPLIT_PATTERN,
+    PUNCTUATION,
+    WordTokenizer,
+    check_split_pattern,
+    parse_vocabulary,
+)
 
 VOCABULARY = ["", "[UNK]", "the", "movie", "was", "great", "bboringb", "dont", "café", "école"]
 
@@ -55,8 +65,101 @@ def test_tokens_of_punctuation_only_vanish_and_unknown_words_get_the_oov_id():
     assert custom.encode("the").ids.tolist() == [2, 0, 0]
 
 
-def test_custom_split_pattern():
-    assert words("the|movie||was", split_pattern=r"\|+") == ["the", "movie", "was"]
+@pytest.mark.parametrize(("pattern", "text", "expected"), [
+    (r"[|]+", "the|movie||was", ["the", "movie", "was"]),
+    (r"[\s,;]+", "the,movie; was\tgreat", ["the", "movie", "was", "great"]),
+    (ASCII_WHITESPACE, "the\x0bmovie\u00a0was", ["the", "movie\u00a0was"]),
+    (r"[^a-z]+", "the1movie--was", ["the", "movie", "was"]),
+    (r"[\]\\]+", "the]movie\\was", ["the", "movie", "was"]),
+    (r"\s+", "the\u2003movie", ["the", "movie"]),
+])
+def test_custom_split_pattern(pattern, text, expected):
+    assert words(text, split_pattern=pattern) == expected
+
+
+# --------------------------------------------------------------------------- split patterns that cannot backtrack
+
+#: Patterns with nested or overlapping quantifiers, alternation, groups, lookarounds or zero-width matches.
+UNSAFE_PATTERNS = [r"(\s+)+!", r"(\s|\s)+!", r"(?:\s+)+", r"\s+\s+!", r"[ ]+[ ]+!", r"(a|a)*b", r"\s*", "a?",
+                   r"\b", r"\s+|,", r"(?=\s)\s+", r"(?<=a)\s+", r"\s+\b", r"[ ]{1,}", r"[ ]+?", r"[ ]++", r"[ ]*",
+                   r"\S+", r"\|+", " ", r"[ ]", r"[ ]+$", r"^[ ]+", r"[ ][ ]+", r"[[:space:]]+", r"[^]]+", "", r"\s"]
+
+
+@pytest.mark.parametrize("pattern", UNSAFE_PATTERNS)
+def test_split_patterns_that_could_backtrack_are_refused(pattern):
+    with pytest.raises(ValueError, match=r"is not allowed: it must be \\s\+ or one character class followed by \+"):
+        check_split_pattern(pattern)
+    with pytest.raises(ValueError, match="is not allowed"):
+        tokenizer(split_pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern", [r"[[a]+", r"[a--z]+", r"[ &&x]+", r"[~~]+", r"[||]+"])
+def test_classes_python_may_read_as_set_operations_are_refused(pattern):
+    with pytest.raises(ValueError, match="inside its class, escape"):
+        check_split_pattern(pattern)
+
+
+def test_escaped_set_characters_are_accepted():
+    assert words("the[movie-was", split_pattern=r"[\[\-]+") == ["the", "movie", "was"]
+    assert check_split_pattern(r"[a\-\-z]+") == r"[a\-\-z]+"
+
+
+def _one_repeated_set(pattern: str) -> bool:
+    """Whether ``pattern`` parses to one greedy repeat (1 or more) of one character set: no backtracking."""
+    ((op, (low, high, body)),) = sre_parse.parse(pattern)
+    (item,) = body
+    return (op is sre_constants.MAX_REPEAT and (low, high) == (1, sre_constants.MAXREPEAT)
+            and item[0] in (sre_constants.IN, sre_constants.CATEGORY, sre_constants.LITERAL, sre_constants.NOT_LITERAL))
+
+
+def test_every_accepted_split_pattern_is_one_repeated_character_set():
+    """Without timing anything: random patterns from regex metacharacters are either refused or, once
+    accepted, parse to a single ``set+`` (each match is a maximal run of one set, found in linear time)."""
+    rng = random.Random(7)
+    alphabet = list("[]\\()|+*?{}^$.,; sSbBw-az1") + [r"\s", r"\]", r"\\", "(?=", "(?:"]
+    accepted = 0
+    for _ in range(20000):
+        pattern = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 9)))
+        if rng.random() < 0.5:
+            pattern = "[" + pattern + "]+"
+        try:
+            check_split_pattern(pattern)
+        except ValueError:
+            continue
+        accepted += 1
+        assert _one_repeated_set(pattern), pattern
+        assert re.compile(pattern).search("") is None  # no zero-width match
+    assert accepted > 1000
+    for pattern in (r"\s+", ASCII_WHITESPACE, r"[\s,;]+", r"[^\w]+"):
+        assert check_split_pattern(pattern) == pattern and _one_repeated_set(pattern)
+
+
+def test_the_pathological_text_tokenizes_with_an_accepted_pattern():
+    text = "a" + " " * 40 + "a"
+    for pattern in (r"\s+", r"[\s!]+", ASCII_WHITESPACE):
+        assert [t.text for t in WordTokenizer(["", "[UNK]", "a"], max_length=2, split_pattern=pattern).tokens(text)] \
+            == ["a", "a"]
+
+
+# --------------------------------------------------------------------------- stopping at a token limit
+
+
+def test_tokens_stop_after_limit_plus_one():
+    text = "the movie was great dont café"
+    assert [t.text for t in tokenizer().tokens(text, limit=2)] == ["the", "movie", "was"]
+    assert [t.text for t in tokenizer().tokens(text, limit=0)] == ["the"]
+    assert tokenizer().tokens(text, limit=6) == tokenizer().tokens(text) == tokenizer().tokens(text, limit=99)
+    assert len(tokenizer().tokens(text, limit=5)) == 6
+    # punctuation-only pieces are not tokens: they do not count towards the limit
+    assert [t.text for t in tokenizer().tokens("the ... !! movie , was great", limit=1)] == ["the", "movie"]
+    # a long text yields limit + 1 tokens whatever its length
+    assert len(tokenizer().tokens("word " * 200_000, limit=3)) == 4
+
+
+def test_encode_with_a_limit():
+    encoded = tokenizer(max_length=4).encode("the movie was great dont café", limit=2)
+    assert [t.text for t in encoded.tokens] == ["the", "movie", "was"] and encoded.ids.tolist() == [2, 3, 4, 0]
+    assert tokenizer(max_length=4).encode("the movie was", limit=3).ids.tolist() == [2, 3, 4, 0]
 
 
 # --------------------------------------------------------------------------- padding and truncation
@@ -101,10 +204,9 @@ def test_every_seen_token_sits_at_its_position():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"split_pattern": "(unclosed"}, "not a valid regular expression"),
-    ({"split_pattern": r"\s*"}, "must not match the empty string"),
-    ({"split_pattern": "a?"}, "must not match the empty string"),
-    ({"split_pattern": " " * (MAX_SPLIT_PATTERN + 1)}, "longer than"),
+    ({"split_pattern": "[z-a]+"}, "not a valid regular expression"),
+    ({"split_pattern": "(unclosed"}, "is not allowed"),
+    ({"split_pattern": "[" + "a" * (MAX_SPLIT_PATTERN - 2) + "]+"}, "longer than"),
     ({"padding": "left"}, "'post' or 'pre'"),
     ({"truncation": "middle"}, "'post' or 'pre'"),
     ({"oov_token": "<unk>"}, "out-of-vocabulary token"),
@@ -121,7 +223,8 @@ def test_a_vocabulary_with_duplicates_is_refused():
 
 
 def test_a_split_pattern_at_the_limit_is_accepted():
-    assert tokenizer(split_pattern=" " * MAX_SPLIT_PATTERN).split.pattern == " " * MAX_SPLIT_PATTERN
+    pattern = "[" + "a" * (MAX_SPLIT_PATTERN - 3) + "]+"
+    assert len(pattern) == MAX_SPLIT_PATTERN and tokenizer(split_pattern=pattern).split.pattern == pattern
 
 
 # --------------------------------------------------------------------------- vocabulary files

@@ -23,6 +23,8 @@ FAMILIES = (GRADIENT, PERTURBATION, SHAP)
 MAX_PASSES_PER_IMAGE = 50_000
 #: Approximation checks a method may declare (explain_core.approximation computes them).
 APPROXIMATION_CHECKS = ("completeness", "additivity")
+#: How a gradient method's per-dimension attributions become one value per token of a text model.
+TOKEN_REDUCTIONS = ("sum", "l2")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,10 @@ class MethodSpec:
     #: The parameter that makes the approximation more accurate, named by the warning when the
     #: error exceeds its threshold; None for an exact method (with a check) or no check.
     accuracy_param: str | None = None
+    #: Gradient methods on a text model: how a token's per-dimension attributions (over its embedding) become
+    #: one value: "sum" (signed; the sum completeness needs, or an L1 norm of absolute values) or "l2" (their
+    #: Euclidean norm: an unsigned magnitude).
+    token_reduction: str = "sum"
     param_names: frozenset = field(init=False)
 
     def __post_init__(self):
@@ -159,6 +165,8 @@ class MethodSpec:
         if self.accuracy_param is not None and (self.approximation is None or self.accuracy_param not in
                                                 self.param_names):
             raise ValueError(f"{self.name}: accuracy_param must be one of its parameters, with a check")
+        if self.token_reduction not in TOKEN_REDUCTIONS:
+            raise ValueError(f"{self.name}: token_reduction must be one of {TOKEN_REDUCTIONS}")
 
     def refusal(self, card) -> str | None:
         """Why this method refuses the card's modality on purpose, or None."""
@@ -260,7 +268,9 @@ METHODS: tuple[MethodSpec, ...] = (
         "Saliency", GRADIENT, "xplique.attributions.Saliency",
         "Simonyan et al., Deep Inside Convolutional Networks: Visualising Image Classification Models and "
         "Saliency Maps (2013), https://arxiv.org/abs/1312.6034",
-        modalities=("image", "text"), description="absolute gradient of the class score, maximum over channels",
+        modalities=("image", "text"),
+        description="absolute gradient of the class score: its maximum over channels (images), its sum over "
+                    "embedding dimensions (text)",
     ),
     MethodSpec(
         "GradientInput", GRADIENT, "xplique.attributions.GradientInput",
@@ -278,8 +288,8 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "SmoothGrad", GRADIENT, "xplique.attributions.SmoothGrad",
         "Smilkov et al., SmoothGrad: removing noise by adding noise (2017), https://arxiv.org/abs/1706.03825",
-        params=_GRADIENT_STATS, passes=_per_sample, modalities=("image", "text"),
-        description="mean gradient over noisy copies",
+        params=_GRADIENT_STATS, passes=_per_sample, modalities=("image", "text"), token_reduction="l2",
+        description="mean gradient over noisy copies (text: its L2 norm over embedding dimensions)",
     ),
     MethodSpec(
         "VarGrad", GRADIENT, "xplique.attributions.VarGrad",

@@ -4,8 +4,9 @@ Every explainer takes a :class:`explain_core.text_model.TextModel` and returns
 :class:`TextAttributions` for one document (:meth:`TextExplainer.explain_document`):
 
 - :class:`EmbeddingAttributions` wraps an Xplique gradient method (Saliency, GradientInput,
-  IntegratedGradients, SmoothGrad) built on the model's embedding output and sums each token's
-  attributions over the embedding dimensions;
+  IntegratedGradients, SmoothGrad) built on the model's embedding output and reduces each token's
+  attributions over the embedding dimensions (the registry's ``MethodSpec.token_reduction``: their sum,
+  or their L2 norm);
 - :class:`WordOcclusion` and :class:`WordLime` run Xplique's Occlusion and LIME on the token ids;
 - :class:`TextPartitionExplainer` runs shap's Partition explainer with a Text masker over words or
   sentences.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from explain_core.registry import TOKEN_REDUCTIONS
 from explain_core.tokenizers import Encoded, Token
 
 #: Sentence ends for sentence granularity: ., ! or ? (repeated, with closing quotes) then whitespace.
@@ -90,22 +92,27 @@ class TextExplainer:
 
 
 class EmbeddingAttributions(TextExplainer):
-    """An Xplique gradient method on the embedding output, summed over embedding dimensions per token.
+    """An Xplique gradient method on the embedding output, reduced over embedding dimensions per token:
+    ``reduction="sum"`` (signed; what completeness needs) or ``"l2"`` (the norm: an unsigned magnitude, for
+    a mean gradient whose sum would be a derivative along the arbitrary direction (1, ..., 1)).
 
     Integrated Gradients on embeddings: Sundararajan et al., Axiomatic Attribution for Deep Networks
     (2017), https://arxiv.org/abs/1703.01365 (section 6.3, question classification); the baseline is
     the all-``baseline_value`` embedding sequence, masked like the document.
     """
 
-    def __init__(self, explainer, text_model, batch_size: int, classes: int):
+    def __init__(self, explainer, text_model, batch_size: int, classes: int, reduction: str = "sum"):
+        if reduction not in TOKEN_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {TOKEN_REDUCTIONS}, not {reduction!r}")
         super().__init__(text_model, batch_size, classes)
-        self.explainer = explainer
+        self.explainer, self.reduction = explainer, reduction
 
     def explain_document(self, encoded, text, classes):
         self.text_model.use_mask(encoded.ids)
         embeddings = np.repeat(self.text_model.embed(encoded.ids[None]), len(classes), axis=0)
         raw = self.explainer.explain(embeddings, _one_hot(classes, self.classes))
-        per_position = np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw, dtype=np.float64).sum(axis=-1)
+        raw = np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw, dtype=np.float64)
+        per_position = raw.sum(axis=-1) if self.reduction == "sum" else np.sqrt(np.square(raw).sum(axis=-1))
         padding = encoded.ids == self.text_model.tokenizer.padding_id
         return TextAttributions(_per_token(per_position, encoded), encoded.tokens,
                                 padding=per_position[:, padding].sum(axis=1), sums=per_position.sum(axis=1))
@@ -134,7 +141,8 @@ class WordOcclusion(TextExplainer):
 
 
 class WordLime(TextExplainer):
-    """A local linear surrogate over the document's words (Xplique's LIME; padding is one feature).
+    """A local linear surrogate over the document's words (Xplique's LIME). Padding is never hidden: its
+    positions are feature 0, which every sample keeps; the words are features 1..n.
 
     Ribeiro et al., "Why Should I Trust You?": Explaining the Predictions of Any Classifier (2016),
     https://arxiv.org/abs/1602.04938
@@ -148,26 +156,35 @@ class WordLime(TextExplainer):
         padding_id = float(text_model.tokenizer.padding_id)
 
         def word_features(ids):
-            """Each real token its own feature; all padding positions one last feature."""
+            """Padding positions feature 0 (absent when the document fills max_length), the words 1..n."""
             import tensorflow as tf
 
-            real = tf.not_equal(ids, padding_id)
-            count = tf.reduce_sum(tf.cast(real, tf.int32))
-            return tf.where(real, tf.cumsum(tf.cast(real, tf.int32)) - 1, count)
+            real = tf.cast(tf.not_equal(ids, padding_id), tf.int32)
+            return tf.cumsum(real) * real
+
+        def keep_padding(num_features, nb_samples):
+            """Xplique's sampling ({0, 1} per feature, 1 = kept with probability ``prob``), but feature 0 (the
+            padding) always kept: hiding it by the unknown token would put [UNK] tokens the document lacks."""
+            import tensorflow as tf
+
+            count = tf.reshape(tf.cast(num_features, tf.int32), [])
+            words = tf.cast(tf.random.uniform([nb_samples, count - 1]) < prob, tf.int32)
+            return tf.concat([tf.ones([nb_samples, 1], tf.int32), words], axis=1)
 
         def similarity(original_input, interp_samples, perturbed_samples):
-            """LIME's text kernel: exp(-d² / width²) with d the cosine distance between the copy's kept-word
-            vector and the document's (all ones). Xplique's distance_mode="cosine" cannot serve: it uses Keras'
-            cosine_similarity loss, which is the negated cosine, so the document itself weighs exp(-64)."""
+            """LIME's text kernel over the words: exp(-d² / width²) with d the cosine distance between the copy's
+            kept-word vector and the document's (all ones). Xplique's distance_mode="cosine" cannot serve: it uses
+            Keras' cosine_similarity loss, which is the negated cosine, so the document itself weighs exp(-64)."""
             import tensorflow as tf
 
-            kept = tf.cast(interp_samples, tf.float32)
-            distance = 1.0 - tf.sqrt(tf.reduce_sum(kept, axis=1) / tf.cast(tf.shape(kept)[1], tf.float32))
+            kept = tf.cast(interp_samples[:, 1:], tf.float32)
+            words = tf.maximum(tf.cast(tf.shape(kept)[1], tf.float32), 1.0)
+            distance = 1.0 - tf.sqrt(tf.reduce_sum(kept, axis=1) / words)
             return tf.exp(-tf.square(distance) / kernel_width**2)
 
         self.explainer = Lime(text_model.ids_model, batch_size=batch_size, map_to_interpret_space=word_features,
                               ref_value=float(_hidden_id(text_model, hide_with)), nb_samples=nb_samples,
-                              similarity_kernel=similarity, prob=prob)
+                              similarity_kernel=similarity, pertub_func=keep_padding)
 
     def explain_document(self, encoded, text, classes):
         ids = np.repeat(encoded.ids[None].astype(np.float32), len(classes), axis=0)
@@ -177,7 +194,9 @@ class WordLime(TextExplainer):
 
 class TextPartitionExplainer(TextExplainer):
     """Owen values of the document's words (or sentences) over shap's text hierarchy (Partition explainer
-    with a Text masker); the values sum to f(x) - f(every unit hidden).
+    with a Text masker); the values sum to f(x) - f(every unit hidden). Each class is explained by its own
+    shap call (same seed), so ``max_evals`` is per document and class and a class's values do not depend on
+    which other classes are explained. One unit: its value is exactly f(x) - f(hidden), without shap.
 
     Owen, Values of Games with a Priori Unions (1977), https://doi.org/10.1007/978-3-642-45494-3_7;
     Lundberg and Lee, A Unified Approach to Interpreting Model Predictions (2017),
@@ -204,22 +223,30 @@ class TextPartitionExplainer(TextExplainer):
             raise ValueError("the document has no unit the model sees")
         positions = [encoded.positions[members] for _, members in units]
 
-        def model(unit_rows):
+        def outputs(unit_rows):
+            """(rows, units) with -1 for a hidden unit -> (rows, classes) model outputs."""
             rows = np.asarray(unit_rows).reshape(len(unit_rows), -1)
             ids = np.repeat(encoded.ids[None], len(rows), axis=0)
             for unit, where in enumerate(positions):
                 hidden = rows[:, unit] < 0
                 ids[np.ix_(hidden, where)] = self.hidden_id
-            return self.outputs(ids.astype(np.float32))[:, classes]
+            return np.asarray(self.outputs(ids.astype(np.float32)), dtype=np.float64)
 
-        masker = shap.maskers.Text(_UnitTokenizer(text, [token for token, _ in units]), mask_token=-1,
-                                   collapse_mask_token=False, output_type="token_ids")
-        explainer = shap.PartitionExplainer(model, masker)
-        np.random.seed(SEED)
-        with quiet():
-            result = explainer([text], max_evals=self.max_evals, batch_size=SHAP_BATCH, silent=True)
-        unit_values = np.asarray(result.values[0], dtype=np.float64).reshape(len(units), len(classes)).T
-        base_values = np.asarray(result.base_values[0], dtype=np.float64).reshape(len(classes))
+        if len(units) == 1:  # one player: the Owen value is f(x) - f(hidden); shap's tree needs two
+            both = outputs(np.array([[0], [-1]]))[:, classes]
+            unit_values, base_values = (both[0] - both[1])[:, None], both[1]
+        else:
+            masker = shap.maskers.Text(_UnitTokenizer(text, [token for token, _ in units]), mask_token=-1,
+                                       collapse_mask_token=False, output_type="token_ids")
+            unit_values = np.empty((len(classes), len(units)))
+            base_values = np.empty(len(classes))
+            for row, cls in enumerate(classes):
+                explainer = shap.PartitionExplainer(lambda unit_rows, cls=cls: outputs(unit_rows)[:, cls], masker)
+                np.random.seed(SEED)
+                with quiet():
+                    result = explainer([text], max_evals=self.max_evals, batch_size=SHAP_BATCH, silent=True)
+                unit_values[row] = np.asarray(result.values[0], dtype=np.float64).reshape(len(units))
+                base_values[row] = float(np.asarray(result.base_values[0], dtype=np.float64).reshape(-1)[0])
         unit_tokens = tuple(token for token, _ in units)
         if self.granularity == "word":  # back to one value per token (NaN for unseen ones)
             values = np.full((len(classes), len(encoded.tokens)), np.nan)

@@ -27,6 +27,9 @@ from explain_core.tokenizers import WordTokenizer, parse_vocabulary
 
 #: Most tokens a vocabulary file may hold.
 MAX_VOCABULARY = 1_000_000
+#: Card settings a model that takes strings reads from its TextVectorization layer: a card may not set them.
+LAYER_SETTINGS = ("lowercase", "strip_punctuation", "split_pattern", "oov_token", "padding_token", "padding",
+                  "truncation")
 
 
 @dataclass
@@ -71,6 +74,12 @@ def text_model(model, card, files: dict[str, bytes]) -> TextModel:
             raise InvalidModelError(
                 f"model {card.name} takes strings: it must tokenize them with exactly one TextVectorization layer "
                 f"(it has {len(vectorizers)}), and its card must not name a vocabulary_file", model=card.name)
+        # Set on the card, they would be silently ignored: the layer tokenizes what the model sees.
+        ignored = [name for name in LAYER_SETTINGS if name in settings.model_fields_set]
+        if ignored:
+            raise InvalidModelError(
+                f"model {card.name} takes strings: the card's text settings {', '.join(ignored)} are read from the "
+                "TextVectorization layer; remove them from the card", model=card.name, fields=ignored)
         try:
             tokenizer = WordTokenizer.from_text_vectorization(vectorizers[0])
         except ValueError as exc:
@@ -82,6 +91,9 @@ def text_model(model, card, files: dict[str, bytes]) -> TextModel:
     else:
         tokenizer = _file_tokenizer(model, card, files)
     embedding, no_gradients = _embedding_layer(model, card)
+    source = vectorizers[0] if string_input else keras.layers.InputLayer
+    for layer in dict.fromkeys([*([embedding] if embedding is not None else []), *_embeddings_of_ids(graph, source)]):
+        _check_input_dim(layer, tokenizer, card.name)
     if embedding is not None and embedding.mask_zero and tokenizer.padding_id != 0:
         raise InvalidModelError(
             f"the embedding layer {embedding.name!r} masks id 0 (mask_zero) but the padding token has id "
@@ -153,6 +165,28 @@ def _embedding_layer(model, card):
         return found[0], None
     return None, (f"the model has {len(found)} Embedding layers; name the one to explain in the card's "
                   "text.embedding_layer" if found else "the model has no Embedding layer")
+
+
+def _embeddings_of_ids(graph, source) -> list:
+    """The Embedding layers of ``graph`` fed directly by the token ids: ``source`` is the TextVectorization
+    layer, or the InputLayer class for a model that takes ids (a position embedding, fed otherwise, is not)."""
+    def fed_by_source(node) -> bool:
+        producers = [tensor._keras_history.operation for tensor in node.input_tensors]
+        return any(p is source or (isinstance(source, type) and isinstance(p, source)) for p in producers)
+
+    return [layer for layer in graph.layers if isinstance(layer, keras.layers.Embedding)
+            and any(fed_by_source(node) for node in layer._inbound_nodes)]
+
+
+def _check_input_dim(embedding, tokenizer: WordTokenizer, name: str) -> None:
+    """Every id the tokenizer gives must be a row of the embedding (else TensorFlow fails at predict time)."""
+    size, rows = len(tokenizer.vocabulary), int(embedding.input_dim)
+    if size > rows:
+        # The padding and OOV ids index the vocabulary, so they are below input_dim once it fits.
+        raise InvalidModelError(
+            f"model {name}: the vocabulary has {size} tokens (ids 0 to {size - 1}) but the embedding layer "
+            f"{embedding.name!r} has input_dim {rows}: ids from {rows} on have no embedding", model=name,
+            vocabulary_size=size, input_dim=rows)
 
 
 def _cut(graph, length: int, dims: tuple, replace: dict, model_input, masked=None, with_layer=False):

@@ -8,8 +8,9 @@
 
 Limits are checked before any work: the byte size before decoding, the document count while
 reading (reading stops at the first document over the limit), the tokens of each document when it
-is encoded. Every refusal is an :class:`InvalidTextError` (or subclass) whose message names the
-line where the document starts and what was found there.
+is encoded (tokenizing stops at the first token over the limit). Every refusal is an
+:class:`InvalidTextError` (or subclass) whose message names the line where the document starts and
+what was found there.
 """
 
 import csv
@@ -24,7 +25,7 @@ from explain_core.errors import (
     TextTooLargeError,
     UnsupportedTextFormatError,
 )
-from explain_core.uploaded_files import clip, decode_utf8, file_format, show
+from explain_core.uploaded_files import clip, decode_utf8, file_format, jsonl_items, show
 
 #: File extensions (lower case) and the format each one means.
 SUPPORTED_EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -80,18 +81,24 @@ def parse_texts(data: bytes, filename: str, *, max_bytes: int, max_documents: in
 
 
 def encode_documents(documents: list[Document], tokenizer, *, max_tokens: int) -> list:
-    """``tokenizer.encode`` of each document (a list of ``Encoded``); refuses too many tokens or none."""
+    """``tokenizer.encode`` of each document (a list of ``Encoded``); refuses too many tokens or none.
+
+    Tokenizing stops at the first token over ``max_tokens``: a long document is refused without
+    building all its tokens, so the error says "more than" the limit and where the limit was passed.
+    """
     encoded = []
     for number, document in enumerate(documents, start=1):
-        result = tokenizer.encode(document.text)
+        result = tokenizer.encode(document.text, limit=max_tokens)
         count = len(result.tokens)
         if count > max_tokens:
+            over = result.tokens[max_tokens].start
             raise DocumentTooLongError(
-                f"line {document.line}: the document has {count} tokens; the limit is {max_tokens} per document",
+                f"line {document.line}: the document has more than {max_tokens} tokens (token {max_tokens + 1} "
+                f"starts at character {over}); the limit is {max_tokens} per document",
                 line=document.line,
                 document=number,
-                tokens=count,
                 limit=max_tokens,
+                offset=over,
             )
         if count == 0:
             raise InvalidTextError(
@@ -162,27 +169,9 @@ def _json_type(value: object) -> str:
 
 def _parse_jsonl(text: str, max_documents: int) -> list[Document]:
     documents: list[Document] = []
-    # newline="\n": split on \n only (a JSON string may hold U+2028 and friends); a trailing \r
-    # is JSON whitespace.
-    for number, line in enumerate(io.StringIO(text, newline="\n"), start=1):
-        if not line.strip():
-            continue
-        _check_count(len(documents) + 1, max_documents, number)
-        try:
-            # Without the line break, a truncated line's error points at its end, not at "column 1".
-            item = json.loads(line.rstrip("\r\n"), object_pairs_hook=_Pairs)
-        except RecursionError:
-            raise InvalidTextError(
-                f"line {number}: the JSON is nested too deeply; expected an object with a \"text\" field",
-                line=number,
-            ) from None
-        except ValueError as exc:
-            reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise InvalidTextError(
-                f"line {number} is not valid JSON ({clip(reason, 80)}); each line must hold one complete JSON "
-                'object with a "text" field, or a JSON string',
-                line=number,
-            ) from None
+    for number, line, item in jsonl_items(text, InvalidTextError, 'an object with a "text" field, or a JSON string',
+                                          lambda count, number: _check_count(count, max_documents, number),
+                                          object_pairs_hook=_Pairs):
         if isinstance(item, str):
             documents.append(_document(item, number, "the string"))
         elif isinstance(item, _Pairs):

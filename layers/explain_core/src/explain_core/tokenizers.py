@@ -19,18 +19,28 @@ its lowercasing (``tf.strings.lower``) changes ASCII letters only ("ÉCOLE" beco
 its "whitespace" split breaks on ASCII whitespace only (space, \\t, \\n, \\v, \\f, \\r; not on
 U+00A0 or U+2003). A vocabulary-file tokenizer lowercases with ``str.lower`` and splits on the card's
 ``split_pattern`` (default ``\\s+``, Unicode whitespace).
+
+A card's ``split_pattern`` is a regular expression from the model's owner run on every upload, so only
+patterns that cannot backtrack are accepted (:func:`check_split_pattern`): ``\\s+`` or one character
+class followed by ``+``. Each match is then a maximal run of one set of characters, found in time
+linear in the text; ``(\\s+)+!`` would take exponential time on a run of spaces.
 """
 
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the light API image validates cards (check_split_pattern) without NumPy
+    import numpy as np
 
 #: Characters TextVectorization strips with "lower_and_strip_punctuation" (its DEFAULT_STRIP_REGEX).
 PUNCTUATION = frozenset('!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\'')
 #: Longest split pattern a card may give (a regex from the model's owner, compiled once).
 MAX_SPLIT_PATTERN = 200
+#: The split patterns a card may give: ``\\s+`` or one character class followed by ``+`` (no groups,
+#: alternation, lookarounds or zero-width matches: nothing that can backtrack).
+SAFE_SPLIT_PATTERN = re.compile(r"(?:\\s|\[(?:[^\]\\]|\\.)+\])\+")
 #: TextVectorization's split="whitespace" (tf.strings.split): ASCII whitespace only.
 ASCII_WHITESPACE = r"[ \t\n\x0b\x0c\r]+"
 #: str.translate table of tf.strings.lower: A-Z only.
@@ -54,13 +64,15 @@ class Encoded:
     #: Every token of the document, in order (including those cut by the model's length).
     tokens: tuple[Token, ...]
     #: (max_length,) int64: the model input (padded or truncated).
-    ids: np.ndarray
+    ids: "np.ndarray"
     #: Per token, its position in ``ids``; -1 for a token the model never sees (truncated).
-    positions: np.ndarray
+    positions: "np.ndarray"
 
     @property
-    def seen(self) -> np.ndarray:
+    def seen(self) -> "np.ndarray":
         """Indexes (into ``tokens``) of the tokens the model sees; attributions exist for these only."""
+        import numpy as np
+
         return np.flatnonzero(self.positions >= 0)
 
     @property
@@ -86,14 +98,7 @@ class WordTokenizer:
             raise ValueError(f"the out-of-vocabulary token {oov_token!r} is not in the vocabulary")
         if padding_token not in self.index:
             raise ValueError(f"the padding token {padding_token!r} is not in the vocabulary")
-        if len(split_pattern) > MAX_SPLIT_PATTERN:
-            raise ValueError(f"split_pattern is longer than {MAX_SPLIT_PATTERN} characters")
-        try:
-            self.split = re.compile(split_pattern)
-        except re.error as exc:
-            raise ValueError(f"split_pattern is not a valid regular expression: {exc}") from exc
-        if self.split.fullmatch("") is not None:
-            raise ValueError("split_pattern must not match the empty string")
+        self.split = re.compile(check_split_pattern(split_pattern))
         self.max_length = max_length
         self.lowercase = lowercase
         #: Lowercase A-Z only, as TextVectorization does (non-ASCII capitals stay).
@@ -130,12 +135,18 @@ class WordTokenizer:
                    ascii_lowercase=True)
 
     # ------------------------------------------------------------------ text -> tokens
-    def tokens(self, text: str) -> list[Token]:
-        """Every token of ``text`` with its offsets (past the model's length too)."""
+    def tokens(self, text: str, limit: int | None = None) -> list[Token]:
+        """Every token of ``text`` with its offsets (past the model's length too).
+
+        With ``limit``, stops after ``limit + 1`` tokens: enough to tell a document over the limit
+        without tokenizing all of it.
+        """
         found, position = [], 0
         for separator in self.split.finditer(text):
             self._add(text, position, separator.start(), found)
             position = separator.end()
+            if limit is not None and len(found) > limit:
+                return found
         self._add(text, position, len(text), found)
         return found
 
@@ -155,13 +166,19 @@ class WordTokenizer:
             word = word.translate(_ASCII_LOWER) if self.ascii_lowercase else word.lower()
         found.append(Token(word, start, end, self.index.get(word, self.oov_id)))
 
-    def encode(self, text: str) -> Encoded:
-        """The model input of one document and where its tokens sit in it."""
-        tokens = self.tokens(text)
+    def encode(self, text: str, limit: int | None = None) -> Encoded:
+        """The model input of one document and where its tokens sit in it.
+
+        With ``limit``, a document of more than ``limit`` tokens gives its first ``limit + 1`` tokens
+        only (see :meth:`tokens`): the caller refuses it, its ids are not the document's.
+        """
+        tokens = self.tokens(text, limit)
         n = len(tokens)
         cut = max(0, n - self.max_length)
         kept = range(0, n - cut) if self.truncation == "post" else range(cut, n)
         offset = 0 if self.padding == "post" else self.max_length - len(kept)
+        import numpy as np
+
         ids = np.full(self.max_length, self.padding_id, dtype=np.int64)
         positions = np.full(n, -1, dtype=np.int64)
         positions[kept.start:kept.stop] = np.arange(offset, offset + len(kept))
@@ -176,6 +193,28 @@ class WordTokenizer:
                 "split_pattern": self.split.pattern, "oov_token": self.vocabulary[self.oov_id],
                 "padding_token": self.vocabulary[self.padding_id], "padding": self.padding,
                 "truncation": self.truncation}
+
+
+def check_split_pattern(pattern: str) -> str:
+    """``pattern`` if a card may use it as ``split_pattern`` (see :data:`SAFE_SPLIT_PATTERN`); else ValueError."""
+    if len(pattern) > MAX_SPLIT_PATTERN:
+        raise ValueError(f"split_pattern is longer than {MAX_SPLIT_PATTERN} characters")
+    if SAFE_SPLIT_PATTERN.fullmatch(pattern) is None:
+        raise ValueError(
+            f"split_pattern {pattern!r} is not allowed: it must be \\s+ or one character class followed by + "
+            "(for example [\\s,;]+ or [ \\t\\n]+); groups, alternation, lookarounds and other quantifiers "
+            "could make matching take exponential time")
+    # Inside a class, an unescaped "[" or a doubled "-", "&", "~", "|" may mean a nested set or a set
+    # operation in a later Python (a FutureWarning today): refused, so the pattern means one thing.
+    items = re.findall(r"\\.|[^\\]", pattern[1:-2]) if pattern.startswith("[") else []
+    if "[" in items or any(a == b and a in "-&~|" for a, b in zip(items, items[1:], strict=False)):
+        raise ValueError(f"split_pattern {pattern!r} is not allowed: inside its class, escape '[' and doubled "
+                         "'-', '&', '~', '|' (as \\[ or \\-)")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"split_pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+    return pattern
 
 
 def parse_vocabulary(data: bytes, *, max_tokens: int, source: str) -> list[str]:

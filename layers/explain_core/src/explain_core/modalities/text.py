@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from explain_core.approximation import APPROXIMATION, WARNINGS, Approximation, ExplanationWarning
 from explain_core.errors import TextTooLargeError, UnsupportedModelError
@@ -39,6 +39,7 @@ from explain_core.modalities.base import (
     method_seconds,
 )
 from explain_core.registry import GRADIENT
+from explain_core.tokenizers import check_split_pattern
 
 #: Documents timed together to measure a batched model pass.
 TIMING_BATCH = 16
@@ -60,7 +61,9 @@ class TextSettings(BaseModel):
     lowercase: bool = True
     #: Remove the characters Keras' TextVectorization strips (ASCII punctuation) from each token.
     strip_punctuation: bool = True
-    #: Regular expression between tokens (TextVectorization's "whitespace" split is ASCII whitespace).
+    #: Regular expression between tokens: \s+ or one character class followed by + (nothing that backtracks).
+    #: The settings from lowercase to truncation are for a model that takes ids: a model that takes strings
+    #: reads them from its TextVectorization layer, and a card that sets them is refused when the model loads.
     split_pattern: str = Field(default=r"\s+", min_length=1, max_length=200)
     oov_token: str = "[UNK]"
     padding_token: str = ""
@@ -68,6 +71,11 @@ class TextSettings(BaseModel):
     truncation: Literal["post", "pre"] = "post"
     #: The Embedding layer gradient methods explain (its output); default: the model's only one.
     embedding_layer: str | None = None
+
+    @field_validator("split_pattern")
+    @classmethod
+    def _safe_split_pattern(cls, value: str) -> str:
+        return check_split_pattern(value)
 
 
 class TextCardFields(BaseModel):
@@ -192,6 +200,7 @@ class TextModality(Modality):
     output_type = TextOutput
     attribution_dtype = "float64"
     uses_background = False
+    explains_in_batches = False
     default_background_description = "none: hidden words are replaced by the padding or out-of-vocabulary token"
 
     def check_card(self, card) -> None:
@@ -213,7 +222,8 @@ class TextModality(Modality):
         return text_model(loaded.model, loaded.card, files)
 
     def build_explainer(self, spec, model, card, params: dict, batch_size: int, background=None):
-        """``model`` is the :class:`explain_core.text_model.TextModel`: gradient methods run on its embeddings."""
+        """``model`` is the :class:`explain_core.text_model.TextModel`: gradient methods run on its embeddings,
+        reduced per token as ``spec.token_reduction`` says."""
         from explain_core.text_methods import EmbeddingAttributions
 
         classes = len(card.class_names)
@@ -222,7 +232,7 @@ class TextModality(Modality):
                 raise UnsupportedModelError(f"{spec.name} explains a text model through its Embedding layer, but "
                                             f"{model.no_gradients_reason}", method=spec.name)
             explainer = spec.explainer_class()(model.embeddings_model, batch_size=batch_size, **params)
-            return EmbeddingAttributions(explainer, model, batch_size, classes)
+            return EmbeddingAttributions(explainer, model, batch_size, classes, reduction=spec.token_reduction)
         return spec.explainer_class()(model, batch_size, classes, **params)
 
     def describe_model(self, loaded) -> dict:
@@ -334,8 +344,6 @@ def _document_outputs(spec, params, index, document, encoded, found, classes, sc
                       batch_size) -> list:
     """One document's :class:`explain_core.text_report.DocumentExplanation` per class, with its
     approximation check."""
-    import numpy as np
-
     from explain_core.approximation import text_check
     from explain_core.shap_methods import output_kind
     from explain_core.text_report import DocumentExplanation
@@ -344,7 +352,9 @@ def _document_outputs(spec, params, index, document, encoded, found, classes, sc
     for row, cls in enumerate(classes):
         name = card.class_name(cls)
         values = found.values[row]
-        check_finite(values[~np.isnan(values)] if found.unit == "word" else values,
+        # The tokens the model saw must have a finite value (NaN is kept only for the tokens cut by max_length,
+        # which the report shows as unseen): a NaN there is the model's output, e.g. 0/0 with every word hidden.
+        check_finite(values[encoded.seen] if found.unit == "word" else values,
                      f"{spec.name}'s attributions for class {name}", method=spec.name, class_name=name)
         explanation = DocumentExplanation(
             method=spec.name, class_index=int(cls), class_name=name, score=float(scores[cls]), document=index,
