@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from devtools import demo_model
+from devtools import demo_model, text_demo
 from devtools.local.aws import free_port
 from explain_core.registry import methods_of
 from tests.conftest import REPO
@@ -32,8 +32,27 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
         assert line.split()[3] == name.removeprefix("samples/").split("-")[0], line
     for line in tables:
         assert line.split()[1] == "shap" and " 8 rows: " in line and "failed" not in line, line
+    texts = [line for line in table if text_demo.MODEL in line]
+    assert len(texts) == 4  # review.txt (gradient) and reviews.jsonl through every family
+    truth = text_demo.sample_truth()
+    labels = [document["label"] for document in truth["reviews.jsonl"]]
+    for line in texts:
+        name, family = line.split()[:2]
+        counts = f"{labels.count('negative')} negative, {labels.count('positive')} positive"
+        expected = (f"{truth['review.txt'][0]['label']} (" if name.endswith(".txt")
+                    else f"{len(labels)} documents: {counts}")
+        assert expected in line and "failed" not in line, line
+    # Under it, each review's predicted sentiment and its most attributed tokens, per method.
+    reviews = completed.stdout.split("reviews: predicted sentiment and the most attributed tokens", 1)[1]
+    rows = [line.split() for line in reviews.splitlines()[3:] if line.startswith(("review.txt:", "reviews.jsonl:"))]
+    methods = {family: methods for family, methods in text_demo.card()["default_methods"].items()}
+    assert len(rows) == 1 * len(methods["gradient"]) + len(labels) * sum(map(len, methods.values()))
+    for row in rows:  # review:line, sentiment, score, family, method, tokens
+        name, line = row[0].split(":")
+        document = truth[name][[d["line"] for d in truth[name]].index(int(line))]
+        assert row[1] == document["label"] and row[4] in methods[row[3]], row
     manifests = sorted(tmp_path.glob("results/*/*/v1/samples/*/manifest.json"))
-    assert len(manifests) == 11
+    assert len(manifests) == 15
     for path in manifests:
         manifest = json.loads(path.read_text())
         assert manifest["status"] == "succeeded", path
@@ -57,7 +76,8 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
     links = re.findall(r'<a href="([^"]+)">', (tmp_path / "index.html").read_text())
     assert sorted(tmp_path / link for link in links) == sorted(path.parent / "index.html" for path in manifests)
     for path in manifests:
-        assert "<img src=\"data:image/png;base64," in (path.parent / "index.html").read_text()
+        if text_demo.MODEL not in str(path):  # a text file's page shows highlighted words, not images
+            assert "<img src=\"data:image/png;base64," in (path.parent / "index.html").read_text()
     assert (tmp_path / "results/gradient/shapes/v1/index.html").is_file()
     # In a real browser (docs/testing.md, Browser tests): the samples' page links every sample's page, and
     # each of those loads all its images with no console error; a screenshot of each under test-artifacts/.
@@ -69,4 +89,5 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
         pages[name] = page_checker.check((path.parent / "index.html").as_uri(),
                                          screenshot=artifacts_dir / f"demo-{name}.png")
     assert {name: page.problems for name, page in pages.items() if page.problems} == {}
-    assert all(len(page.images) > 1 and page.requests == [page.url] for page in pages.values())
+    assert all(page.requests == [page.url] for page in pages.values())
+    assert all(len(page.images) > 1 for name, page in pages.items() if text_demo.MODEL not in name)
