@@ -84,7 +84,7 @@ def text_model(model, card, files: dict[str, bytes]) -> TextModel:
             tokenizer = WordTokenizer.from_text_vectorization(vectorizers[0])
         except ValueError as exc:
             raise InvalidModelError(f"model {card.name}: {exc}", model=card.name) from exc
-        if settings.max_length not in (None, tokenizer.max_length):
+        if settings.max_length != tokenizer.max_length:
             raise InvalidModelError(
                 f"the card's max_length {settings.max_length} differs from the TextVectorization layer's "
                 f"output_sequence_length {tokenizer.max_length}", model=card.name)
@@ -113,7 +113,7 @@ def text_model(model, card, files: dict[str, bytes]) -> TextModel:
 def _graph(model, name: str):
     """The functional graph of a Sequential or Functional model (subclassed models have none)."""
     graph = model._functional if isinstance(model, keras.Sequential) else model
-    if not isinstance(graph, keras.Model) or not hasattr(graph, "_run_through_graph") or graph is None:
+    if not isinstance(graph, keras.Model) or not hasattr(graph, "_run_through_graph"):
         raise InvalidModelError(f"model {name} must be a Sequential or Functional Keras model (a text model is "
                                 "cut at its embedding layer)", model=name)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
