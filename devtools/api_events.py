@@ -18,6 +18,15 @@ from devtools.samples import encode_image
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 #: The inline text of events/api-explain-text.json: a clearly positive review.
 TEXT_REVIEW = "I loved it, truly wonderful"
+#: The job of events/api-create-insights.json: two feature visualizations of the demo model, a few steps.
+INSIGHTS_SPEC = {
+    "title": "What the shapes model looks for", "seed": 7,
+    "feature_visualization": {"objectives": [{"class": "circle"},
+                                             {"layer": "last_conv", "type": "channel", "indexes": [0, 1]}],
+                              "steps": 32},
+}
+#: The job id of events/api-get-insights-job.json (replace it with the one POST /insights answered).
+INSIGHTS_JOB_ID = "fedcba9876543210fedcba9876543210"
 
 
 def events() -> dict[str, dict]:
@@ -61,6 +70,10 @@ def events() -> dict[str, dict]:
         "api-create-upload.json": rest_event("POST", "/uploads", "/uploads", body={"filename": "large photo.jpg"}),
         "api-get-job.json": rest_event("GET", "/jobs/{job_id}", "/jobs/0123456789abcdef0123456789abcdef",
                                        path_parameters={"job_id": "0123456789abcdef0123456789abcdef"}),
+        "api-create-insights.json": rest_event("POST", "/insights", "/insights", body={
+            "model": shapes, "spec": INSIGHTS_SPEC}),
+        "api-get-insights-job.json": rest_event("GET", "/jobs/{job_id}", f"/jobs/{INSIGHTS_JOB_ID}",
+                                                path_parameters={"job_id": INSIGHTS_JOB_ID}),
         "api-authorizer-token.json": {
             "type": "TOKEN", "authorizationToken": f"Bearer {TEST_API_KEY}",
             "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/POST/explanations/gradient",

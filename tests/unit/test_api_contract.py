@@ -56,13 +56,32 @@ def test_openapi_document_in_the_repository_matches_the_code():
     document = json.loads(openapi.generate())
     assert set(document["paths"]) == {"/methods", "/models", "/models/{name}/{version}", "/uploads",
                                       "/jobs/{job_id}", "/explanations/{family}", "/sanity-checks",
-                                      "/sanity-checks/{family}/{name}/{version}/{request_id}"}
+                                      "/sanity-checks/{family}/{name}/{version}/{request_id}", "/insights"}
     explain = document["paths"]["/explanations/{family}"]["post"]
     assert {"200", "202", "400", "404", "413", "422"} <= set(explain["responses"])
     assert explain["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     (family,) = explain["parameters"]
     assert family["schema"]["enum"] == ["gradient", "perturbation", "shap"]
     assert document["security"] == [{"apiKey": []}]
+
+
+def test_openapi_documents_every_insight_kinds_options_and_both_job_answers():
+    from explain_core.insights.kinds import KINDS
+
+    document = json.loads(openapi.generate())
+    schemas = document["components"]["schemas"]
+    create = document["paths"]["/insights"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/InsightsRequest")
+    assert {"202", "400", "404", "409", "422"} <= set(create["responses"])
+    spec = schemas["InsightsSpec"]["properties"]
+    for kind in KINDS:
+        (documented,) = [option["$ref"] for option in spec[kind.name]["anyOf"] if "$ref" in option]
+        options = schemas[documented.rsplit("/", 1)[1]]["properties"]
+        assert set(options) == {field.alias or name for name, field in kind.Spec.model_fields.items()}
+    answer = document["paths"]["/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {option["$ref"].rsplit("/", 1)[1] for option in answer["anyOf"]} == {"JobStatus", "InsightsJobStatus"}
+    assert schemas["InsightsJobStatus"]["properties"]["status"]["enum"] == [
+        "queued", "running", "succeeded", "partial", "failed"]
 
 
 LIGHT_IMPORT = """
@@ -82,6 +101,14 @@ class Context:
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
 
 response = app.lambda_handler(event, Context())
+# POST /insights validates a job specification with every kind's spec model: no ML library either.
+request = json.load(open("events/api-create-insights.json"))
+body = json.loads(request["body"])
+body["spec"]["feature_visualization"]["steps"] = 10**6
+request["body"] = json.dumps(body)
+refused = app.lambda_handler(request, Context())
+import explain_core.insights.jobs, explain_core.jobs  # what POST /insights and GET /jobs import on first use
+print(refused["statusCode"], json.loads(refused["body"])["error"]["code"])
 print(response["statusCode"], len(json.loads(response["body"])["methods"]))
 """
 
@@ -92,6 +119,7 @@ def test_api_and_authorizer_functions_run_without_the_ml_stack():
     completed = subprocess.run([sys.executable, "-c", LIGHT_IMPORT], cwd=REPO, env=env, capture_output=True,
                                text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-2].split() == ["422", "invalid_insights_spec"]
     status, count = completed.stdout.strip().splitlines()[-1].split()
     assert status == "200" and int(count) == len(methods_of("shap"))  # the event asks for ?family=shap
 

@@ -4,13 +4,16 @@ One resolver holds every route, so there is one OpenAPI document (``openapi.json
 by ``python -m devtools.openapi``). template.yaml sends each route to one function:
 
 - the light ``ApiFunction`` (no ML stack): GET /models, GET /models/{name}/{version},
-  GET /methods, POST /uploads, GET /jobs/{job_id};
+  GET /methods, POST /uploads, GET /jobs/{job_id}, the sanity checks' routes and POST /insights
+  (it stores a job specification; the insights function runs it);
 - each family's function: POST /explanations/{family} (see :mod:`explain_core.explanation_requests`).
 
 Every error is a typed JSON body (:class:`ErrorResponse`) with its HTTP status: 400 malformed,
 404 unknown model, input, job or route, 409 a job request in progress, 413 too large,
-415 unsupported format, 422 invalid method, parameter or target. An unexpected failure is
-logged with its trace and answered with a 500 that names the request id, never the trace.
+415 unsupported format, 422 invalid method, parameter, target or insights specification (a body
+that parses but whose ``spec`` the kinds' models refuse: the spec file's own invalid_insights_spec).
+An unexpected failure is logged with its trace and answered with a 500 that names the request id,
+never the trace.
 
 Every route is behind the Lambda authorizer, whose principal (the API client's id) keeps each
 client's requests, results and jobs to itself. A request without that principal means the
@@ -42,6 +45,9 @@ from explain_core.api_models import (
     ExplanationRequest,
     ExplanationResult,
     Family,
+    InsightsJobAccepted,
+    InsightsJobStatus,
+    InsightsRequest,
     JobAccepted,
     JobStatus,
     MethodInfo,
@@ -58,6 +64,7 @@ from explain_core.api_models import (
 )
 from explain_core.errors import (
     ExplainError,
+    InvalidInsightsSpecError,
     InvalidSanityRequestError,
     MalformedRequestError,
     MissingAuthorizerContextError,
@@ -86,8 +93,9 @@ _ERROR_DESCRIPTIONS = {
     413: "Input too large (inline inputs: 4 MiB decoded; use POST /uploads), or a text over its limits "
          "(text_too_large, document_too_long)",
     415: "Unsupported image, table or text format, or a body that is not JSON",
-    422: "Invalid method, parameter, target or model for the method (unsupported_model), or an input that "
-         "cannot be read (invalid_image, invalid_table, invalid_text: the details name the line)",
+    422: "Invalid method, parameter, target or model for the method (unsupported_model), an input that "
+         "cannot be read (invalid_image, invalid_table, invalid_text: the details name the line), or an "
+         "insights specification that is not valid (invalid_insights_spec: details.problems name the fields)",
     429: "Throttled by the stage's rate limit",
 }
 
@@ -131,6 +139,12 @@ class _Services:
         from explain_core.jobs import JobStore
 
         return JobStore(self.settings)
+
+    @cached_property
+    def insights(self):
+        from explain_core.jobs import InsightsJobRequests
+
+        return InsightsJobRequests(self.jobs, self.s3, self.settings.idempotency_table)
 
     @cached_property
     def catalog(self):
@@ -259,11 +273,16 @@ def create_upload(upload: UploadRequest):
 
 
 @app.get("/jobs/<job_id>", summary="A job's status, and its results once done", tags=["explanations"],
-         operation_id="getJob", responses=_responses({200: ("The job", JobStatus)}, 404))
+         operation_id="getJob",
+         responses=_responses({200: ("The job: an explanation job (JobStatus) or an insights job (InsightsJobStatus, "
+                                     "family insights)", JobStatus | InsightsJobStatus)}, 404))
 def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_REGEX)]):
-    from explain_core.jobs import job_status
+    from explain_core.insights import INSIGHTS
+    from explain_core.jobs import insights_job_status, job_status
 
     job = services.jobs.get(job_id, _client_id())
+    if job["family"] == INSIGHTS:
+        return _json(200, insights_job_status(job, services.s3, services.links))
     return _json(200, job_status(job, services.s3, services.links))
 
 
@@ -325,6 +344,21 @@ def get_sanity_check(family: Annotated[Family, Path()], name: Annotated[str, Pat
     return _json(200, SanityCheckStatus(**status))
 
 
+@app.post("/insights", summary="Model insights (feature visualization, concepts, examples) as a job: queued (202)",
+          tags=["insights"], operation_id="createInsightsJob",
+          responses=_responses({202: ("Queued: the insights function plans and runs it; GET /jobs/{job_id}",
+                                      InsightsJobAccepted)}, 404, 409, 422))
+def create_insights_job(request: InsightsRequest):
+    client_id = _client_id()
+    card = services.catalog.card(request.model.name, request.model.version)  # 404 for an unknown model
+    if card.modality != "image":
+        raise UnsupportedModelError(f"insights explain image models; {card.name}/{card.version} is a "
+                                    f"{card.modality} model", modality=card.modality)
+    accepted = services.insights.handle(request, client_id=client_id, context=app.lambda_context)
+    metrics.add_metric(name="InsightsJobsStarted", unit=MetricUnit.Count, value=1)
+    return _json(202, accepted, headers={"Location": accepted.status_url})
+
+
 # ---------------------------------------------------------------------------------------- errors
 def _error(status: int, error: dict) -> Response:
     request_id = getattr(app.lambda_context, "aws_request_id", None)
@@ -348,6 +382,12 @@ def malformed(exc: RequestValidationError):
     details = [{"loc": [str(p) for p in e.get("loc", ())], "message": str(e.get("msg", "")), "type": e.get("type")}
                for e in exc.errors()]
     invalid_json = any(d["type"] == "json_invalid" for d in details)
+    spec_errors = [d for d in details if d["loc"][:2] == ["body", "spec"]]
+    if details and len(spec_errors) == len(details) and app.current_event.resource == "/insights":
+        # The request parsed; its job specification asks for something invalid: the spec file's own error.
+        problems = [f"{'.'.join(d['loc'][1:])}: {d['message']}" for d in details]
+        return _error(422, InvalidInsightsSpecError("the insights specification is not valid: " +
+                                                    "; ".join(problems[:10]), problems=problems[:20]).to_dict())
     message = "the body is not valid JSON" if invalid_json else "the request does not match the schema: " + "; ".join(
         f"{'.'.join(d['loc'][1:]) or d['loc'][0] if d['loc'] else '<body>'}: {d['message']}" for d in details[:10])
     return _error(400, MalformedRequestError(message, errors=details[:20]).to_dict())

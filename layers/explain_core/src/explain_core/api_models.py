@@ -17,6 +17,7 @@ from explain_core.approximation import (
     ExplanationWarning,
     TableApproximation,
 )
+from explain_core.insights.spec import InsightsSpec
 from explain_core.keys import NAME_PATTERN
 from explain_core.manifest import (  # the manifest's models are the API's: one definition of each field
     ADDITIVITY_MAX_ERROR,
@@ -366,3 +367,89 @@ class SanityCheckStatus(BaseModel):
     chart_url: str | None = Field(default=None, description="Presigned link to the chart (PNG)")
     urls_expire_in: int | None = None
     error: ErrorDetail | None = None
+
+
+# ---------------------------------------------------------------------------------------- insights
+class InsightsRequest(_Strict):
+    """POST /insights: a model and a job specification (explain_core.insights.spec): the file the API
+    stores under ``incoming/insights/<model>/<version>/jobs/<job id>.json``."""
+
+    model: ModelRef
+    spec: InsightsSpec = Field(description="One optional entry per insight kind (at least one), with its options "
+                                           "and their bounds; plus seed and title")
+
+
+class InsightsJobAccepted(BaseModel):
+    """An insights job queued: the spec file's upload starts it (the insights function plans its parts)."""
+
+    job_id: str
+    status: Literal["queued"]
+    status_url: str = Field(description="GET it for the progress, and the report's links once done")
+    spec_key: str = Field(description="The specification stored in the input bucket (its upload starts the job)")
+    results_prefix: str = Field(description="Where the job's files appear in the results bucket")
+    report_key: str = Field(description="The report (JSON), written last: its presence means the job is over")
+    index_key: str = Field(description="The report page (HTML) with every picture")
+    error_key: str = Field(description="Where an error record appears instead when the job cannot be planned")
+
+
+class InsightsCurrentPart(BaseModel):
+    """The part the insights function started last (and has not finished)."""
+
+    id: str
+    title: str | None = None
+    attempt: int = Field(description="SQS receive count of the part's message: 2 and more are retries")
+    killed: bool = Field(default=False, description="The attempt passed its invocation's deadline without an "
+                                                    "outcome: the function's time or memory limit killed it")
+    message: str | None = Field(default=None, description="For a killed attempt: what happened and what comes next")
+
+
+class InsightsProgress(BaseModel):
+    parts_total: int | None = Field(default=None, description="Parts planned; null until the job is planned")
+    parts_done: int = 0
+    parts_failed: int = 0
+    estimated_seconds: float | None = Field(default=None, description="Sum of the parts' estimates")
+    current_part: InsightsCurrentPart | None = None
+
+
+class InsightsKindStatus(BaseModel):
+    name: str = Field(description="The kind's key in the specification (its folder in the results)")
+    status: Literal["succeeded", "partial", "failed"]
+    failed_parts: list[str] = Field(default_factory=list)
+    error: ErrorDetail | None = Field(default=None, description="Why its assembly failed")
+
+
+class InsightsPicture(BaseModel):
+    kind: str
+    name: str = Field(description="File name in the kind's folder")
+    url: str = Field(description="Presigned link (PNG)")
+
+
+class InsightsResult(BaseModel):
+    """The report's headline with presigned links: report.json holds every number."""
+
+    status: Literal["succeeded", "partial", "failed"]
+    title: str | None = None
+    kinds: list[InsightsKindStatus]
+    report_url: str = Field(description="Presigned link to report.json")
+    index_url: str = Field(description="Presigned link to index.html, a page of every picture")
+    pictures: list[InsightsPicture]
+    urls_expire_in: int = Field(description="Seconds the presigned URLs stay valid")
+    created_at: str | None = None
+
+
+class InsightsJobStatus(BaseModel):
+    """GET /jobs/{job_id} of an insights job (family "insights")."""
+
+    job_id: str
+    family: Literal["insights"]
+    status: Literal["queued", "running", "succeeded", "partial", "failed"]
+    model: ModelRef
+    created_at: str
+    input_key: str = Field(description="The specification file (spec_key)")
+    results_prefix: str
+    progress: InsightsProgress
+    retrying: bool = Field(default=False, description="Planning failed transiently: the job is queued again")
+    last_error: str | None = Field(default=None, description="The last transient failure of a part (it is retried)")
+    error: ErrorDetail | None = Field(default=None, description="Why the job could not be planned (failed), or "
+                                                                "the transient error it is retried after")
+    result: InsightsResult | None = None

@@ -130,6 +130,20 @@ class InvalidSanityRequestError(ExplainError):
     status = 422
 
 
+class InvalidInsightsSpecError(ExplainError):
+    """An insights job specification (a spec file or POST /insights) that is not valid (explain_core.insights)."""
+
+    code = "invalid_insights_spec"
+    status = 422
+
+
+class ModelChangedError(ExplainError):
+    """The model was replaced while an insights job ran: its parts would mix two models."""
+
+    code = "model_changed"
+    status = 409
+
+
 class InvalidTableError(ExplainError):
     """A tabular upload (CSV or JSON Lines) that cannot be read as the model's features."""
 

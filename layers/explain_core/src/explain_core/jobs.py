@@ -12,6 +12,10 @@ a job whose last attempt is past that deadline (plus ATTEMPT_GRACE_SECONDS) with
 killed: queued again (SQS redelivers it after the visibility timeout) or, after the last attempt,
 failed (``timed_out``: the message goes to the dead-letter queue). A final error record of a
 message moved to the dead-letter queue (``dead_lettered``) says so, and how to redrive it.
+
+An insights job (family ``insights``, POST /insights: :class:`InsightsJobRequests`) is a specification
+file ``incoming/insights/<model>/<version>/jobs/<job id>.json``; its record's "manifest" is the job's
+report, and its status is the insights function's progress (:func:`insights_job_status`).
 """
 
 import datetime as dt
@@ -22,7 +26,17 @@ from decimal import Decimal
 
 from botocore.exceptions import ClientError
 
-from explain_core.api_models import ErrorDetail, JobStatus
+from explain_core.api_models import (
+    ErrorDetail,
+    InsightsJobAccepted,
+    InsightsJobStatus,
+    InsightsKindStatus,
+    InsightsPicture,
+    InsightsProgress,
+    InsightsRequest,
+    InsightsResult,
+    JobStatus,
+)
 from explain_core.api_responses import Links, explanation_result
 from explain_core.errors import JobTimedOutError, UnknownJobError, is_missing_object
 from explain_core.keys import KeyLayout, check_name
@@ -53,8 +67,11 @@ class JobStore:
         return f"{self.keys.family_prefix(family)}{model}/{version}/jobs/{job_id}/{filename}"
 
     def create(self, *, job_id: str, family: str, model: str, version: str, input_key: str, client_id: str,
-               estimated_seconds: float | None, reason: str) -> dict:
-        ref = self.keys.parse_input(self.settings.input_bucket, input_key, family)
+               estimated_seconds: float | None, reason: str, manifest_key: str | None = None) -> dict:
+        """Record a new job; ``manifest_key`` (default: the manifest of ``input_key``) is where its outcome
+        appears (an insights job's: its report)."""
+        if manifest_key is None:
+            manifest_key = self.keys.manifest_key(self.keys.parse_input(self.settings.input_bucket, input_key, family))
         job = {
             "job_id": job_id,
             "client_id": client_id,
@@ -62,7 +79,7 @@ class JobStore:
             "model": model,
             "version": version,
             "input_key": input_key,
-            "manifest_key": self.keys.manifest_key(ref),
+            "manifest_key": manifest_key,
             "error_key": self.keys.error_key(input_key),
             "created_at": now_iso(),
             "expires_at": int(time.time()) + JOB_RECORD_SECONDS,
@@ -200,3 +217,106 @@ def job_status(job: dict, s3, links: Links, *, now: float | None = None) -> JobS
     error = ErrorDetail.from_dict({"details": {}, **record["error"]})
     return JobStatus(**described, status="queued", retrying=True, error=error)
 
+
+# ---------------------------------------------------------------------------------------- insights jobs
+#: The same insights job request within this time returns the same job: long enough for a client's retries,
+#: short enough that asking again later (the images under a prefix may have changed) runs anew.
+INSIGHTS_IDEMPOTENCY_SECONDS = 3600
+
+
+class InsightsJobRequests:
+    """POST /insights: record the job, then store its specification file, whose upload event starts it
+    (the insights function plans the parts; :mod:`explain_core.insights.jobs`).
+
+    Idempotent as POST /explanations' jobs are (Powertools idempotency on the DynamoDB table): the same
+    specification of the same model from the same client within INSIGHTS_IDEMPOTENCY_SECONDS returns the
+    same job; a concurrent duplicate gets 409 request_in_progress."""
+
+    def __init__(self, store: JobStore, s3, idempotency_table: str):
+        from aws_lambda_powertools.utilities.idempotency import (
+            DynamoDBPersistenceLayer,
+            IdempotencyConfig,
+            idempotent_function,
+        )
+
+        if not idempotency_table:
+            raise ValueError("POST /insights needs the idempotency table (IDEMPOTENCY_TABLE)")
+        self.store, self.s3, self.settings = store, s3, store.settings
+        self.idempotency = IdempotencyConfig(expires_after_seconds=INSIGHTS_IDEMPOTENCY_SECONDS)
+        persistence = DynamoDBPersistenceLayer(table_name=idempotency_table)
+        self.start = idempotent_function(data_keyword_argument="job_request", persistence_store=persistence,
+                                         config=self.idempotency)(self._start)
+
+    def handle(self, request: InsightsRequest, *, client_id: str, context) -> InsightsJobAccepted:
+        from explain_core.insights.spec import parse_spec
+
+        self.idempotency.register_lambda_context(context)
+        spec = request.spec.model_dump(mode="json", by_alias=True)  # as a spec file says it ("class")
+        parse_spec(_spec_file(spec))  # the file the function reads passes the same checks (its size)
+        job = self.start(job_request={"client_id": client_id, "model": request.model.name,
+                                      "version": request.model.version, "spec": spec})
+        return InsightsJobAccepted(**job)
+
+    def _start(self, job_request: dict) -> dict:
+        from explain_core.insights import INSIGHTS
+        from explain_core.insights.jobs import INDEX_FILE, JOB_ID, REPORT_FILE, api_spec_key, job_ref
+        from explain_core.keys import client_segment
+        from explain_core.sanity import CLIENT_METADATA
+
+        job_id, model, version = new_job_id(), job_request["model"], job_request["version"]
+        spec_key = api_spec_key(self.store.keys, model, version, job_id)
+        job = job_ref(self.store.keys, spec_key)
+        self.store.create(job_id=job_id, family=INSIGHTS, model=model, version=version, input_key=spec_key,
+                          client_id=job_request["client_id"], estimated_seconds=None, reason="POST /insights",
+                          manifest_key=job.key(REPORT_FILE))
+        try:
+            self.s3.put_object(Bucket=self.settings.input_bucket, Key=spec_key, Body=_spec_file(job_request["spec"]),
+                               ContentType="application/json",
+                               Metadata={JOB_ID: job_id, CLIENT_METADATA: client_segment(job_request["client_id"])})
+        except Exception:
+            self.store.delete(job_id)  # no job without its specification; the idempotency record is released too
+            raise
+        return {"job_id": job_id, "status": "queued", "status_url": f"/jobs/{job_id}", "spec_key": spec_key,
+                "results_prefix": job.results_prefix, "report_key": job.key(REPORT_FILE),
+                "index_key": job.key(INDEX_FILE), "error_key": self.store.keys.error_key(spec_key)}
+
+
+def _spec_file(spec: dict) -> bytes:
+    return json.dumps(spec, indent=2, sort_keys=True).encode()
+
+
+def insights_job_status(job: dict, s3, links: Links, *, now: float | None = None) -> InsightsJobStatus:
+    """GET /jobs/<id> of an insights job: its progress (:func:`explain_core.insights.jobs.job_progress`, which
+    reads the results bucket and the record's progress), and once done the report's headline and links."""
+    from explain_core.insights.jobs import job_progress
+
+    progress = job_progress(s3, links.settings, job["input_key"], job, now=now)
+    error = progress.get("error")
+    return InsightsJobStatus(
+        job_id=job["job_id"], family=job["family"], status=progress["status"],
+        model={"name": job["model"], "version": job["version"]}, created_at=job["created_at"],
+        input_key=job["input_key"], results_prefix=progress["results_prefix"],
+        progress=InsightsProgress(
+            parts_total=progress.get("parts_total"), parts_done=progress.get("parts_done", 0),
+            parts_failed=progress.get("parts_failed", 0), estimated_seconds=progress.get("estimated_seconds"),
+            current_part=progress.get("current_part")),
+        retrying=bool(progress.get("retrying")), last_error=progress.get("last_error"),
+        error=ErrorDetail.from_dict({"details": {}, **error}) if error else None,
+        result=_insights_result(progress, links) if "report" in progress else None,
+    )
+
+
+def _insights_result(progress: dict, links: Links) -> InsightsResult:
+    report, prefix = progress["report"], progress["results_prefix"]
+    kinds = [InsightsKindStatus(name=name, status=section["status"], failed_parts=section.get("failed_parts", []),
+                                error=ErrorDetail.from_dict({"details": {}, **section["error"]})
+                                if section.get("error") else None)
+             for name, section in report["kinds"].items()]
+    pictures = []
+    for key in report.get("pictures", []):
+        kind, _, name = key[len(prefix):].partition("/")  # <results prefix><kind>/<name>
+        pictures.append(InsightsPicture(kind=kind, name=name, url=links.result(key)))
+    return InsightsResult(status=report["status"], title=report.get("title"), kinds=kinds,
+                          report_url=links.result(progress["report_key"]),
+                          index_url=links.result(progress["index_key"]), pictures=pictures,
+                          urls_expire_in=links.seconds, created_at=report.get("created_at"))

@@ -1,0 +1,149 @@
+"""The insights demo on the shapes model: its image sets, its job specification, and a job run on the emulator.
+
+The image sets are generated (devtools/shapes.py, devtools/concept_images.py) and uploaded under
+``incoming/insights/shapes/v1/`` (only ``.json`` files there start a job):
+
+- ``concepts/round/``, ``concepts/random-<i>/``: TCAV's concept and its random counter-examples;
+- ``classes/<class>/``: images of a class (TCAV's tested classes, CRAFT's images);
+- ``cases/<class>/``: a labelled case base (similar examples, prototypes);
+- ``queries/``: images whose similar examples are shown.
+
+:func:`spec` is the job: feature visualizations of each class logit and of channels of the last
+convolution, TCAV of "round" for circle and square, CRAFT concepts of triangle, similar examples and
+prototypes. ``small=True`` is the main job's version (fewer steps and images).
+"""
+
+import io
+import json
+import time
+
+from devtools import concept_images, demo_model, shapes
+
+MODEL, VERSION = demo_model.NAME, demo_model.VERSION
+PREFIX = f"incoming/insights/{MODEL}/{VERSION}/"
+JOB_NAME = "demo"
+#: Random counter-example sets of TCAV (its t-test compares this many concept CAVs with random ones).
+RANDOM_SETS = 6
+CASES_PER_CLASS = 16
+QUERIES = ("circle", "triangle")
+SEED = 7
+
+
+def image_sets(small: bool = True) -> dict[str, list]:
+    """Folder (under :data:`PREFIX`) -> uint8 images, all deterministic."""
+    count = 24 if small else 40
+    sets = {"concepts/round/": list(concept_images.round_concept(count, SEED))}
+    for index, images in enumerate(concept_images.random_sets(RANDOM_SETS, count, SEED)):
+        sets[f"concepts/random-{index}/"] = list(images)
+    for name in ("circle", "square", "triangle"):
+        sets[f"classes/{name}/"] = list(concept_images.class_images(name, count, SEED))
+    images, labels, _ = shapes.dataset(CASES_PER_CLASS * len(shapes.MODEL_CLASSES), seed=SEED + 500, with_none=True)
+    for name in shapes.MODEL_CLASSES:
+        sets[f"cases/{name}/"] = [image for image, label in zip(images, labels, strict=True)
+                                  if shapes.MODEL_CLASSES[label] == name]
+    queries, query_labels, _ = shapes.dataset(12, seed=SEED + 900)
+    sets["queries/"] = [next(image for image, label in zip(queries, query_labels, strict=True)
+                             if shapes.CLASSES[label] == name) for name in QUERIES]
+    return sets
+
+
+def upload_image_sets(s3, bucket: str, small: bool = True) -> int:
+    """Upload :func:`image_sets` as PNG files; returns how many."""
+    from PIL import Image
+
+    uploaded = 0
+    for folder, images in image_sets(small).items():
+        for index, image in enumerate(images):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            name = f"{QUERIES[index]}-{index}.png" if folder == "queries/" else f"{index:03d}.png"
+            s3.put_object(Bucket=bucket, Key=f"{PREFIX}{folder}{name}", Body=buffer.getvalue(),
+                          ContentType="image/png")
+            uploaded += 1
+    return uploaded
+
+
+def _prefix(folder: str, count: int) -> dict:
+    return {"source": "prefix", "prefix": PREFIX + folder, "count": count}
+
+
+def spec(small: bool = True) -> dict:
+    """The demo's job specification (docs/insights.md explains each field)."""
+    count = 24 if small else 40
+    return {
+        "title": "What the shapes model learned",
+        "seed": SEED,
+        "feature_visualization": {
+            "objectives": [{"class": name} for name in shapes.MODEL_CLASSES[:3]]
+                          + [{"layer": "last_conv", "type": "channel", "indexes": [0, 1, 2, 3]}],
+            "steps": 96 if small else 256,
+        },
+        "tcav": {
+            "concept": {"name": "round", "images": _prefix("concepts/round/", count)},
+            "random": [_prefix(f"concepts/random-{i}/", count) for i in range(RANDOM_SETS)],
+            "classes": {name: _prefix(f"classes/{name}/", count) for name in ("circle", "square")},
+        },
+        "craft": {
+            "classes": ["triangle"],
+            "class_images": {"triangle": _prefix("classes/triangle/", count)},
+            "number_of_concepts": 4,
+            "nb_design": 16 if small else 32,
+        },
+        "similar_examples": {
+            "queries": _prefix("queries/", len(QUERIES)),
+            "cases": _prefix("cases/", CASES_PER_CLASS * len(shapes.MODEL_CLASSES)),
+            "k": 6,
+        },
+        "prototypes": {
+            "cases": _prefix("cases/", CASES_PER_CLASS * len(shapes.MODEL_CLASSES)),
+            "classes": list(shapes.CLASSES),
+            "nb_prototypes": 4,
+        },
+    }
+
+
+def spec_key(name: str = JOB_NAME) -> str:
+    return f"{PREFIX}{name}.json"
+
+
+def start_job(s3, bucket: str, job_spec: dict, name: str = JOB_NAME) -> str:
+    """Upload a job specification (its upload event starts the job); returns its key."""
+    key = spec_key(name)
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(job_spec).encode(), ContentType="application/json")
+    return key
+
+
+def run_job(source, s3, settings, key: str, *, timeout: float, on_part=None) -> dict:
+    """Poll the insights queue with the function's handler until the job's report (or error record) exists;
+    ``on_part(progress)`` is called after each invocation. Returns the last progress."""
+    from explain_core.insights.jobs import job_progress
+
+    deadline, progress = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        batch = source.poll(wait=False)
+        progress = job_progress(s3, settings, key)
+        if batch is not None and on_part is not None:
+            on_part(progress, batch)
+        if progress["status"] in ("succeeded", "partial", "failed"):
+            return progress
+        if batch is None:
+            time.sleep(0.2)
+    return progress
+
+
+def tcav_table(report: dict) -> str | None:
+    """The TCAV scores of a report as text: class, score, random score, p-value, significant."""
+    section = report.get("kinds", {}).get("tcav")
+    if not section or not section.get("classes"):
+        return None
+    rows = [("class", "TCAV score", "random", "p-value", "significant")]
+    for row in section["classes"]:
+        if row.get("status") != "succeeded":
+            rows.append((row["class"], "failed", "", "", ""))
+            continue
+        rows.append((row["class"], f"{row['score_mean']:.2f} ± {row['score_std']:.2f}",
+                     f"{row['random_mean']:.2f} ± {row['random_std']:.2f}", f"{row['p_value']:.2g}",
+                     "yes" if row["significant"] else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
