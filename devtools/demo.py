@@ -32,7 +32,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from devtools import demo_model, tabular_demo, text_demo
+from devtools import demo_model, insights_demo, tabular_demo, text_demo
 from devtools.local import aws, lambda_service
 from devtools.local.api_gateway import explain_event, rest_event
 from devtools.local.lambda_service import NotifiedObject, SqsEventSource
@@ -565,13 +565,16 @@ def _run(args) -> int:
         print(reviews)
     print()
     api_ok = api_round_trip(deployment, sources)
+    print()
+    insights_ok = insights_demo.demo_round(deployment, log, args.output, timeout=args.timeout)
     copied = copy_results(s3, results_bucket, args.output)
     log(f"copied {copied} result objects to {args.output}/")
     samples_page = write_samples_page({k: outcomes[k] for k in keys if k in outcomes}, args.output)
     log(f"the samples' gallery: open {display_path(samples_page)} in a browser")
-    if missing or not api_ok:
+    if missing or not api_ok or not insights_ok:
         log(f"ERROR: no result for {sorted(missing)} within {args.timeout:.0f} s" if missing else
-            "ERROR: the API round trip failed (see above)")
+            "ERROR: the API round trip failed (see above)" if not api_ok else
+            "ERROR: the insights job did not succeed (see above)")
         server.stop()
         return 1
     if args.once:
