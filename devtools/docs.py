@@ -243,11 +243,60 @@ def metrics_reference() -> str:
     return "\n".join(out)
 
 
+def _schema_rows(schema: dict, definitions: dict, path: str = "") -> list[str]:
+    """One row per option of a spec model's JSON schema (nested objects flattened as ``a.b``)."""
+    rows = []
+    required = set(schema.get("required", []))
+    for name, field in schema.get("properties", {}).items():
+        options = [o for o in field.get("anyOf", [field]) if o.get("type") != "null"]
+        target = options[0] if len(options) == 1 else {}
+        if "$ref" in target:
+            nested = definitions[target["$ref"].rsplit("/", 1)[-1]]
+            if nested.get("type") == "object" and nested.get("properties"):
+                rows += _schema_rows(nested, definitions, f"{path}{name}.")
+                continue
+        bounds = [f"{label} {field[key]}" for key, label in (("minimum", "≥"), ("exclusiveMinimum", ">"),
+                                                                 ("maximum", "≤"), ("minLength", "length ≥"),
+                                                                 ("maxLength", "length ≤"), ("minItems", "items ≥"),
+                                                                 ("maxItems", "items ≤")) if key in field]
+        for option in options:
+            bounds += [f"{label} {option[key]}" for key, label in (("minimum", "≥"), ("maximum", "≤"),
+                                                                   ("minItems", "items ≥"), ("maxItems", "items ≤"))
+                       if key in option]
+        if "enum" in field or any("enum" in o for o in options):
+            values = field.get("enum") or next(o["enum"] for o in options if "enum" in o)
+            bounds.append(" \\| ".join(f"`{v}`" for v in values))
+        default = "required" if name in required else (
+            f"`{json.dumps(field['default'])}`" if "default" in field and field["default"] is not None else "-")
+        rows.append(f"| `{path}{name}` | {default} | {_cell(', '.join(dict.fromkeys(bounds))) or '-'} | "
+                    f"{_cell(field.get('description', ''))} |")
+    return rows
+
+
+def insights_reference() -> str:
+    """Per insight kind (explain_core.insights.kinds): what it computes, its paper and every option."""
+    from explain_core.insights.kinds import KINDS
+
+    out = ["| kind | what it gives | paper |", "| --- | --- | --- |"]
+    out += [f"| [`{kind.name}`](#{kind.name.replace('_', '-')}) | {_cell(kind.title)} | {_cell(kind.reference)} |"
+            for kind in KINDS]
+    for kind in KINDS:
+        schema = kind.Spec.model_json_schema(by_alias=True)
+        doc = " ".join((type(kind).__doc__ or "").strip().split("\n\n")[0].split())
+        out += ["", f"### {kind.name.replace('_', '-')}", "", doc, "",
+                "| option | default | bounds | meaning |", "| --- | --- | --- | --- |"]
+        out += _schema_rows(schema, schema.get("$defs", {}))
+    return "\n".join(out)
+
+
+INSIGHTS_PAGE = DOCS / "insights.md"
+
 #: File -> generated section name -> renderer.
 GENERATED = {
     README: {"families": families_table, "methods": methods_table},
     METHODS_PAGE: {"reference": methods_reference},
     METRICS_PAGE: {"reference": metrics_reference},
+    INSIGHTS_PAGE: {"kinds": insights_reference},
 }
 
 

@@ -147,3 +147,68 @@ def tcav_table(report: dict) -> str | None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def demo_round(deployment, log, output_dir, *, timeout: float, small: bool = True) -> bool:
+    """The main job's insights: upload the image sets and the job, run its parts with the real handler,
+    print progress (one line per part), the TCAV table and where the pictures are. True when it succeeded."""
+    from devtools.local.lambda_service import SqsEventSource
+    from explain_core.insights.jobs import INDEX_FILE, PART_FILE, job_ref
+    from explain_core.keys import KeyLayout
+    from explain_core.settings import Settings
+
+    s3 = deployment.client("s3")
+    settings = Settings(input_bucket=deployment.bucket("InputBucket"),
+                        results_bucket=deployment.bucket("ResultsBucket"),
+                        model_bucket=deployment.bucket("ModelBucket"))
+    count = upload_image_sets(s3, settings.input_bucket, small)
+    log(f"insights: uploaded {count} generated images under s3://{settings.input_bucket}/{PREFIX} "
+        "(concepts, classes, a labelled case base, queries)")
+    key = start_job(s3, settings.input_bucket, spec(small))
+    log(f"insights: job s3://{settings.input_bucket}/{key}: feature visualization, TCAV, CRAFT, similar examples, "
+        "prototypes")
+    job = job_ref(KeyLayout(settings), key)
+    source = SqsEventSource(deployment, deployment.insights_function())
+    seen: set[str] = set()
+    announced = []
+
+    def on_part(progress, batch):
+        if progress.get("parts_total") and not announced:
+            announced.append(True)
+            log(f"insights: planned {progress['parts_total']} parts (estimated "
+                f"{progress.get('estimated_seconds') or 0:.0f} s), one SQS message each")
+        for message in batch.messages:
+            part = json.loads(message["Body"]).get("insights_part", {}).get("part")
+            if not part or part in seen:
+                continue
+            seen.add(part)
+            try:
+                outcome = json.loads(s3.get_object(Bucket=settings.results_bucket,
+                                                   Key=job.part_prefix(part) + PART_FILE)["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                log(f"insights: part {part} will be retried")
+                continue
+            log(f"insights: [{progress.get('parts_done', 0) + progress.get('parts_failed', 0)}/"
+                f"{progress.get('parts_total', '?')}] {outcome['status']:<9} {outcome['title']} "
+                f"({outcome['seconds']:.1f} s)")
+
+    progress = run_job(source, s3, settings, key, timeout=timeout, on_part=on_part)
+    status = progress.get("status")
+    if status not in ("succeeded", "partial"):
+        log(f"insights: job {status}: {json.dumps(progress.get('error') or progress)[:500]}")
+        return False
+    report = progress["report"]
+    log(f"insights: job {status} in {report['seconds']['parts']:.0f} s of parts; "
+        f"{len(report['pictures'])} pictures")
+    table = tcav_table(report)
+    if table:
+        print()
+        print(f"TCAV of the concept \"round\" at layer {report['kinds']['tcav'].get('layer')} "
+              f"(scores: share of a class's images whose logit rises towards the concept):")
+        print(table)
+        print()
+    local = output_dir / job.key(INDEX_FILE)
+    log(f"insights: pictures and report under {local.parent}/ (open {local.name} in a browser):")
+    for picture in report["pictures"]:
+        log(f"  {output_dir / picture}")
+    return status == "succeeded"

@@ -6,7 +6,9 @@ environment are read from template.yaml, so the local wiring cannot drift from w
 Local names are derived from logical ids: ``InputBucket`` -> ``explain-input-bucket-local``.
 
 The family functions are read from it too (:data:`FAMILY_FUNCTIONS`): a function explains the
-family its code directory is named after (``functions/gradient/`` -> ``gradient``).
+family its code directory is named after (``functions/gradient/`` -> ``gradient``). The insights
+function (``functions/insights/``, :data:`INSIGHTS_FUNCTION`) is no explanation family: its wiring
+has ``family`` None and :meth:`Deployment.insights_function` finds it.
 
     python -m devtools.local [--port 5055]    # the emulator in the foreground, for manual use (main)
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import boto3
 import yaml
 
+from explain_core.insights import INSIGHTS
 from explain_core.registry import FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,8 +80,19 @@ def family_functions(template: dict) -> dict[str, str]:
     return {family: by_family[family] for family in FAMILIES if family in by_family}
 
 
+def insights_function(template: dict) -> str | None:
+    """Logical id of the insights function (its code is ``functions/insights/``); None if the template has none."""
+    return next((logical_id for logical_id, resource in template["Resources"].items()
+                 if resource.get("Type") == "AWS::Serverless::Function"
+                 and "Dockerfile" in resource.get("Metadata", {}) and _code_directory(resource).name == INSIGHTS),
+                None)
+
+
+_TEMPLATE = load_template()
 #: Family -> logical id of its function in template.yaml: {"gradient": "GradientFunction", ...}.
-FAMILY_FUNCTIONS: dict[str, str] = family_functions(load_template())
+FAMILY_FUNCTIONS: dict[str, str] = family_functions(_TEMPLATE)
+#: Logical id of the insights function in template.yaml ("InsightsFunction").
+INSIGHTS_FUNCTION: str | None = insights_function(_TEMPLATE)
 
 
 def local_name(logical_id: str) -> str:
@@ -126,6 +140,12 @@ class Deployment:
 
     def function_for_family(self, family: str) -> FunctionWiring:
         return next(f for f in self.functions.values() if f.family == family)
+
+    def insights_function(self) -> FunctionWiring:
+        """The insights function's wiring (its SQS source takes job specifications and part messages)."""
+        if INSIGHTS_FUNCTION is None or INSIGHTS_FUNCTION not in self.functions:
+            raise KeyError("template.yaml has no insights function (functions/insights/)")
+        return self.functions[INSIGHTS_FUNCTION]
 
     def to_json(self) -> str:
         return json.dumps(self, default=lambda o: o.__dict__, indent=2)
@@ -221,7 +241,10 @@ def deploy(endpoint: str, template: dict | None = None) -> Deployment:
                 "maxReceiveCount": str(_resolve(redrive["maxReceiveCount"], names, arns, parameters)),
             })
         queue_urls[logical_id] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        names[logical_id] = queue_urls[logical_id]
+        # A queue's !Ref (INSIGHTS_QUEUE_URL) is the URL AWS gives, not the emulator's: boto3 sends to
+        # AWS_ENDPOINT_URL whatever the URL's host and the emulator finds the queue by name, so the value
+        # holds from this process and from containers that reach the emulator under another name.
+        names[logical_id] = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}"
         arns[logical_id] = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
 
     for logical_id, resource in resources.items():

@@ -10,6 +10,7 @@ import pytest
 
 from devtools import containers, demo_model
 from devtools.local import FAMILY_FUNCTIONS, aws
+from devtools.local.aws import INSIGHTS_FUNCTION
 
 #: Cheap methods per family and per model keep the tier fast; the functional tests cover every method.
 IMAGE_METHODS = {
@@ -22,6 +23,16 @@ TABULAR_METHODS = {  # shap family, by model name (devtools.tabular_demo)
     "breast-cancer-mlp": {"methods": "KernelExplainer", "params": {"KernelExplainer": {"nb_samples": 64}}},
 }
 TABLE_SUFFIXES = (".csv", ".jsonl")
+#: The job events/insights-upload.json names (incoming/insights/shapes/v1/demo-insights.json): cheap feature
+#: visualizations of the image demo model (8 steps at 32 px), two objectives; the functional tests cover the kinds.
+INSIGHTS_SPEC = {
+    "title": "Shapes CNN (e2e)",
+    "seed": 7,
+    "feature_visualization": {
+        "objectives": [{"class": "circle"}, {"layer": "last_conv", "type": "channel", "indexes": [0, 1]}],
+        "steps": 8, "image_size": 32,
+    },
+}
 
 
 def is_table(key: str) -> bool:
@@ -41,7 +52,7 @@ def built_images():
     containers.ensure_base_image()
     containers.ensure_moto_image()
     containers.sam_build()
-    return {function: containers.built_image(function) for function in FAMILY_FUNCTIONS.values()}
+    return {function: containers.built_image(function) for function in [*FAMILY_FUNCTIONS.values(), INSIGHTS_FUNCTION]}
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,11 @@ import pytest
 
 from devtools import containers, text_demo
 from devtools.local import FAMILY_FUNCTIONS
+from devtools.local.aws import INSIGHTS_FUNCTION
 from devtools.local.events import deliver
+from devtools.local.lambda_service import notified_keys
 from tests.conftest import EVENTS, clear_outputs, event_keys, load_event, png_bytes, read_json
-from tests.e2e.conftest import TABULAR_METHODS, is_table, upload_metadata
+from tests.e2e.conftest import INSIGHTS_SPEC, TABULAR_METHODS, is_table, upload_metadata
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +51,7 @@ def test_functions_share_the_heavy_layers(built_images):
     layers = {f: json.loads(containers.run(["docker", "image", "inspect", tag, "--format",
                                             "{{json .RootFS.Layers}}"]).stdout)
               for f, tag in built_images.items()}
-    assert len(layers) == len(FAMILY_FUNCTIONS) >= 3
+    assert len(layers) == len(FAMILY_FUNCTIONS) + 1 >= 4  # the families' and the insights function
     for (first, a), (second, b) in combinations(sorted(layers.items()), 2):
         shared = 0
         while shared < min(len(a), len(b)) and a[shared] == b[shared]:
@@ -131,3 +133,108 @@ def check_text_manifest(s3, deployment, key: str, family: str) -> None:
     assert manifest["output_keys"], key
     for output in manifest["output_keys"]:
         assert s3.head_object(Bucket=deployment.bucket("ResultsBucket"), Key=output)["ContentLength"] > 0
+
+
+# ------------------------------------------------------------------------------------------ the insights function
+#: Where the demo job's results go: results/insights/<model>/<version>/<job name>/.
+INSIGHTS_JOB = "results/insights/shapes/v1/demo-insights/"
+
+
+def drain(sqs, queue_url: str) -> list[dict]:
+    """Every message of a queue, received and deleted (moto delivers synchronously: a short wait suffices)."""
+    messages = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                    AttributeNames=["All"]).get("Messages", [])
+        if not batch:
+            return messages
+        for message in batch:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        messages += batch
+
+
+def with_spec_etag(event: dict, etag: str) -> dict:
+    """A part event (events/insights-part.json) for the plan of the spec version ``etag``, as the planner sends it."""
+    event = json.loads(json.dumps(event))
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        body["insights_part"]["spec_etag"] = etag
+        record["body"] = json.dumps(body)
+    return event
+
+
+@pytest.fixture(scope="module")
+def planned_insights_job(container_deployment, env_file, container_emulator, samples, tmp_path_factory):
+    """The demo specification uploaded (an image beside it), then ``sam local invoke InsightsFunction`` with
+    events/insights-upload.json: (spec key, its ETag, the invocation, what the emulator's queue received before
+    the invocation and after it)."""
+    s3, sqs = container_deployment.client("s3"), container_deployment.client("sqs")
+    inputs, queue_url = container_deployment.bucket("InputBucket"), container_deployment.queue_urls["InsightsQueue"]
+    event = load_event("insights-upload.json")
+    (key,) = event_keys(event)
+    clear_outputs(s3, container_deployment, "insights")
+    sqs.purge_queue(QueueUrl=queue_url)
+    s3.put_object(Bucket=inputs, Key=key, Body=json.dumps(INSIGHTS_SPEC).encode(), ContentType="application/json")
+    images, _, _ = samples
+    s3.put_object(Bucket=inputs, Key=key.rsplit("/", 1)[0] + "/images/circle/0.png", Body=png_bytes(images[0]))
+    before = drain(sqs, queue_url)  # the emulator's own notifications: the invocation below stands for them
+    delivered = tmp_path_factory.mktemp("insights") / "insights-upload.json"
+    delivered.write_text(json.dumps(deliver(event, s3)))
+    invocation = containers.sam_local_invoke(INSIGHTS_FUNCTION, delivered, container_emulator, env_file)
+    etag = s3.head_object(Bucket=inputs, Key=key)["ETag"].strip('"')
+    return key, etag, invocation, before, drain(sqs, queue_url)
+
+
+def test_only_the_specification_notifies_the_insights_queue(planned_insights_job):
+    key, _, _, before, _ = planned_insights_job
+    assert notified_keys(before) == [key]  # not the image uploaded beside it
+
+
+def test_sam_local_invoke_insights_upload_plans_the_job_and_queues_its_parts(planned_insights_job,
+                                                                             container_deployment):
+    key, etag, invocation, _, after = planned_insights_job
+    s3 = container_deployment.client("s3")
+    assert invocation.response == {"batchItemFailures": []}, invocation.output[-3000:]
+    # results/insights/<model>/<version>/<job name>/plan.json, for this version of the specification.
+    results = container_deployment.bucket("ResultsBucket")
+    plan = read_json(s3, results, INSIGHTS_JOB + "plan.json")
+    assert plan["spec_etag"] == etag and plan["job"]["spec_key"] == key
+    assert plan["spec"]["feature_visualization"]["steps"] == INSIGHTS_SPEC["feature_visualization"]["steps"]
+    assert plan["spec"]["seed"] == INSIGHTS_SPEC["seed"]
+    assert (plan["model"]["name"], plan["model"]["version"]) == ("shapes", "v1") and plan["model"]["etag"]
+    ids = [part["id"] for part in plan["parts"]]
+    assert "fv-00-000" in ids and len(ids) >= len(INSIGHTS_SPEC["feature_visualization"]["objectives"])
+    assert {part["kind"] for part in plan["parts"]} == {"feature_visualization"}
+    assert all(0 < part["estimated_seconds"] <= plan["max_part_seconds"] for part in plan["parts"])
+    assert plan["seconds_per_pass"] > 0
+    # One message per part on the function's own queue (INSIGHTS_QUEUE_URL), naming this plan.
+    bodies = [json.loads(message["Body"]) for message in after]
+    assert all(set(body) == {"insights_part"} for body in bodies), bodies
+    parts = [body["insights_part"] for body in bodies]
+    assert sorted(part["part"] for part in parts) == sorted(ids)
+    assert {(part["spec_key"], part["spec_etag"]) for part in parts} == {(key, etag)}
+    # No report yet (no part ran) and no error record.
+    for missing in (INSIGHTS_JOB + "report.json", "errors/insights/"):
+        assert not s3.list_objects_v2(Bucket=results, Prefix=missing)["KeyCount"], missing
+
+
+def test_sam_local_invoke_insights_part_runs_it(planned_insights_job, container_deployment, env_file,
+                                                container_emulator, tmp_path):
+    """events/insights-part.json (the first part of the demo job), with the ETag of the plan above."""
+    _, etag, _, _, _ = planned_insights_job
+    s3, results = container_deployment.client("s3"), container_deployment.bucket("ResultsBucket")
+    event = load_event("insights-part.json")
+    (part_id,) = {json.loads(record["body"])["insights_part"]["part"] for record in event["Records"]}
+    delivered = tmp_path / "insights-part.json"
+    delivered.write_text(json.dumps(with_spec_etag(event, etag)))
+    invocation = containers.sam_local_invoke(INSIGHTS_FUNCTION, delivered, container_emulator, env_file)
+    assert invocation.response == {"batchItemFailures": []}, invocation.output[-3000:]
+    outcome = read_json(s3, results, f"{INSIGHTS_JOB}parts/{part_id}/part.json")
+    assert (outcome["id"], outcome["status"], outcome["spec_etag"]) == (part_id, "succeeded", etag), outcome
+    assert outcome["kind"] == "feature_visualization" and outcome["files"] and outcome["seconds"] > 0
+    for key in outcome["files"].values():
+        assert key.startswith(f"{INSIGHTS_JOB}parts/{part_id}/")
+        body = s3.get_object(Bucket=results, Key=key)["Body"].read()
+        assert body and (not key.endswith(".png") or body.startswith(b"\x89PNG")), key
+    # Another part is still to run: nothing is assembled yet.
+    assert not s3.list_objects_v2(Bucket=results, Prefix=INSIGHTS_JOB + "report.json")["KeyCount"]

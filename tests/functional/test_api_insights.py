@@ -261,8 +261,9 @@ def test_an_insights_job_goes_from_queued_to_running_to_done_with_links(api, job
     s3.put_object(Bucket=results, Key=prefix + INDEX_FILE, Body=b"<html></html>", ContentType="text/html")
     outcomes = [part_outcome(p["id"], "failed" if p["id"] == "fv-1" else "succeeded", etag) for p in parts]
     report = {"status": "partial", "title": spec["title"], "spec_etag": etag,
-              "kinds": {"feature_visualization": {"status": "partial", "failed_parts": ["fv-1"],
-                                                  "files": {"grid.png": grid}}},
+              "kinds": {"feature_visualization": {
+                  "status": "partial", "failed_parts": [{"id": "fv-1", "title": "square logit", "error": {}}],
+                  "files": {"grid.png": grid}, "pictures": [grid]}},
               "parts": outcomes, "pictures": [grid], "index": prefix + INDEX_FILE,
               "created_at": "2026-12-01T00:10:00+00:00"}
     put_json(s3, results, prefix + REPORT_FILE, report)
@@ -277,7 +278,7 @@ def test_an_insights_job_goes_from_queued_to_running_to_done_with_links(api, job
     assert json.loads(fetch(result["report_url"]))["status"] == "partial"
     assert fetch(result["index_url"]) == b"<html></html>"
     (picture,) = result["pictures"]
-    assert (picture["kind"], picture["name"]) == ("feature_visualization", "grid.png")
+    assert (picture["kind"], picture["name"]) == ("feature_visualization", "feature_visualization/grid.png")
     assert fetch(picture["url"]) == PNG
     assert result["urls_expire_in"] > 0
 

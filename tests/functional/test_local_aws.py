@@ -41,7 +41,7 @@ def test_api_only_functions_are_wired_without_a_queue(deployment):
     assert sorted(api.api_routes) == [("GET", "/jobs/{job_id}"), ("GET", "/methods"), ("GET", "/models"),
                                       ("GET", "/models/{name}/{version}"),
                                       ("GET", "/sanity-checks/{family}/{name}/{version}/{request_id}"),
-                                      ("POST", "/sanity-checks"), ("POST", "/uploads")]
+                                      ("POST", "/insights"), ("POST", "/sanity-checks"), ("POST", "/uploads")]
     authorizer = deployment.functions["AuthorizerFunction"]
     assert (authorizer.module, authorizer.queue, authorizer.api_routes) == ("functions.authorizer.app", None, [])
     with pytest.raises(ValueError, match="no SQS event"):

@@ -420,7 +420,7 @@ class InsightsKindStatus(BaseModel):
 
 class InsightsPicture(BaseModel):
     kind: str
-    name: str = Field(description="File name in the kind's folder")
+    name: str = Field(description="Its path in the job's results folder (e.g. feature_visualization/grid.png)")
     url: str = Field(description="Presigned link (PNG)")
 
 

@@ -308,14 +308,14 @@ def insights_job_status(job: dict, s3, links: Links, *, now: float | None = None
 
 def _insights_result(progress: dict, links: Links) -> InsightsResult:
     report, prefix = progress["report"], progress["results_prefix"]
-    kinds = [InsightsKindStatus(name=name, status=section["status"], failed_parts=section.get("failed_parts", []),
+    kinds = [InsightsKindStatus(name=name, status=section["status"],
+                                failed_parts=[part["id"] for part in section.get("failed_parts", [])],
                                 error=ErrorDetail.from_dict({"details": {}, **section["error"]})
                                 if section.get("error") else None)
              for name, section in report["kinds"].items()]
-    pictures = []
-    for key in report.get("pictures", []):
-        kind, _, name = key[len(prefix):].partition("/")  # <results prefix><kind>/<name>
-        pictures.append(InsightsPicture(kind=kind, name=name, url=links.result(key)))
+    # Each kind's pictures in the order its report page shows them, named by their path in the job's folder.
+    pictures = [InsightsPicture(kind=name, name=key[len(prefix):], url=links.result(key))
+                for name, section in report["kinds"].items() for key in section.get("pictures", [])]
     return InsightsResult(status=report["status"], title=report.get("title"), kinds=kinds,
                           report_url=links.result(progress["report_key"]),
                           index_url=links.result(progress["index_key"]), pictures=pictures,

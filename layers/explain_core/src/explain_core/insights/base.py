@@ -154,8 +154,8 @@ class InsightKind(ABC):
     def assemble(self, spec: SpecModel, parts: list["PartOutcome"], ctx: PartContext) -> dict:
         """The kind's section of the report from its parts' outcomes (some may have failed): write the
         final pictures with ``ctx.put`` and return the section (strict JSON). The job adds ``status``,
-        ``failed_parts``, ``files`` and ``pictures`` (the PNGs written here, then the part pictures the
-        section lists under ``pictures``: the report page shows them in that order)."""
+        ``failed_parts`` (id, title, error), ``files`` and ``pictures`` (the PNGs written here, then the
+        part pictures the section lists under ``pictures``: the report page shows them in that order)."""
 
 
 class PartOutcome(BaseModel):

@@ -206,18 +206,16 @@ class SimilarExamples(InsightKind):
 
         from explain_core.insights.pictures import image_grid
 
-        results, rows, failed = [], [], []
+        results, rows = [], []
         for outcome in sorted(parts, key=lambda p: p.summary.get("first", 0) if p.summary else 0):
             if outcome.status != "succeeded":
-                failed.append(_failure(outcome))
                 continue
             if "examples.json" not in outcome.files:
                 continue  # a part whose queries were missing from the prefix
             results.extend(json.loads(ctx.read(outcome.files["examples.json"])))
             rows.extend(np.load(io.BytesIO(ctx.read(outcome.files["thumbnails.npy"])), allow_pickle=False))
         section = {"kind": self.name, "title": self.title, "reference": self.reference,
-                   "space": _space(spec, ctx), "distance": spec.distance, "k": spec.k, "queries": results,
-                   "failed_parts": failed}
+                   "space": _space(spec, ctx), "distance": spec.distance, "k": spec.k, "queries": results}
         if results:
             section["mean_label_agreement"] = float(np.mean([r["label_agreement"] for r in results]))
             section["mean_prediction_agreement"] = float(np.mean([r["prediction_agreement"] for r in results]))
@@ -338,11 +336,10 @@ class Prototypes(InsightKind):
 
         from explain_core.insights.pictures import image_grid
 
-        classes, images, captions, row_labels, failed = [], [], [], [], []
+        classes, images, captions, row_labels = [], [], [], []
         columns = max([p.summary.get("prototypes", 1) for p in parts if p.status == "succeeded"] or [1])
         for outcome in sorted(parts, key=lambda p: p.id):
             if outcome.status != "succeeded":
-                failed.append(_failure(outcome))
                 continue
             prototypes = json.loads(ctx.read(outcome.files["prototypes.json"]))
             thumbnails = np.load(io.BytesIO(ctx.read(outcome.files["thumbnails.npy"])), allow_pickle=False)
@@ -353,7 +350,7 @@ class Prototypes(InsightKind):
                 captions.append(f"w={prototypes[column]['weight']:.3f}" if column < len(prototypes) else "")
             row_labels.append(outcome.summary["class"])
         section = {"kind": self.name, "title": self.title, "reference": self.reference, "method": spec.method,
-                   "space": _space(spec, ctx), "labels": spec.labels, "classes": classes, "failed_parts": failed}
+                   "space": _space(spec, ctx), "labels": spec.labels, "classes": classes}
         if classes:
             section["overview"] = ctx.put("prototypes.png", image_grid(
                 images, captions, columns=columns, row_labels=row_labels,
@@ -524,6 +521,3 @@ def _thumbnail(pixels):
         image = canvas
     return np.asarray(image, dtype=np.uint8)
 
-
-def _failure(outcome: PartOutcome) -> dict:
-    return {"id": outcome.id, "title": outcome.title, "error": outcome.error or {}}

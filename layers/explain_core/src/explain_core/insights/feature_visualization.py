@@ -266,7 +266,6 @@ class FeatureVisualization(InsightKind):
                 "steps", "learning_rate", "use_fft", "fft_decay", "transformations", "image_size", "regularizers",
                 "warmup_steps", "save_every"}),
             "images": rows,
-            "failed_parts": [{"id": p.id, "title": p.title, "error": p.error} for p in parts if p.status == "failed"],
         }
         if rows:
             section["grid"] = ctx.put("grid.png", image_grid(

@@ -348,7 +348,8 @@ class InsightsJobs:
                 shown = [key for key in ctx.files.values() if key.endswith(".png")]
                 shown += [key for key in section.pop("pictures", []) if key not in shown]
                 pictures += shown
-                failed = [part.id for part in parts if part.status == "failed"]
+                failed = [{"id": part.id, "title": part.title, "error": part.error} for part in parts
+                          if part.status == "failed"]
                 status = "succeeded" if not failed else ("failed" if len(failed) == len(parts) else "partial")
                 sections[kind.name] = {**section, "status": status, "failed_parts": failed, "files": ctx.files,
                                        "pictures": shown}
@@ -433,6 +434,8 @@ class InsightsJobs:
                 raise InvalidInsightsSpecError("the background has no labels: give a labelled prefix "
                                                "(<prefix><label>/<image>)", source="background")
             inputs = background[: image_set.count]
+            from explain_core.insights.pictures import display_pixels
+
             return ImageBatch(inputs=inputs, pixels=display_pixels(inputs, card), source="background")
         found = self._list_images(image_set)
         import numpy as np
@@ -539,15 +542,6 @@ def _decimal(value: float):
     from decimal import Decimal
 
     return Decimal(str(round(value, 3)))
-
-
-def display_pixels(inputs, card):
-    """Model inputs back to uint8 pixels: the card's preprocessing undone."""
-    import numpy as np
-
-    prep = card.preprocessing
-    pixels = (np.asarray(inputs, np.float32) * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32))
-    return np.clip(np.rint(pixels / np.float32(prep.scale)), 0, 255).astype(np.uint8)
 
 
 def measure_pass_seconds(loaded) -> float:

@@ -26,6 +26,15 @@ def png_bytes(pixels) -> bytes:
     return buffer.getvalue()
 
 
+def display_pixels(inputs, card):
+    """Model inputs back to uint8 pixels: the card's preprocessing undone (x * std + mean, / scale)."""
+    import numpy as np
+
+    prep = card.preprocessing
+    pixels = np.asarray(inputs, np.float32) * np.asarray(prep.std, np.float32) + np.asarray(prep.mean, np.float32)
+    return np.clip(np.rint(pixels / np.float32(prep.scale)), 0, 255).astype(np.uint8)
+
+
 def decode_png(data: bytes):
     """PNG bytes written by :func:`png_bytes` as uint8 RGB."""
     import numpy as np
