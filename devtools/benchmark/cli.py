@@ -11,6 +11,7 @@ from pathlib import Path
 import devtools.benchmark
 from devtools.benchmark.burst import benchmark_burst
 from devtools.benchmark.harness import Harness
+from devtools.benchmark.insights import KIND_NAMES, benchmark_insights
 from devtools.benchmark.methods import benchmark_methods
 from devtools.benchmark.partition_profile import benchmark_partition_profile
 from devtools.benchmark.report import tables_of
@@ -22,7 +23,7 @@ from explain_core.errors import ExplainError
 from explain_core.registry import GRADIENT, METHODS, REGISTRY, MethodSpec
 
 DEFAULT_OUTPUT = REPO / "benchmark-results" / "benchmark.json"
-SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile", "text")
+SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile", "text", "insights")
 
 
 def selected_methods(names: str) -> list[MethodSpec]:
@@ -106,6 +107,16 @@ def parse_args(argv=None):
                         help="rows per CSV upload in the tabular section (default: 8,64)")
     parser.add_argument("--text-documents", type=int, default=16,
                         help="held-out reviews in the text section's .jsonl upload (default: 16)")
+    parser.add_argument("--insights-kinds", type=comma_list(KIND_NAMES), default=list(KIND_NAMES),
+                        help="insight kinds of the insights section, each on every --models model (default: all)")
+    parser.add_argument("--insights-small", action="store_true",
+                        help="the insights section at the demo job's small settings (default: its full settings)")
+    parser.add_argument("--insights-max-parts", type=int, default=0,
+                        help="parts run per insight kind, those with the largest estimates (default 0: all)")
+    parser.add_argument("--no-insights-sequence", dest="insights_sequence", action="store_false",
+                        help="skip the insights row 'all': every kind in turn in one process, one part each")
+    parser.add_argument("--insights-timeout", type=float, default=900.0,
+                        help="seconds before an insights subprocess is killed (default: 900, the function's)")
     parser.add_argument("--burst-images", type=int, default=32, help="images in the burst section (default: 32)")
     parser.add_argument("--burst-methods", type=selected_methods, default="GradCAM,IntegratedGradients",
                         help="gradient methods for the burst section (default: GradCAM,IntegratedGradients)")
@@ -115,6 +126,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if min(args.images, args.burst_images, args.repeats, args.text_documents) < 1:
         parser.error("--images, --burst-images, --repeats and --text-documents must be at least 1")
+    if args.insights_max_parts < 0 or args.insights_timeout <= 0:
+        parser.error("--insights-max-parts must be at least 0 and --insights-timeout positive")
     if any(spec.family != GRADIENT for spec in args.burst_methods):
         parser.error("--burst-methods must be gradient methods (the burst goes through the gradient function)")
     return args
@@ -171,6 +184,8 @@ def run_sections(harness: Harness, args, results: dict) -> None:
         results["partition_profile"] = benchmark_partition_profile(harness, subjects["demo"], args)
     if "text" in args.sections:
         results["text"] += benchmark_text(harness, args)
+    if "insights" in args.sections:
+        results["insights"] = benchmark_insights(harness, args)
 
 
 def main(argv=None) -> None:
@@ -184,13 +199,15 @@ def main(argv=None) -> None:
             "repeats": args.repeats, "profile": args.profile, "params": args.params, "sections": args.sections,
             "burst_images": args.burst_images, "burst_methods": [s.name for s in args.burst_methods],
             "shap_evals": args.shap_evals, "tabular_rows": args.tabular_rows, "text_documents": args.text_documents,
+            "insights_kinds": args.insights_kinds, "insights_small": args.insights_small,
+            "insights_max_parts": args.insights_max_parts, "insights_sequence": args.insights_sequence,
         },
         "environment": {
             "cpus": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
             "template_batch_sizes": harness.batch_sizes(),
         },
         "forward": {}, "methods": [], "burst": [], "shap_vs_xplique": [], "tabular": [], "partition_profile": {},
-        "text": [],
+        "text": [], "insights": {},
     }
     try:
         run_sections(harness, args, results)

@@ -155,6 +155,28 @@ def choose_parts(parts: list, max_parts: int) -> list:
 
 def run_kind(model_key: str, kind_name: str, small: bool, max_parts: int) -> dict:
     """Plan, run and assemble one kind on one model in this process; times, estimates and RSS."""
+    return run_loaded_kind(*load_subject(model_key), model_key, kind_name, small, max_parts)
+
+
+def run_sequence(model_key: str, kinds: list[str], small: bool, max_parts: int) -> dict:
+    """Every kind in turn in this process, as a warm execution environment runs parts of different kinds one
+    after the other (what TensorFlow and the libraries keep from one kind adds to the next's peak)."""
+    subject, loaded, load_s = load_subject(model_key)
+    results = [run_loaded_kind(subject, loaded, load_s, model_key, kind, small, max_parts) for kind in kinds]
+    return {
+        "kind": "all", "model": model_key, "load_s": load_s, "rss_loaded_mb": results[0]["rss_loaded_mb"],
+        "seconds_per_pass": results[0]["seconds_per_pass"], "planned": sum(r["planned"] for r in results),
+        "planned_estimate_s": sum(r["planned_estimate_s"] for r in results),
+        "parts": [part for r in results for part in r["parts"]], "spec": {r["kind"]: r["spec"] for r in results},
+        "assembly_s": sum(r["assembly_s"] for r in results),
+        "assembly_error": next((r["assembly_error"] for r in results if r["assembly_error"]), None),
+        "files": sum(r["files"] for r in results), "file_bytes": sum(r["file_bytes"] for r in results),
+        "rss_self_mb": rss_mb(), "kinds": results,
+    }
+
+
+def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kind_name: str, small: bool,
+                    max_parts: int) -> dict:
     from explain_core.insights.base import PartOutcome, PlanContext
     from explain_core.insights.jobs import MAX_PART_SECONDS, measure_pass_seconds
     from explain_core.insights.kinds import BY_NAME
@@ -162,7 +184,6 @@ def run_kind(model_key: str, kind_name: str, small: bool, max_parts: int) -> dic
     from explain_core.results import now_iso, strict_json
     from explain_core.session import DEFAULT_BATCH_SIZE
 
-    subject, loaded, load_s = load_subject(model_key)
     result = {"kind": kind_name, "model": model_key, "load_s": load_s, "rss_loaded_mb": rss_mb()}
     spec_document, sets = subject_job(subject, small)
     job = InsightsSpec.model_validate(spec_document)
@@ -215,7 +236,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.benchmark.insights", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=list(SUBJECTS), required=True)
-    parser.add_argument("--kind", choices=(*KIND_NAMES, "baseline"), required=True)
+    parser.add_argument("--kind", choices=(*KIND_NAMES, "all", "baseline"), required=True,
+                        help="a kind; all: every kind in turn in one process; baseline: only load the model")
+    parser.add_argument("--kinds", default=",".join(KIND_NAMES), help="with --kind all: the kinds, in turn")
     parser.add_argument("--small", action="store_true", help="the demo job's small settings (spec(small=True))")
     parser.add_argument("--max-parts", type=int, default=0, help="parts run per kind, the largest estimates (0: all)")
     parser.add_argument("--output", type=Path, required=True)
@@ -223,6 +246,8 @@ def main(argv=None) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # Keras and Xplique print; the result is the file
         if args.kind == "baseline":
             result = run_baseline(args.model)
+        elif args.kind == "all":
+            result = run_sequence(args.model, args.kinds.split(","), args.small, args.max_parts)
         else:
             result = run_kind(args.model, args.kind, args.small, args.max_parts)
     args.output.write_text(json.dumps(result, indent=2))
@@ -306,7 +331,7 @@ def recommendation(rows: list[dict], cpus: int) -> dict | None:
 def benchmark_insights(harness, args) -> dict:
     """One row per (kind, model): parts, estimated and measured seconds, peak RSS; the model-loaded baselines
     and the recommended MemorySize."""
-    options = (["--small"] if args.insights_small else []) + ["--max-parts", str(args.insights_max_parts)]
+    small = ["--small"] if args.insights_small else []
     rows, baselines = [], {}
     for model in args.models:
         SUBJECTS[model]()  # builds (and caches) the model once, before any child needs it
@@ -316,18 +341,23 @@ def benchmark_insights(harness, args) -> dict:
                             "error": error}
         print(f"[insights] {model}: TensorFlow + model loaded: {peak:.0f} MB peak RSS, {wall:.1f} s"
               + (f"  FAILED {error}" if error else ""), flush=True)
-        for kind in args.insights_kinds:
-            result, peak, wall, error = run_child(["--model", model, "--kind", kind, *options], harness.log,
-                                                  args.insights_timeout)
-            row = kind_row(result, kind, model, peak, None if baselines[model]["error"] else baselines[model][
-                "peak_rss_mb"], wall, error)
+        baseline = None if baselines[model]["error"] else baselines[model]["peak_rss_mb"]
+        # The sequence: every kind in one process, one part each (the largest estimate) unless fewer are asked.
+        sequence = ["--model", model, "--kind", "all", "--kinds", ",".join(args.insights_kinds), *small,
+                    "--max-parts", str(args.insights_max_parts or 1)]
+        runs = [(kind, ["--model", model, "--kind", kind, *small, "--max-parts", str(args.insights_max_parts)])
+                for kind in args.insights_kinds]
+        runs += [("all", sequence)] if args.insights_sequence else []
+        for kind, arguments in runs:
+            result, peak, wall, error = run_child(arguments, harness.log, args.insights_timeout)
+            row = kind_row(result, kind, model, peak, baseline, wall, error)
             rows.append(row)
             status = f"  FAILED {row['error']}" if row["error"] else ""
             done = (f"{row['run']}/{row['planned']} parts, estimated {row['estimated_s']:.1f} s, measured "
                     f"{row['measured_s']:.1f} s" if "run" in row else "no result")
             print(f"[insights] {kind} on {model}: {done}, {peak:.0f} MB peak RSS, {wall:.1f} s{status}", flush=True)
     settings = {"small": args.insights_small, "max_parts": args.insights_max_parts, "kinds": args.insights_kinds,
-                "timeout_s": args.insights_timeout}
+                "sequence": args.insights_sequence, "timeout_s": args.insights_timeout}
     return {"rows": rows, "baselines": baselines, "settings": settings,
             "recommendation": recommendation(rows, os.cpu_count() or 1)}
 

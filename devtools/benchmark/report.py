@@ -252,6 +252,57 @@ def text_notes(rows: list[dict], repeats: int) -> list[str]:
     ]
 
 
+INSIGHTS_COLUMNS = [
+    Column("kind", lambda r: "all, in turn" if r["kind"] == "all" else r["kind"]),
+    Column("model", lambda r: r["model"]),
+    Column("parts", lambda r: f"{r['run']}/{r['planned']}" if "run" in r else None),
+    Column("pass ms", lambda r: r.get("seconds_per_pass") and r["seconds_per_pass"] * 1e3, "{:.1f}"),
+    Column("estimated s", lambda r: r.get("estimated_s"), "{:.1f}"),
+    Column("measured s", lambda r: r.get("measured_s"), "{:.1f}"),
+    Column("ratio", lambda r: r.get("ratio"), "{:.2f}"),
+    Column("longest part s", lambda r: r.get("longest_part_s"), "{:.1f}"),
+    Column("assembly s", lambda r: r.get("assembly_s"), "{:.2f}"),
+    Column("peak RSS MB", lambda r: r["peak_rss_mb"], "{:.0f}"),
+    Column("over baseline MB", lambda r: r["over_baseline_mb"], "{:+.0f}"),
+    Column("error", lambda r: f"FAILED {r['error']}" if r["error"] else ""),
+]
+
+
+def insights_notes(insights: dict) -> list[str]:
+    """What the insights table measures, the baselines and the recommended MemorySize."""
+    settings = insights["settings"]
+    baselines = "; ".join(f"{model} {b['peak_rss_mb']:.0f} MB" for model, b in insights["baselines"].items())
+    notes = [
+        f"The demo job's {'small' if settings['small'] else 'full'} settings (devtools.insights_demo.spec) on each "
+        "model, MobileNetV2 with its class names and",
+        "  out_relu for last_conv; image sets: the demo's generated images, resized to the model's input.",
+        "One fresh subprocess per (kind, model): load the model, jobs.measure_pass_seconds (pass ms: one image's",
+        "  forward+backward), kind.plan (PlanContext, max_part_seconds 540), run_part on each part through a local",
+        "  PartContext (devtools.concept_images.local_context: in-memory images, a dict as the bucket), assemble.",
+        "parts: run/planned" + (f" (at most {settings['max_parts']} per kind, the largest estimates)"
+                                if settings["max_parts"] else "")
+        + "; estimated s: the plan's estimates of the parts run;",
+        "  measured s: their run_part times (the first part of a process also traces); ratio = measured / estimated",
+        "  (below 1: the plan is conservative); longest part s: the longest run_part.",
+        *(["all, in turn: every kind in one process, one part each (the largest estimate), as a warm execution",
+           "  environment runs parts of different kinds one after the other."] if settings.get("sequence") else []),
+        "peak RSS: the subprocess's ru_maxrss (os.wait4), parts and assembly included; over baseline: minus a",
+        f"  subprocess that only imports TensorFlow and loads the model ({baselines}).",
+    ]
+    advice = insights.get("recommendation")
+    if advice:
+        longest, scaled = advice["longest_part_s"], advice["longest_part_at_memory_s"]
+        notes += [
+            f"Recommended MemorySize: {advice['memory_mb']} MB = the largest peak, {advice['largest_peak_mb']:.0f} MB "
+            f"({advice['largest_peak']}), x {advice['margin']} rounded up to 64 MB.",
+            f"  At {advice['memory_mb']} MB Lambda gives {advice['vcpus']:.2f} vCPU; the longest part "
+            f"({advice['longest_part']}, {longest:.0f} s on {advice['measured_cpus']} cores) would take",
+            f"  about {scaled:.0f} s scaled to that ({advice['share_of_timeout']:.0%} of the {advice['timeout_s']} s "
+            "timeout).",
+        ]
+    return notes
+
+
 PROFILE_COLD_NOTES = [
     "A fresh Python process (as a cold Lambda start) on the same 4 images: shap's numba functions",
     "  (_jit_build_partition_tree, make_masks' _init_masks/_rec_fill_masks, _build_fixed_multi_output) are",
@@ -333,4 +384,7 @@ def tables_of(results: dict, args) -> list[str]:
     if results.get("text"):
         tables.append(format_table(f"Text methods on the demo LSTM ({args.text_documents} reviews per upload)",
                                    TEXT_COLUMNS, results["text"], text_notes(results["text"], args.repeats)))
+    if results.get("insights", {}).get("rows"):
+        tables.append(format_table("Insight kinds: time per part and peak memory", INSIGHTS_COLUMNS,
+                                   results["insights"]["rows"], insights_notes(results["insights"])))
     return tables
