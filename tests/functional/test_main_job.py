@@ -91,3 +91,27 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
     assert {name: page.problems for name, page in pages.items() if page.problems} == {}
     assert all(page.requests == [page.url] for page in pages.values())
     assert all(len(page.images) > 1 for name, page in pages.items() if text_demo.MODEL not in name)
+    check_insights(completed.stdout, tmp_path, page_checker, artifacts_dir)
+
+
+def check_insights(stdout: str, output, page_checker, artifacts_dir) -> None:
+    """The insights job of the main job: one line per part, the TCAV table, pictures that decode, a page that
+    loads them."""
+    from explain_core.insights import pictures
+
+    planned = re.search(r"insights: planned (\d+) parts", stdout)
+    assert planned, stdout[-3000:]
+    parts = re.findall(r"insights: \[(\d+)/(\d+)\] (\w+) ", stdout)
+    assert len(parts) == int(planned.group(1)) and {status for _, _, status in parts} == {"succeeded"}, parts
+    assert "insights: job succeeded" in stdout
+    table = stdout.split('TCAV of the concept "round"', 1)[1].splitlines()[2:4]
+    significant = {line.split()[0]: line.split()[-1] for line in table}
+    assert significant == {"circle": "yes", "square": "no"}, table
+    listed = [line.split()[-1] for line in stdout.splitlines() if re.match(r"\[[\d:]+\]   /", line)]
+    assert len(listed) >= 5
+    for path in listed:
+        image = pictures.decode_png(open(path, "rb").read())
+        assert image.shape[0] > 100 and image.std() > 10, path
+    page = output / "results/insights/shapes/v1/demo/index.html"
+    report = page_checker.check(page.as_uri(), screenshot=artifacts_dir / "demo-insights.png")
+    assert report.problems == [] and len(report.images) == len(listed) and not report.screenshot.blank

@@ -70,7 +70,8 @@ PART_FILE = "part.json"
 PARTS_DIR = "parts/"
 #: The API's jobs: ``incoming/insights/<model>/<version>/jobs/<job id>.json``.
 JOBS_DIR = "jobs/"
-#: S3 user metadata: the spec's ETag on plan, outcomes and report; the API job id on the spec file.
+#: S3 user metadata: the spec's ETag on plan, outcomes and report; the API job id on the spec file (the job
+#: record is found by the key, ``jobs/<job id>.json``, which only the API's role may write).
 SPEC_ETAG = "spec-etag"
 JOB_ID = "job-id"
 #: A part is planned to take at most this share of an invocation (estimates are estimates).
@@ -170,7 +171,7 @@ class InsightsJobs:
         """Plan the job of the spec file ``key`` (its version ``etag``) and send its parts; returns the plan.
         A typed error (bad spec, unknown model, a part that cannot fit) propagates: the adapter records it."""
         job = job_ref(self.keys, key)
-        data, etag, job_id = self._read_spec(key, etag)
+        data, etag = self._read_spec(key, etag)
         spec = parse_spec(data)
         existing = self._read_json(job.key(PLAN_FILE))
         if existing is not None and existing["spec_etag"] == etag:
@@ -212,7 +213,7 @@ class InsightsJobs:
             "created_at": now_iso(),
         }
         self.session.writer.put_json(job.key(PLAN_FILE), plan, {SPEC_ETAG: etag})
-        self._record(job_id, "SET parts_total = :total, parts_done = :zero, parts_failed = :zero, "
+        self._record(job.job_id, "SET parts_total = :total, parts_done = :zero, parts_failed = :zero, "
                              "job_status = :running, spec_etag = :etag",
                      {":total": len(parts), ":zero": 0, ":running": "running", ":etag": etag})
         self.session.writer.delete_error(key)
@@ -221,8 +222,8 @@ class InsightsJobs:
                                                     "estimated_seconds": plan["estimated_seconds"]})
         return plan
 
-    def _read_spec(self, key: str, etag: str | None) -> tuple[bytes, str, str | None]:
-        """(bytes, ETag, API job id) of the version the event names, size checked before the body is read."""
+    def _read_spec(self, key: str, etag: str | None) -> tuple[bytes, str]:
+        """(bytes, ETag) of the version the event names, size checked before the body is read."""
         try:
             response = self.s3.get_object(Bucket=self.settings.input_bucket, Key=key,
                                           **({"IfMatch": etag} if etag else {}))
@@ -238,8 +239,7 @@ class InsightsJobs:
             response["Body"].close()
             raise InvalidInsightsSpecError(f"the specification is {response['ContentLength']} bytes; the limit is "
                                            f"{MAX_SPEC_BYTES}", size=response["ContentLength"], limit=MAX_SPEC_BYTES)
-        return (response["Body"].read(), response["ETag"].strip('"'),
-                response.get("Metadata", {}).get(JOB_ID))
+        return response["Body"].read(), response["ETag"].strip('"')
 
     def _send(self, job: JobRef, etag: str, part_ids: list[str]) -> None:
         for start in range(0, len(part_ids), SEND_BATCH):
