@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from explain_core.errors import InvalidInsightsSpecError, UnsupportedModelError
+
 #: Images read for one image set, at most (each is decoded and resized to the model's input size).
 MAX_SET_IMAGES = 256
 #: Keys listed under an image prefix, at most, to find its images.
@@ -172,3 +174,48 @@ class PartOutcome(BaseModel):
     attempt: int = 1
     seconds: float | None = None
     finished_at: str
+
+
+# ---------------------------------------------------------------------------------------- the model's parts
+def keras_image_model(loaded, what: str):
+    """The loaded model, refused with UnsupportedModelError unless it is a Keras model of RGB images."""
+    import keras
+
+    model = loaded.model
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(f"{what} needs a Keras model", framework=type(model).__name__)
+    shape = tuple(model.inputs[0].shape) if model.inputs else ()
+    if len(shape) != 4 or shape[-1] != 3:
+        raise UnsupportedModelError(f"{what} needs an RGB image input; the model takes {shape}",
+                                    input_shape=str(shape))
+    return model
+
+
+def model_layer(model, card, name: str | None, where: str, *, inner: bool = True):
+    """The layer ``name`` (default: the card's cam_layer); InvalidInsightsSpecError naming ``where`` and the
+    model's layers when there is none, or (``inner``) when it is the model's input or output layer."""
+    import keras
+
+    name = name or card.cam_layer
+    if name is None:
+        raise InvalidInsightsSpecError(f"{where}: name a layer (the card has no cam_layer)", field=where)
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        raise InvalidInsightsSpecError(
+            f"{where}: the model has no layer {name!r} (its layers: {', '.join(names[:40])})", field=where,
+            layer=name, layers=names[:100])
+    layer = model.get_layer(name)
+    if inner and (isinstance(layer, keras.layers.InputLayer) or layer is model.layers[-1]):
+        raise InvalidInsightsSpecError(f"{where}: {name!r} is the model's input or output layer; name a layer in "
+                                       "between", field=where, layer=name)
+    return layer
+
+
+def class_indexes(card, names: list[str], where: str) -> dict[str, int]:
+    """Class name -> index on the card; InvalidInsightsSpecError naming the unknown ones and the card's classes."""
+    unknown = [name for name in names if name not in card.class_names]
+    if unknown:
+        raise InvalidInsightsSpecError(
+            f"{where}: unknown class {', '.join(map(repr, unknown))}; the model's classes are "
+            f"{', '.join(card.class_names[:20])}", field=where, unknown=unknown, classes=list(card.class_names[:100]))
+    return {name: card.class_names.index(name) for name in names}

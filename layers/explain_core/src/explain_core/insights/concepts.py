@@ -21,7 +21,18 @@ from explain_core.errors import (
     OverTimeBudgetError,
     UnsupportedModelError,
 )
-from explain_core.insights.base import ImageSet, InsightKind, PartContext, PartOutcome, PartPlan, PlanContext, SpecModel
+from explain_core.insights.base import (
+    ImageSet,
+    InsightKind,
+    PartContext,
+    PartOutcome,
+    PartPlan,
+    PlanContext,
+    SpecModel,
+    class_indexes,
+    keras_image_model,
+    model_layer,
+)
 
 #: Classes one TCAV or CRAFT spec may test.
 MAX_CLASSES = 20
@@ -88,9 +99,9 @@ class Tcav(InsightKind):
 
     # ------------------------------------------------------------------ plan
     def plan(self, spec: TcavSpec, ctx: PlanContext) -> list[PartPlan]:
-        model = _keras_image_model(ctx.loaded)
-        layer = _layer_name(model, ctx.card, spec.layer, "tcav.layer")
-        labels = _class_labels(ctx.card, list(spec.classes), "tcav.classes")
+        model = keras_image_model(ctx.loaded, "concept insights")
+        layer = model_layer(model, ctx.card, spec.layer, "tcav.layer").name
+        labels = class_indexes(ctx.card, list(spec.classes), "tcav.classes")
         budget = ctx.max_part_seconds * PART_TIME_SHARE
         parts = []
         for number, (name, images) in enumerate(spec.classes.items()):
@@ -115,7 +126,7 @@ class Tcav(InsightKind):
         from explain_core.modalities.base import check_finite
 
         started = time.perf_counter()
-        model = _keras_image_model(ctx.loaded)
+        model = keras_image_model(ctx.loaded, "concept insights")
         layer, label = part.params["layer"], part.params["label"]
         count = len(spec.random)
 
@@ -327,10 +338,10 @@ class Craft(InsightKind):
     Spec = CraftSpec
 
     def plan(self, spec: CraftSpec, ctx: PlanContext) -> list[PartPlan]:
-        model = _keras_image_model(ctx.loaded)
-        layer = _layer_name(model, ctx.card, spec.layer, "craft.layer")
+        model = keras_image_model(ctx.loaded, "concept insights")
+        layer = model_layer(model, ctx.card, spec.layer, "craft.layer").name
         _split(model, layer, ctx.card.name)
-        labels = _class_labels(ctx.card, spec.classes, "craft.classes")
+        labels = class_indexes(ctx.card, spec.classes, "craft.classes")
         patch = _patch_size(spec, ctx.card)
         budget = ctx.max_part_seconds * PART_TIME_SHARE
         parts = []
@@ -360,7 +371,7 @@ class Craft(InsightKind):
         from explain_core.modalities.base import check_finite
 
         started = time.perf_counter()
-        model = _keras_image_model(ctx.loaded)
+        model = keras_image_model(ctx.loaded, "concept insights")
         name, label, layer = part.params["class"], part.params["label"], part.params["layer"]
         batch = ctx.images((spec.class_images or {}).get(name, spec.images))
         inputs = np.asarray(batch.inputs, np.float32)
@@ -456,45 +467,6 @@ def importance_chart(concepts: list[dict], title: str) -> bytes:
 
 
 # ---------------------------------------------------------------------- shared checks
-def _keras_image_model(loaded):
-    import keras
-
-    model = loaded.model
-    if not isinstance(model, keras.Model):
-        raise UnsupportedModelError("concept insights need a Keras model", framework=type(model).__name__)
-    shape = tuple(model.inputs[0].shape) if model.inputs else ()
-    if len(shape) != 4:
-        raise UnsupportedModelError(f"concept insights need an image input; the model takes {shape}",
-                                    input_shape=str(shape))
-    return model
-
-
-def _layer_name(model, card, layer: str | None, where: str) -> str:
-    """The spec's layer, else the card's cam_layer; InvalidInsightsSpecError when the model has no such layer."""
-    import keras
-
-    name = layer or card.cam_layer
-    if name is None:
-        raise InvalidInsightsSpecError(f"{where}: name a layer (the card has no cam_layer)")
-    try:
-        found = model.get_layer(name)
-    except ValueError as exc:
-        raise InvalidInsightsSpecError(f"{where}: the model has no layer {name!r}", layer=name) from exc
-    if isinstance(found, keras.layers.InputLayer) or found is model.layers[-1]:
-        raise InvalidInsightsSpecError(f"{where}: {name!r} is the model's input or output layer; name a layer "
-                                       "in between", layer=name)
-    return name
-
-
-def _class_labels(card, names: list[str], where: str) -> dict[str, int]:
-    unknown = [name for name in names if name not in card.class_names]
-    if unknown:
-        raise InvalidInsightsSpecError(
-            f"{where}: {', '.join(map(repr, unknown))} not among the card's classes "
-            f"({', '.join(card.class_names[:20])})", unknown=unknown)
-    return {name: card.class_names.index(name) for name in names}
-
-
 def _patch_size(spec: CraftSpec, card) -> int:
     side = min(card.input_height, card.input_width)
     patch = spec.patch_size or max(4, side // 2)

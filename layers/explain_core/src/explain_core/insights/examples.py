@@ -13,7 +13,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from explain_core.errors import InvalidInsightsSpecError, OverTimeBudgetError
-from explain_core.insights.base import ImageSet, InsightKind, PartContext, PartOutcome, PartPlan, PlanContext, SpecModel
+from explain_core.insights.base import (
+    ImageSet,
+    InsightKind,
+    PartContext,
+    PartOutcome,
+    PartPlan,
+    PlanContext,
+    SpecModel,
+    model_layer,
+)
 
 #: Query images of one similar-examples job, at most.
 MAX_QUERIES = 16
@@ -358,28 +367,14 @@ class Prototypes(InsightKind):
         return section
 
 
-def _layer_name(spec: _SearchSpace, card) -> str:
-    name = spec.layer or card.cam_layer
-    if name is None:
-        raise InvalidInsightsSpecError("name a layer for projection latent: the card has no cam_layer")
-    return name
-
-
 def _check_layer(spec: _SearchSpace, loaded) -> None:
     """A typed error at planning when the latent layer does not exist or has no activations per image."""
     if spec.projection != "latent":
         return
-    name = _layer_name(spec, loaded.card)
-    try:
-        layer = loaded.model.get_layer(name)
-    except ValueError:
-        names = [layer.name for layer in loaded.model.layers]
-        raise InvalidInsightsSpecError(f'the model has no layer "{name}"; its layers: {names[:40]}',
-                                       layer=name) from None
+    layer = model_layer(loaded.model, loaded.card, spec.layer, "layer")
     if len(layer.output.shape) not in (2, 3, 4):
-        raise InvalidInsightsSpecError(f'layer "{name}" outputs {tuple(layer.output.shape)}: use a layer with '
-                                       "an image's features (N, F) or feature maps (N, H, W, C)", layer=name)
-
+        raise InvalidInsightsSpecError(f'layer "{layer.name}" outputs {tuple(layer.output.shape)}: use a layer with '
+                                       "an image's features (N, F) or feature maps (N, H, W, C)", layer=layer.name)
 
 def _pooling(model, layer, choice: str) -> str:
     """auto: the global pooling the model applies right after ``layer`` (the demo CNN max-pools its last
@@ -406,7 +401,7 @@ def _projection(spec: _SearchSpace, ctx: PartContext):
         size = int(ctx.card.input_height * ctx.card.input_width * ctx.card.input_channels)
         return Projection(space_projection=lambda inputs: tf.reshape(inputs, (-1, size))), size
     model = ctx.model
-    layer = model.get_layer(_layer_name(spec, ctx.card))
+    layer = model_layer(model, ctx.card, spec.layer, "layer")
     features = layer.output
     if len(features.shape) > 2:
         pooling = _pooling(model, layer, spec.pooling)
@@ -425,7 +420,7 @@ def _projection(spec: _SearchSpace, ctx: PartContext):
 def _space(spec: _SearchSpace, ctx) -> str:
     if spec.projection == "none":
         return "model input"
-    layer = ctx.model.get_layer(_layer_name(spec, ctx.card))
+    layer = model_layer(ctx.model, ctx.card, spec.layer, "layer")
     if len(layer.output.shape) > 2:
         return f"{layer.name}, {_pooling(ctx.model, layer, spec.pooling)}-pooled"
     return layer.name

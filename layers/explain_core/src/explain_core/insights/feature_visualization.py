@@ -14,8 +14,18 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from explain_core.errors import InvalidInsightsSpecError, OverTimeBudgetError, UnsupportedModelError
-from explain_core.insights.base import InsightKind, PartContext, PartOutcome, PartPlan, PlanContext, SpecModel
+from explain_core.errors import InvalidInsightsSpecError, OverTimeBudgetError
+from explain_core.insights.base import (
+    InsightKind,
+    PartContext,
+    PartOutcome,
+    PartPlan,
+    PlanContext,
+    SpecModel,
+    class_indexes,
+    keras_image_model,
+    model_layer,
+)
 
 #: Images one objective may ask for (an objective with several indexes, or a sum of such, gives one image
 #: per index combination).
@@ -173,7 +183,7 @@ class FeatureVisualization(InsightKind):
 
     # ------------------------------------------------------------------ plan
     def plan(self, spec: FeatureVisualizationSpec, ctx: PlanContext) -> list[PartPlan]:
-        model = _keras_image_model(ctx.loaded)
+        model = keras_image_model(ctx.loaded, "feature visualization")
         side = spec.image_size or ctx.card.input_height
         checkpoints = math.ceil(spec.steps / spec.checkpoint_every())
         per_image = image_seconds(spec, ctx.seconds_per_pass, side, ctx.card.input_height)
@@ -209,7 +219,7 @@ class FeatureVisualization(InsightKind):
         from explain_core.modalities.base import check_finite
 
         started = time.perf_counter()
-        model = _keras_image_model(ctx.loaded)
+        model = keras_image_model(ctx.loaded, "feature visualization")
         objective = spec.objectives[part.params["objective"]]
         terms = terms_of(objective)
         resolved = [resolve_term(model, ctx.card, term, f"objectives.{part.params['objective']}") for term in terms]
@@ -277,34 +287,13 @@ class FeatureVisualization(InsightKind):
 
 
 # ---------------------------------------------------------------------- resolving the spec on the model
-def _keras_image_model(loaded):
-    import keras
-
-    model = loaded.model
-    if not isinstance(model, keras.Model):
-        raise UnsupportedModelError("feature visualization needs a Keras model", framework=type(model).__name__)
-    shape = tuple(model.inputs[0].shape) if model.inputs else ()
-    if len(shape) != 4 or shape[-1] != 3:
-        raise UnsupportedModelError(f"feature visualization needs an RGB image input; the model takes {shape}",
-                                    input_shape=str(shape))
-    return model
-
-
 def resolve_term(model, card, term: ObjectiveTerm, where: str) -> dict:
     """The term's layer name, output shape and index bound on this model; InvalidInsightsSpecError if not there."""
     if term.class_ is not None:
-        if term.class_ not in card.class_names:
-            raise InvalidInsightsSpecError(
-                f"{where}: unknown class {term.class_!r}; the model's classes are {', '.join(card.class_names)}",
-                field=where, class_name=term.class_, classes=list(card.class_names))
+        class_indexes(card, [term.class_], where)
         layer = model.layers[-1]
     else:
-        names = [layer.name for layer in model.layers]
-        if term.layer not in names:
-            raise InvalidInsightsSpecError(
-                f"{where}: the model has no layer {term.layer!r} (its layers: {', '.join(names[:40])})",
-                field=where, layer=term.layer, layers=names[:100])
-        layer = model.get_layer(term.layer)
+        layer = model_layer(model, card, term.layer, where, inner=False)
     shape = tuple(int(d) for d in layer.output.shape[1:])
     size = {"neuron": math.prod(shape), "channel": shape[-1] if shape else 0}.get(term.kind)
     if term.class_ is not None:
