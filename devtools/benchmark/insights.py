@@ -126,8 +126,16 @@ def part_context(loaded, sets: dict[str, np.ndarray], seed: int, batch_size: int
 
 # ---------------------------------------------------------------------------------------- in the subprocess
 def rss_mb() -> float:
-    """This process's peak RSS so far (MB; Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS so far (MB): VmHWM, the high-water mark of its own address space.
+
+    Not ru_maxrss: Linux carries the parent's RSS over fork and exec into the child's ru_maxrss (exec records
+    the old address space's high-water mark, and a forked copy of the benchmark process holds TensorFlow and
+    the emulator), so every child would report at least the parent's 700 MB."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
 def load_subject(key: str):
@@ -255,10 +263,11 @@ def main(argv=None) -> None:
 
 # ---------------------------------------------------------------------------------------- in the benchmark
 def run_child(arguments: list[str], log, timeout: float) -> tuple[dict | None, float, float, str | None]:
-    """(result, peak RSS MB, wall seconds, error) of one subprocess; its output goes to ``log``.
+    """(result, ru_maxrss MB, wall seconds, error) of one subprocess; its output goes to ``log``.
 
-    The peak is the child's own ru_maxrss from ``os.wait4`` (RUSAGE_CHILDREN would be the largest of all
-    the children waited for so far, not this one's)."""
+    ru_maxrss is the child's own, from ``os.wait4`` (RUSAGE_CHILDREN would be the largest of all the children
+    waited for so far); it includes the parent's RSS at the fork (see :func:`rss_mb`), so the table's peak is
+    the child's VmHWM, in its result."""
     with tempfile.TemporaryDirectory() as directory:
         output, errors = Path(directory) / "result.json", Path(directory) / "stderr.txt"
         command = [sys.executable, "-m", "devtools.benchmark.insights", *arguments, "--output", str(output)]
@@ -284,12 +293,13 @@ def run_child(arguments: list[str], log, timeout: float) -> tuple[dict | None, f
         return result, usage.ru_maxrss / 1024, wall, error
 
 
-def kind_row(result: dict | None, kind: str, model: str, peak_mb: float, baseline_mb: float | None, wall: float,
-             error: str | None) -> dict:
+def kind_row(result: dict | None, kind: str, model: str, maxrss_mb: float, baseline_mb: float | None,
+             wall: float, error: str | None) -> dict:
     """A table row from a child's result."""
-    row = {"kind": kind, "model": model, "peak_rss_mb": peak_mb, "baseline_rss_mb": baseline_mb,
-           "over_baseline_mb": peak_mb - baseline_mb if baseline_mb is not None else None, "wall_s": wall,
-           "error": error}
+    peak = result and result["rss_self_mb"]
+    row = {"kind": kind, "model": model, "peak_rss_mb": peak, "baseline_rss_mb": baseline_mb,
+           "over_baseline_mb": peak - baseline_mb if peak and baseline_mb else None, "ru_maxrss_mb": maxrss_mb,
+           "wall_s": wall, "error": error}
     if result is None:
         return row
     parts = result["parts"]
@@ -302,7 +312,7 @@ def kind_row(result: dict | None, kind: str, model: str, peak_mb: float, baselin
         ratio=ratio(sum(measured), estimated), longest_part_s=max(measured, default=None),
         longest_estimate_s=max((part["estimated_s"] for part in parts), default=None),
         assembly_s=result["assembly_s"], load_s=result["load_s"], parts=parts, spec=result["spec"],
-        files=result["files"], file_bytes=result["file_bytes"], rss_self_mb=result["rss_self_mb"],
+        files=result["files"], file_bytes=result["file_bytes"], rss_loaded_mb=result["rss_loaded_mb"],
         error=error or (failed[0]["error"] if failed else result["assembly_error"]),
     )
     return row
@@ -335,12 +345,13 @@ def benchmark_insights(harness, args) -> dict:
     rows, baselines = [], {}
     for model in args.models:
         SUBJECTS[model]()  # builds (and caches) the model once, before any child needs it
-        result, peak, wall, error = run_child(["--model", model, "--kind", "baseline"], harness.log,
-                                              args.insights_timeout)
-        baselines[model] = {"peak_rss_mb": peak, "load_s": result and result["load_s"], "wall_s": wall,
-                            "error": error}
-        print(f"[insights] {model}: TensorFlow + model loaded: {peak:.0f} MB peak RSS, {wall:.1f} s"
-              + (f"  FAILED {error}" if error else ""), flush=True)
+        result, maxrss, wall, error = run_child(["--model", model, "--kind", "baseline"], harness.log,
+                                                args.insights_timeout)
+        peak = result and result["rss_self_mb"]
+        baselines[model] = {"peak_rss_mb": peak, "ru_maxrss_mb": maxrss, "load_s": result and result["load_s"],
+                            "wall_s": wall, "error": error or (None if result else "no result")}
+        print(f"[insights] {model}: TensorFlow + model loaded: {peak or 0:.0f} MB peak RSS, {wall:.1f} s"
+              + (f"  FAILED {baselines[model]['error']}" if baselines[model]["error"] else ""), flush=True)
         baseline = None if baselines[model]["error"] else baselines[model]["peak_rss_mb"]
         # The sequence: every kind in one process, one part each (the largest estimate) unless fewer are asked.
         sequence = ["--model", model, "--kind", "all", "--kinds", ",".join(args.insights_kinds), *small,
@@ -349,13 +360,14 @@ def benchmark_insights(harness, args) -> dict:
                 for kind in args.insights_kinds]
         runs += [("all", sequence)] if args.insights_sequence else []
         for kind, arguments in runs:
-            result, peak, wall, error = run_child(arguments, harness.log, args.insights_timeout)
-            row = kind_row(result, kind, model, peak, baseline, wall, error)
+            result, maxrss, wall, error = run_child(arguments, harness.log, args.insights_timeout)
+            row = kind_row(result, kind, model, maxrss, baseline, wall, error)
             rows.append(row)
             status = f"  FAILED {row['error']}" if row["error"] else ""
             done = (f"{row['run']}/{row['planned']} parts, estimated {row['estimated_s']:.1f} s, measured "
                     f"{row['measured_s']:.1f} s" if "run" in row else "no result")
-            print(f"[insights] {kind} on {model}: {done}, {peak:.0f} MB peak RSS, {wall:.1f} s{status}", flush=True)
+            print(f"[insights] {kind} on {model}: {done}, {row['peak_rss_mb'] or 0:.0f} MB peak RSS, {wall:.1f} s"
+                  f"{status}", flush=True)
     settings = {"small": args.insights_small, "max_parts": args.insights_max_parts, "kinds": args.insights_kinds,
                 "sequence": args.insights_sequence, "timeout_s": args.insights_timeout}
     return {"rows": rows, "baselines": baselines, "settings": settings,

@@ -271,7 +271,7 @@ INSIGHTS_COLUMNS = [
 def insights_notes(insights: dict) -> list[str]:
     """What the insights table measures, the baselines and the recommended MemorySize."""
     settings = insights["settings"]
-    baselines = "; ".join(f"{model} {b['peak_rss_mb']:.0f} MB" for model, b in insights["baselines"].items())
+    baselines = "; ".join(f"{model} {b['peak_rss_mb'] or 0:.0f} MB" for model, b in insights["baselines"].items())
     notes = [
         f"The demo job's {'small' if settings['small'] else 'full'} settings (devtools.insights_demo.spec) on each "
         "model, MobileNetV2 with its class names and",
@@ -286,8 +286,9 @@ def insights_notes(insights: dict) -> list[str]:
         "  (below 1: the plan is conservative); longest part s: the longest run_part.",
         *(["all, in turn: every kind in one process, one part each (the largest estimate), as a warm execution",
            "  environment runs parts of different kinds one after the other."] if settings.get("sequence") else []),
-        "peak RSS: the subprocess's ru_maxrss (os.wait4), parts and assembly included; over baseline: minus a",
-        f"  subprocess that only imports TensorFlow and loads the model ({baselines}).",
+        "peak RSS: the subprocess's VmHWM at its end (parts and assembly included; its ru_maxrss would include the",
+        "  benchmark process's RSS at the fork); over baseline: minus the VmHWM of a subprocess that only imports",
+        f"  TensorFlow and loads the model ({baselines}).",
     ]
     advice = insights.get("recommendation")
     if advice:
