@@ -2,6 +2,7 @@
 them with the real handler, the last part assembles the report. Killed, failing and redelivered parts."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -183,10 +184,16 @@ def test_a_killed_part_runs_again_and_finished_parts_are_kept(source, s3, settin
     in_flight = []
 
     def run(messages):
+        # A 2 s invocation: the killed attempt's lock on its part expires with it, as on Lambda.
+        context = lambda_service.LocalLambdaContext(source.wiring.logical_id, source.wiring.memory, 2)
         try:
-            source.invoke(messages)
+            lambda_service.invoke(source.deployment, source.wiring, source.handler,
+                                  lambda_service.sqs_event(messages, source.queue_arn), context)
         except SimulatedTimeout:
             in_flight.extend(messages)
+            return
+        for message in messages:
+            source.sqs.delete_message(QueueUrl=source.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     drain(source, on_batch=run)
     assert killed and len(in_flight) == 1
@@ -201,7 +208,9 @@ def test_a_killed_part_runs_again_and_finished_parts_are_kept(source, s3, settin
     done_key = job.part_prefix(done) + "part.json"
     first_outcome = s3.head_object(Bucket=settings.results_bucket, Key=done_key)["ETag"]
 
-    # SQS makes the killed part's message visible again after its visibility timeout: now, here.
+    # SQS makes the killed part's message visible again after its visibility timeout (here: now, once the killed
+    # invocation's deadline, and with it its lock on the part, has passed).
+    time.sleep(max(0.0, float(record["current_part_deadline"]) - time.time()) + 0.5)
     source.sqs.change_message_visibility(QueueUrl=source.queue_url, ReceiptHandle=in_flight[0]["ReceiptHandle"],
                                          VisibilityTimeout=0)
     assert drain(source) == 1
@@ -305,3 +314,32 @@ def test_a_replaced_spec_plans_anew_and_the_old_plans_messages_are_skipped(sourc
     before = s3.head_object(Bucket=settings.results_bucket, Key=job.key(REPORT_FILE))["ETag"]
     drain(source)  # the old plan's message: skipped, nothing rewritten
     assert s3.head_object(Bucket=settings.results_bucket, Key=job.key(REPORT_FILE))["ETag"] == before
+
+
+def test_a_part_held_by_another_invocation_is_left_to_it(source, s3, settings, monkeypatch):
+    """S3 and SQS deliver at least once: a second delivery of a part while another invocation holds it is
+    dropped (the holder's own message comes back if the holder dies), so a part runs once at a time."""
+    from explain_core.input_lock import InputIdentity, LockOutcome
+
+    key = upload_spec(s3, settings, "held", {"seed": 6, "feature_visualization": {
+        "objectives": [{"class": "circle"}], "steps": 8, "transformations": "none"}})
+    invoke_once(source)
+    job = job_ref(KeyLayout(settings), key)
+    etag = read(s3, settings.results_bucket, job.key(PLAN_FILE))["spec_etag"]
+    lock = source.handler.session.input_lock
+    identity = InputIdentity(settings.results_bucket, job.part_prefix("fv-00-000"), etag, "insights-part")
+    assert lock.acquire(identity, 60_000) is LockOutcome.ACQUIRED  # another invocation holds the part
+    runs = []
+    real = feature_visualization.FeatureVisualization.run_part
+    monkeypatch.setattr(feature_visualization.FeatureVisualization, "run_part",
+                        lambda self, *args: runs.append(1) or real(self, *args))
+    message = source.receive_batch(wait=False)
+    body = json.loads(message[0]["Body"])["insights_part"]
+    assert body["part"] == "fv-00-000"
+    source.invoke(message)  # the duplicate: consumed, nothing run
+    assert runs == [] and job_progress(s3, settings, key)["status"] == "running"
+    lock.release(identity, RuntimeError("the holder failed"))
+    s3.put_object(Bucket=settings.input_bucket, Key=key, Body=s3.get_object(
+        Bucket=settings.input_bucket, Key=key)["Body"].read())  # the same bytes again: the same ETag
+    drain(source)  # the spec's redelivery re-sends the part without an outcome, which now runs
+    assert runs == [1] and job_progress(s3, settings, key)["status"] == "succeeded"

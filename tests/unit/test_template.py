@@ -229,6 +229,8 @@ INSIGHTS_GRANTS = {
     ("s3:ListBucket", ("ResultsBucket", ""), ("errors/insights/*", "results/insights/*")),
     ("sqs:SendMessage", ("InsightsQueue", ""), None),
     ("dynamodb:UpdateItem", ("JobsTable", ""), None),
+    *((f"dynamodb:{action}", ("IdempotencyTable", ""), None) for action in ("GetItem", "PutItem", "UpdateItem",
+                                                                           "DeleteItem")),
 }
 
 

@@ -181,6 +181,11 @@ class ExplanationSession:
         upload.timings["decode_s"] = time.perf_counter() - started
 
     # ----------------------------------------------------------------- one attempt at a time
+    @property
+    def input_lock(self) -> InputLock | None:
+        """The lock on the idempotency table (None without IDEMPOTENCY_TABLE: one process, nothing to share)."""
+        return self._lock
+
     def lock(self, upload: Upload, loaded: LoadedModel, context) -> bool:
         """Hold the input's lock; False when another invocation is explaining it or has explained it."""
         if self._lock is None:

@@ -45,6 +45,7 @@ from explain_core.errors import (
     is_missing_object,
     is_precondition_failed,
 )
+from explain_core.input_lock import InputIdentity, LockOutcome
 from explain_core.insights import INSIGHTS
 from explain_core.insights.base import (
     IMAGE_EXTENSIONS,
@@ -187,8 +188,6 @@ class InsightsJobs:
                 f"insights explain image models; {job.model}/{job.version} is a {loaded.card.modality} model",
                 modality=loaded.card.modality)
         seconds_per_pass = measure_pass_seconds(loaded)
-        from explain_core.session import remaining_millis
-
         max_part = min(MAX_PART_SECONDS, PART_SHARE * remaining_millis(context) / 1000)
         plan_context = PlanContext(loaded=loaded, seconds_per_pass=seconds_per_pass, max_part_seconds=max_part)
         parts: list[PartPlan] = []
@@ -268,13 +267,32 @@ class InsightsJobs:
             logger.info("part already done", extra={"key": job.spec_key, "part": part_id})
             self.assemble_if_done(job, plan, context)
             return None
-        job_id = plan["job"].get("job_id")
-        from explain_core.session import remaining_millis
+        # One attempt at a time: a duplicate delivery leaves the part to the invocation that holds it (whose
+        # own message comes back if it is killed; the lock expires with that invocation).
+        identity = InputIdentity(self.settings.results_bucket, job.part_prefix(part_id), etag, "insights-part")
+        lock = self.session.input_lock
+        if lock is not None:
+            held = lock.acquire(identity, remaining_millis(context))
+            if held is not LockOutcome.ACQUIRED:
+                logger.info("part held by another invocation", extra={"part": part_id, "lock": held.value})
+                return None
+        try:
+            outcome = self._run_held(job, plan, part, receive_count, context)
+        except Exception as exc:  # the next delivery may try again (a killed invocation's lock expires with it)
+            if lock is not None:
+                lock.release(identity, exc)
+            raise
+        if lock is not None:
+            lock.complete(identity, job.part_prefix(part_id) + PART_FILE)
+        self.assemble_if_done(job, plan, context)
+        return outcome
 
+    def _run_held(self, job: JobRef, plan: dict, part: PartPlan, receive_count: int, context) -> PartOutcome:
+        etag, job_id = plan["spec_etag"], plan["job"].get("job_id")
         now = time.time()
         self._record(job_id, "SET current_part = :part, current_part_title = :title, current_part_attempt = :attempt, "
                              "current_part_started_at = :started, current_part_deadline = :deadline",
-                     {":part": part_id, ":title": part.title, ":attempt": receive_count,
+                     {":part": part.id, ":title": part.title, ":attempt": receive_count,
                       ":started": _decimal(now), ":deadline": _decimal(now + remaining_millis(context) / 1000)})
         started = time.perf_counter()
         spec = InsightsSpec.model_validate(plan["spec"])
@@ -304,7 +322,6 @@ class InsightsJobs:
                                      {**outcome.model_dump(mode="json"), "spec_etag": etag}, {SPEC_ETAG: etag})
         counter = "parts_done" if outcome.status == "succeeded" else "parts_failed"
         self._record(job_id, f"ADD {counter} :one", {":one": 1})
-        self.assemble_if_done(job, plan, context)
         return outcome
 
     @staticmethod
@@ -536,6 +553,13 @@ def _spread(items: list, count: int) -> list:
         return items
     step = len(items) / count
     return [items[int(i * step)] for i in range(count)]
+
+
+def remaining_millis(context) -> int:
+    """The session's clock (imported here, not at the top: the light API image imports this module)."""
+    from explain_core.session import remaining_millis as remaining
+
+    return remaining(context)
 
 
 def _decimal(value: float):
