@@ -343,3 +343,14 @@ def test_a_part_held_by_another_invocation_is_left_to_it(source, s3, settings, m
         Bucket=settings.input_bucket, Key=key)["Body"].read())  # the same bytes again: the same ETag
     drain(source)  # the spec's redelivery re-sends the part without an outcome, which now runs
     assert runs == [1] and job_progress(s3, settings, key)["status"] == "succeeded"
+
+
+def test_a_spec_replaced_by_an_invalid_one_reports_the_refusal_not_the_old_result(source, s3, settings):
+    key = upload_spec(s3, settings, "then-invalid", two_parts_spec(seed=8))
+    drain(source)
+    assert job_progress(s3, settings, key)["status"] == "succeeded"
+    s3.put_object(Bucket=settings.input_bucket, Key=key, Body=b'{"feature_visualization": {"steps": 8}}')
+    drain(source)
+    progress = job_progress(s3, settings, key)
+    assert progress["status"] == "failed" and progress["error"]["code"] == "invalid_insights_spec"
+    assert "objectives" in progress["error"]["message"]

@@ -81,6 +81,8 @@ PART_SHARE = 0.6
 MAX_PART_SECONDS = 540.0
 #: A part's attempt past its deadline by more than this, with no outcome, was killed.
 ATTEMPT_GRACE_SECONDS = 60
+#: Parts of one job, at most (each is a message, an invocation and a folder of files).
+MAX_PARTS = 200
 #: Part messages per SendMessageBatch call (SQS's maximum).
 SEND_BATCH = 10
 
@@ -197,6 +199,10 @@ class InsightsJobs:
                 if part.kind != kind.name:
                     raise ValueError(f"{kind.name} planned a part of kind {part.kind}")
             parts += planned
+        if len(parts) > MAX_PARTS:
+            raise InvalidInsightsSpecError(
+                f"the job needs {len(parts)} parts; the limit is {MAX_PARTS}: ask for fewer objectives, classes, "
+                "random sets or queries, or split it into several jobs", parts=len(parts), limit=MAX_PARTS)
         ids = [part.id for part in parts]
         if len(set(ids)) != len(ids):
             raise ValueError(f"part ids are not unique: {ids}")
@@ -604,6 +610,10 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
 
     progress = {"spec_key": spec_key, "results_prefix": job.results_prefix, "report_key": job.key(REPORT_FILE),
                 "index_key": job.key(INDEX_FILE)}
+    error = read(keys.error_key(spec_key))
+    if error is not None and not error.get("retrying"):
+        # The latest version of the spec was refused (planning a version deletes older error records).
+        return {**progress, "status": "failed", "error": error["error"]}
     plan = read(job.key(PLAN_FILE))
     report = read(job.key(REPORT_FILE))
     if report is not None and plan is not None and report.get("spec_etag") == plan["spec_etag"]:
@@ -611,10 +621,7 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
         return {**progress, "status": report["status"], "parts_total": len(parts),
                 "parts_done": sum(p["status"] == "succeeded" for p in parts),
                 "parts_failed": sum(p["status"] == "failed" for p in parts), "report": report}
-    error = read(keys.error_key(spec_key))
     if plan is None:
-        if error is not None and not error.get("retrying"):
-            return {**progress, "status": "failed", "error": error["error"]}
         return {**progress, "status": "queued", **({"retrying": True, "error": error["error"]} if error else {})}
     etag = plan["spec_etag"]
     outcomes = []
