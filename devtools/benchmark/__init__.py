@@ -42,6 +42,11 @@ Sections (``--sections``, all by default), printed as plain-text tables and writ
     raw Xplique or shap call a user would write, ours (``build_explainer`` + ``explain_document``)
     and the handler on a ``.jsonl`` upload.
 
+``insights``
+    Each insight kind on each model at the demo job's settings, one fresh subprocess each: the
+    plan's estimated seconds vs the measured seconds per part and of the assembly, peak RSS
+    (VmHWM) over a model-loaded baseline, and the MemorySize it recommends for InsightsFunction.
+
 Findings of ``partition-profile`` (2 shared cores; shap 0.51, TensorFlow 2.20, 4 images, 200
 evaluations, 3 explained classes; seconds for the 4 images):
 

@@ -185,6 +185,8 @@ def run_sequence(model_key: str, kinds: list[str], small: bool, max_parts: int) 
 
 def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kind_name: str, small: bool,
                     max_parts: int) -> dict:
+    """:func:`run_kind` with the model loaded: the plan's parts and estimates, each part's seconds and the
+    peak RSS after it, the assembly's seconds. A part that raises is recorded as failed, as the engine does."""
     from explain_core.insights.base import PartOutcome, PlanContext
     from explain_core.insights.jobs import MAX_PART_SECONDS, measure_pass_seconds
     from explain_core.insights.kinds import BY_NAME
@@ -325,14 +327,15 @@ def recommendation(rows: list[dict], cpus: int) -> dict | None:
     if not peaks:
         return None
     largest = max(peaks, key=lambda row: row["peak_rss_mb"])
-    memory = math.ceil(largest["peak_rss_mb"] * MEMORY_MARGIN / MEMORY_STEP_MB) * MEMORY_STEP_MB
-    memory = min(LAMBDA_MAX_MB, max(LAMBDA_MIN_MB, memory))
+    wanted = math.ceil(largest["peak_rss_mb"] * MEMORY_MARGIN / MEMORY_STEP_MB) * MEMORY_STEP_MB
+    memory = min(LAMBDA_MAX_MB, max(LAMBDA_MIN_MB, wanted))
     vcpus = min(6.0, memory / MB_PER_VCPU)
     longest = max(peaks, key=lambda row: row["longest_part_s"] or 0)
     # Assumes time scales with cores (an upper bound for TensorFlow's batched ops on fewer cores).
     slowdown = max(1.0, cpus / vcpus)
     return {"largest_peak_mb": largest["peak_rss_mb"], "largest_peak": f"{largest['kind']} on {largest['model']}",
-            "margin": MEMORY_MARGIN, "memory_mb": memory, "vcpus": round(vcpus, 2), "measured_cpus": cpus,
+            "margin": MEMORY_MARGIN, "memory_mb": memory, "capped": wanted > LAMBDA_MAX_MB, "vcpus": round(vcpus, 2),
+            "measured_cpus": cpus,
             "longest_part_s": longest["longest_part_s"], "longest_part": f"{longest['kind']} on {longest['model']}",
             "longest_part_at_memory_s": longest["longest_part_s"] * slowdown, "timeout_s": LAMBDA_TIMEOUT_S,
             "share_of_timeout": longest["longest_part_s"] * slowdown / LAMBDA_TIMEOUT_S}

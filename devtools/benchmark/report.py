@@ -295,7 +295,8 @@ def insights_notes(insights: dict) -> list[str]:
         longest, scaled = advice["longest_part_s"], advice["longest_part_at_memory_s"]
         notes += [
             f"Recommended MemorySize: {advice['memory_mb']} MB = the largest peak, {advice['largest_peak_mb']:.0f} MB "
-            f"({advice['largest_peak']}), x {advice['margin']} rounded up to 64 MB.",
+            f"({advice['largest_peak']}), x {advice['margin']} rounded up to 64 MB"
+            + (" (capped: Lambda's maximum is below that)." if advice.get("capped") else "."),
             f"  At {advice['memory_mb']} MB Lambda gives {advice['vcpus']:.2f} vCPU; the longest part "
             f"({advice['longest_part']}, {longest:.0f} s on {advice['measured_cpus']} cores) would take",
             f"  about {scaled:.0f} s scaled to that ({advice['share_of_timeout']:.0%} of the {advice['timeout_s']} s "
