@@ -22,8 +22,10 @@ from devtools import concept_images, demo_model, shapes
 MODEL, VERSION = demo_model.NAME, demo_model.VERSION
 PREFIX = f"incoming/insights/{MODEL}/{VERSION}/"
 JOB_NAME = "demo"
-#: Random counter-example sets of TCAV (its t-test compares this many concept CAVs with random ones).
-RANDOM_SETS = 6
+#: TCAV's random sets (its t-test compares this many concept CAVs with random ones) and the images of the
+#: concept, of each random set and of each tested class, small and full: with fewer images the concept's and
+#: classes' own sampling noise moves the scores by ~0.1 from one seed to the next (see concept_images).
+TCAV_RANDOM_SETS, TCAV_IMAGES = {True: 6, False: 10}, {True: 60, False: 100}
 CASES_PER_CLASS = 16
 QUERIES = ("circle", "triangle")
 SEED = 7
@@ -34,12 +36,13 @@ CHANNELS = (7, 37, 8, 44)
 
 def image_sets(small: bool = True) -> dict[str, list]:
     """Folder (under :data:`PREFIX`) -> uint8 images, all deterministic."""
-    count = 24 if small else 40
-    sets = {"concepts/round/": list(concept_images.round_concept(count, SEED))}
-    for index, images in enumerate(concept_images.random_sets(RANDOM_SETS, count, SEED)):
+    count, tcav_images = 24 if small else 40, TCAV_IMAGES[small]
+    sets = {"concepts/round/": list(concept_images.round_concept(tcav_images, SEED))}
+    for index, images in enumerate(concept_images.random_sets(TCAV_RANDOM_SETS[small], tcav_images, SEED)):
         sets[f"concepts/random-{index}/"] = list(images)
-    for name in ("circle", "square", "triangle"):
-        sets[f"classes/{name}/"] = list(concept_images.class_images(name, count, SEED))
+    for name in ("circle", "square"):  # TCAV's classes
+        sets[f"classes/{name}/"] = list(concept_images.class_images(name, tcav_images, SEED))
+    sets["classes/triangle/"] = list(concept_images.class_images("triangle", count, SEED))  # CRAFT's
     images, labels, _ = shapes.dataset(CASES_PER_CLASS * len(shapes.MODEL_CLASSES), seed=SEED + 500, with_none=True)
     for name in shapes.MODEL_CLASSES:
         sets[f"cases/{name}/"] = [image for image, label in zip(images, labels, strict=True)
@@ -83,9 +86,9 @@ def spec(small: bool = True) -> dict:
             "learning_rate": 0.2,  # measured: at Xplique's 0.05 the 64 px images stay faint after 256 steps
         },
         "tcav": {
-            "concept": {"name": "round", "images": _prefix("concepts/round/", count)},
-            "random": [_prefix(f"concepts/random-{i}/", count) for i in range(RANDOM_SETS)],
-            "classes": {name: _prefix(f"classes/{name}/", count) for name in ("circle", "square")},
+            "concept": {"name": "round", "images": _prefix("concepts/round/", TCAV_IMAGES[small])},
+            "random": [_prefix(f"concepts/random-{i}/", TCAV_IMAGES[small]) for i in range(TCAV_RANDOM_SETS[small])],
+            "classes": {name: _prefix(f"classes/{name}/", TCAV_IMAGES[small]) for name in ("circle", "square")},
         },
         "craft": {
             "classes": ["triangle"],

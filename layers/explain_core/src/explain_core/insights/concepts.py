@@ -140,14 +140,18 @@ class Tcav(InsightKind):
         concept = images(spec.concept.images, f"concept {spec.concept.name!r}")
         tested = images(spec.classes[part.params["class"]], f"class {part.params['class']!r}")
 
+        # One Cav for the part: each Cav builds its own bottleneck model, whose first predict traces a new
+        # function (~0.4 s a CAV); only its classifier changes from one CAV to the next.
+        extractor = Cav(model, layer, batch_size=ctx.batch_size)
+
         def cav(positive, negative, role: int, index: int, run: int):
             seed = _seed(ctx.seed, role, index, run)
             # Cav's train/test split draws from NumPy's global generator: seeded, a redelivered part trains the
             # same CAV. The classifier is Xplique's default (the paper's SGD parameters), seeded.
             np.random.seed(seed)
-            classifier = SGDClassifier(alpha=0.01, max_iter=1_000, tol=1e-3, random_state=seed)
+            extractor.classifier = SGDClassifier(alpha=0.01, max_iter=1_000, tol=1e-3, random_state=seed)
             with contextlib.redirect_stdout(io.StringIO()):  # Cav's predict calls print Keras progress bars
-                return Cav(model, layer, classifier=classifier, batch_size=ctx.batch_size)(positive, negative)
+                return extractor(positive, negative)
 
         tcav = XpliqueTcav(model, layer, batch_size=ctx.batch_size)
         concept_scores, random_scores, pairs = [], [], []
