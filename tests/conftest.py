@@ -42,6 +42,15 @@ def deployment(emulator):
 
 
 @pytest.fixture(scope="session")
+def settings(deployment):
+    """The functions' settings for the emulator's buckets and tables (what tests read results with)."""
+    from explain_core.settings import Settings
+
+    return Settings(input_bucket=deployment.bucket("InputBucket"), results_bucket=deployment.bucket("ResultsBucket"),
+                    model_bucket=deployment.bucket("ModelBucket"), jobs_table=deployment.tables["JobsTable"])
+
+
+@pytest.fixture(scope="session")
 def s3(deployment):
     return deployment.client("s3")
 

@@ -20,7 +20,6 @@ from explain_core.insights.jobs import INDEX_FILE, PLAN_FILE, REPORT_FILE, job_r
 from explain_core.insights.spec import parse_spec
 from explain_core.jobs import JobStore
 from explain_core.keys import KeyLayout, client_segment
-from explain_core.settings import Settings
 from tests.conftest import load_event
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16  # served as stored: the test only checks the link reaches it
@@ -33,11 +32,6 @@ def api(deployment, published_model):
     handler = lambda_service.load_handler(deployment, wiring)
     return lambda event: lambda_service.invoke(deployment, wiring, handler, event)
 
-
-@pytest.fixture(scope="module")
-def settings(deployment):
-    return Settings(input_bucket=deployment.bucket("InputBucket"), results_bucket=deployment.bucket("ResultsBucket"),
-                    model_bucket=deployment.bucket("ModelBucket"), jobs_table=deployment.tables["JobsTable"])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from explain_core.insights import feature_visualization, pictures
 from explain_core.insights.jobs import INDEX_FILE, PLAN_FILE, REPORT_FILE, job_progress, job_ref
 from explain_core.jobs import JobStore
 from explain_core.keys import KeyLayout
-from explain_core.settings import Settings
 
 PREFIX = insights_demo.PREFIX
 
@@ -22,11 +21,6 @@ PREFIX = insights_demo.PREFIX
 class SimulatedTimeout(BaseException):
     """Lambda killing the invocation: nothing after it runs, no outcome is written."""
 
-
-@pytest.fixture(scope="module")
-def settings(deployment):
-    return Settings(input_bucket=deployment.bucket("InputBucket"), results_bucket=deployment.bucket("ResultsBucket"),
-                    model_bucket=deployment.bucket("ModelBucket"), jobs_table=deployment.tables["JobsTable"])
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,11 @@ import pytest
 from explain_core import jobs
 from explain_core.api_responses import Links
 from explain_core.jobs import JobStore, job_status
-from explain_core.settings import Settings
 
 CLIENT = "job-status-client"
 #: The grace period after an invocation's deadline (explain_core.jobs.GRACE).
 GRACE = 60
 
-
-@pytest.fixture(scope="module")
-def settings(deployment):
-    return Settings(input_bucket=deployment.bucket("InputBucket"), results_bucket=deployment.bucket("ResultsBucket"),
-                    model_bucket=deployment.bucket("ModelBucket"), jobs_table=deployment.tables["JobsTable"])
 
 
 @pytest.fixture(scope="module")

@@ -88,8 +88,20 @@ class ImageBatch:
         return described
 
 
+class _OfALoadedModel:
+    loaded: Any  # explain_core.model_store.LoadedModel
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def card(self):
+        return self.loaded.card
+
+
 @dataclass
-class PartContext:
+class PartContext(_OfALoadedModel):
     """What a part (or the assembly) may use: the model, its images, and where its files go.
 
     ``put`` writes a file under the part's own folder (the assembly's: the kind's folder) and returns
@@ -106,30 +118,14 @@ class PartContext:
     seconds_per_pass: float = 0.0  # measured warm forward+backward time of one image
     files: dict[str, str] = field(default_factory=dict)  # name -> key of what ``put`` wrote
 
-    @property
-    def model(self):
-        return self.loaded.model
-
-    @property
-    def card(self):
-        return self.loaded.card
-
 
 @dataclass
-class PlanContext:
+class PlanContext(_OfALoadedModel):
     """What planning may use: the model and the time one invocation gives a part."""
 
     loaded: Any
     seconds_per_pass: float  # measured warm forward+backward time of one image at the model's input size
     max_part_seconds: float  # a part must be estimated below this (the function's timeout, with margin)
-
-    @property
-    def model(self):
-        return self.loaded.model
-
-    @property
-    def card(self):
-        return self.loaded.card
 
 
 class InsightKind(ABC):
