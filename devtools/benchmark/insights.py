@@ -188,7 +188,7 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
     """:func:`run_kind` with the model loaded: the plan's parts and estimates, each part's seconds and the
     peak RSS after it, the assembly's seconds. A part that raises is recorded as failed, as the engine does."""
     from explain_core.insights.base import PartOutcome, PlanContext
-    from explain_core.insights.jobs import MAX_PART_SECONDS, measure_pass_seconds
+    from explain_core.insights.jobs import MAX_PART_SECONDS, measure_pass_seconds, part_batch_size
     from explain_core.insights.kinds import BY_NAME
     from explain_core.insights.spec import InsightsSpec
     from explain_core.results import now_iso, strict_json
@@ -208,7 +208,8 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
                   planned_estimate_s=sum(part.estimated_seconds for part in plan))
     store, outcomes, rows = {}, [], []
     for part in choose_parts(plan, max_parts):
-        ctx = part_context(loaded, sets, job.seed, DEFAULT_BATCH_SIZE, store, seconds_per_pass)
+        ctx = part_context(loaded, sets, job.seed, part_batch_size(loaded.card, DEFAULT_BATCH_SIZE), store,
+                       seconds_per_pass)
         started, error, summary = time.perf_counter(), None, {}
         try:
             summary = kind.run_part(spec, part, ctx)
@@ -223,7 +224,8 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
         rows.append({"id": part.id, "title": part.title, "estimated_s": part.estimated_seconds, "measured_s": seconds,
                      "ratio": ratio(seconds, part.estimated_seconds), "error": error, "rss_mb": rss_mb()})
     result["parts"] = rows
-    ctx = part_context(loaded, sets, job.seed, DEFAULT_BATCH_SIZE, store, seconds_per_pass)
+    ctx = part_context(loaded, sets, job.seed, part_batch_size(loaded.card, DEFAULT_BATCH_SIZE), store,
+                       seconds_per_pass)
     started = time.perf_counter()
     try:
         strict_json(kind.assemble(spec, outcomes, ctx))
