@@ -274,7 +274,7 @@ def test_the_insights_function_takes_one_message_at_a_time_from_its_own_queue(te
     assert source["Queue"] == {"Fn::GetAtt": ["InsightsQueue", "Arn"]}
     assert source["BatchSize"] == 1 and source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 2 <= source["ScalingConfig"]["MaximumConcurrency"] <= 1000  # Lambda's bounds
-    assert (function["PackageType"], function["Timeout"], function["MemorySize"]) == ("Image", 900, 3008)
+    assert (function["PackageType"], function["Timeout"], function["MemorySize"]) == ("Image", 900, 4928)
     variables = {**template["Globals"]["Function"]["Environment"]["Variables"], **function["Environment"]["Variables"]}
     # The queue it sends its parts to is the one it is triggered by.
     assert variables["INSIGHTS_QUEUE_URL"] == {"Ref": "InsightsQueue"}
