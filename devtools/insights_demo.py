@@ -186,13 +186,15 @@ def demo_round(deployment, log, output_dir, *, timeout: float, small: bool = Tru
             log(f"insights: planned {progress['parts_total']} parts (estimated "
                 f"{progress.get('estimated_seconds') or 0:.0f} s), one SQS message each")
         for message in batch.messages:
-            part = json.loads(message["Body"]).get("insights_part", {}).get("part")
+            named = json.loads(message["Body"]).get("insights_part", {})
+            part = named.get("part")
             if not part or part in seen:
                 continue
             seen.add(part)
             try:
                 outcome = json.loads(s3.get_object(Bucket=settings.results_bucket,
-                                                   Key=job.part_prefix(part) + PART_FILE)["Body"].read())
+                                                   Key=job.part_prefix(named["spec_etag"], part) + PART_FILE)
+                                     ["Body"].read())
             except s3.exceptions.NoSuchKey:
                 log(f"insights: part {part} will be retried")
                 continue

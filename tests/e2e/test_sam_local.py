@@ -10,6 +10,7 @@ from devtools.local import FAMILY_FUNCTIONS
 from devtools.local.aws import INSIGHTS_FUNCTION
 from devtools.local.events import deliver
 from devtools.local.lambda_service import notified_keys
+from explain_core.insights.jobs import part_prefix_name
 from tests.conftest import EVENTS, clear_outputs, event_keys, load_event, png_bytes, read_json
 from tests.e2e.conftest import INSIGHTS_SPEC, TABULAR_METHODS, is_table, upload_metadata
 
@@ -229,11 +230,11 @@ def test_sam_local_invoke_insights_part_runs_it(planned_insights_job, container_
     delivered.write_text(json.dumps(with_spec_etag(event, etag)))
     invocation = containers.sam_local_invoke(INSIGHTS_FUNCTION, delivered, container_emulator, env_file)
     assert invocation.response == {"batchItemFailures": []}, invocation.output[-3000:]
-    outcome = read_json(s3, results, f"{INSIGHTS_JOB}parts/{part_id}/part.json")
+    outcome = read_json(s3, results, f"{INSIGHTS_JOB}{part_prefix_name(etag, part_id)}part.json")
     assert (outcome["id"], outcome["status"], outcome["spec_etag"]) == (part_id, "succeeded", etag), outcome
     assert outcome["kind"] == "feature_visualization" and outcome["files"] and outcome["seconds"] > 0
     for key in outcome["files"].values():
-        assert key.startswith(f"{INSIGHTS_JOB}parts/{part_id}/")
+        assert key.startswith(f"{INSIGHTS_JOB}{part_prefix_name(etag, part_id)}")
         body = s3.get_object(Bucket=results, Key=key)["Body"].read()
         assert body and (not key.endswith(".png") or body.startswith(b"\x89PNG")), key
     # Another part is still to run: nothing is assembled yet.

@@ -2,7 +2,7 @@
 
 The API stores the job's specification file (its upload event starts the insights function) and
 its record; the stages of the job are simulated here by writing what the insights function writes
-(plan.json, parts/<id>/part.json, report.json and the record's progress), so no TensorFlow runs.
+(plan.json, parts/<plan>/<id>/part.json, report.json and the record's progress), so no TensorFlow runs.
 """
 
 import copy
@@ -16,7 +16,7 @@ import pytest
 
 from devtools.local import lambda_service
 from devtools.local.api_gateway import TEST_CLIENT
-from explain_core.insights.jobs import INDEX_FILE, PLAN_FILE, REPORT_FILE, job_ref
+from explain_core.insights.jobs import INDEX_FILE, PLAN_FILE, REPORT_FILE, job_ref, part_prefix_name
 from explain_core.insights.spec import parse_spec
 from explain_core.jobs import JobStore
 from explain_core.keys import KeyLayout, client_segment
@@ -228,7 +228,8 @@ def test_an_insights_job_goes_from_queued_to_running_to_done_with_links(api, job
     assert status["progress"]["estimated_seconds"] == 300.0
 
     # One part done, the second running.
-    put_json(s3, results, prefix + "parts/fv-0/part.json", part_outcome("fv-0", "succeeded", etag))
+    put_json(s3, results, prefix + part_prefix_name(etag, "fv-0") + "part.json",
+             part_outcome("fv-0", "succeeded", etag))
     record_progress(store, job_id, current_part="fv-1", current_part_title="objective 1", current_part_attempt=1,
                     current_part_deadline=time.time() + 800.0)
     progress = body(api(job_event(job_id)))["progress"]
@@ -248,8 +249,9 @@ def test_an_insights_job_goes_from_queued_to_running_to_done_with_links(api, job
     # Every part has an outcome; the kind assembled its pictures; the report is written last.
     failed = part_outcome("fv-1", "failed", etag, error={"type": "X", "code": "internal_error", "message": "m",
                                                           "details": {}})
-    put_json(s3, results, prefix + "parts/fv-1/part.json", failed)
-    put_json(s3, results, prefix + "parts/fv-2/part.json", part_outcome("fv-2", "succeeded", etag))
+    put_json(s3, results, prefix + part_prefix_name(etag, "fv-1") + "part.json", failed)
+    put_json(s3, results, prefix + part_prefix_name(etag, "fv-2") + "part.json",
+             part_outcome("fv-2", "succeeded", etag))
     grid = prefix + "feature_visualization/grid.png"
     s3.put_object(Bucket=results, Key=grid, Body=PNG, ContentType="image/png")
     s3.put_object(Bucket=results, Key=prefix + INDEX_FILE, Body=b"<html></html>", ContentType="text/html")

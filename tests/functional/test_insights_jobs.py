@@ -199,7 +199,7 @@ def test_a_killed_part_runs_again_and_finished_parts_are_kept(source, s3, settin
     assert later["current_part"]["killed"] and "killed" in later["current_part"]["message"]
     plan = read(s3, settings.results_bucket, job.key(PLAN_FILE))
     done = next(p["id"] for p in plan["parts"] if p["id"] != killed[0])
-    done_key = job.part_prefix(done) + "part.json"
+    done_key = job.part_prefix(plan["spec_etag"], done) + "part.json"
     first_outcome = s3.head_object(Bucket=settings.results_bucket, Key=done_key)["ETag"]
 
     # SQS makes the killed part's message visible again after its visibility timeout (here: now, once the killed
@@ -321,7 +321,7 @@ def test_a_part_held_by_another_invocation_is_left_to_it(source, s3, settings, m
     job = job_ref(KeyLayout(settings), key)
     etag = read(s3, settings.results_bucket, job.key(PLAN_FILE))["spec_etag"]
     lock = source.handler.session.input_lock
-    identity = InputIdentity(settings.results_bucket, job.part_prefix("fv-00-000"), etag, "insights-part")
+    identity = InputIdentity(settings.results_bucket, job.part_prefix(etag, "fv-00-000"), etag, "insights-part")
     assert lock.acquire(identity, 60_000) is LockOutcome.ACQUIRED  # another invocation holds the part
     runs = []
     real = feature_visualization.FeatureVisualization.run_part
@@ -348,3 +348,32 @@ def test_a_spec_replaced_by_an_invalid_one_reports_the_refusal_not_the_old_resul
     progress = job_progress(s3, settings, key)
     assert progress["status"] == "failed" and progress["error"]["code"] == "invalid_insights_spec"
     assert "objectives" in progress["error"]["message"]
+
+
+def test_a_part_out_of_time_on_its_last_receive_is_recorded_and_the_job_assembled(source, s3, settings, monkeypatch):
+    """Killed on the queue's last receive, a part would write nothing and its job would never end: shortly
+    before the deadline, its outcome says timed out and the job is assembled without it."""
+    key = upload_spec(s3, settings, "slow", two_parts_spec(seed=9))
+    invoke_once(source)
+    real = feature_visualization.FeatureVisualization.run_part
+
+    def run_part(self, spec, part, ctx):
+        if part.id.endswith("1"):
+            time.sleep(8)  # past the 25 s invocation's guard (20 s before its deadline)
+        return real(self, spec, part, ctx)
+
+    monkeypatch.setattr(feature_visualization.FeatureVisualization, "run_part", run_part)
+    messages = []
+    while len(messages) < 2:
+        messages += source.receive_batch(wait=False)
+    for message in messages:
+        message["Attributes"]["ApproximateReceiveCount"] = str(settings.max_receive_count)
+        context = lambda_service.LocalLambdaContext(source.wiring.logical_id, source.wiring.memory, 25)
+        lambda_service.invoke(source.deployment, source.wiring, source.handler,
+                              lambda_service.sqs_event([message], source.queue_arn), context)
+        source.sqs.delete_message(QueueUrl=source.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    report = read(s3, settings.results_bucket, job_ref(KeyLayout(settings), key).key(REPORT_FILE))
+    outcomes = {part["id"]: part for part in report["parts"]}
+    slow = next(part for part_id, part in outcomes.items() if part_id.endswith("1"))
+    assert report["status"] == "partial" and slow["status"] == "failed"
+    assert slow["error"]["code"] == "timed_out" and slow["attempt"] == settings.max_receive_count

@@ -197,7 +197,7 @@ def test_a_tiny_run_writes_images_and_finite_curves_and_repeats_exactly(loaded):
             assert [step for step, _ in image["values"]] == [4, 8, 12]
             assert all(np.isfinite(value) for _, value in image["values"])
             assert decode_png(store.files[image["image"]]).shape == (16, 16, 3)
-    assert summaries[1]["images"][0]["image"].endswith("/a-logit-minus-0.5xconv-ch-1.png")
+    assert summaries[1]["images"][0]["image"].endswith("/image-00-a-logit-minus-0.5xconv-ch-1.png")
     # The class term's value is the logit itself, evaluated on the saved image.
     image = decode_png(store.files[summaries[0]["images"][0]["image"]]) / 255.0
     mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.5, 0.6, 0.7])

@@ -31,7 +31,9 @@ def test_a_spec_key_names_its_job_and_results_folder():
     job = job_ref(KEYS, "incoming/insights/shapes/v1/demo.json")
     assert (job.model, job.version, job.name, job.job_id) == ("shapes", "v1", "demo", None)
     assert job.results_prefix == "results/insights/shapes/v1/demo/"
-    assert job.part_prefix("fv-0") == f"results/insights/shapes/v1/demo/{PARTS_DIR}fv-0/"
+    assert job.part_prefix('"9e1a"', "fv-0") == f"results/insights/shapes/v1/demo/{PARTS_DIR}9e1a/fv-0/"
+    # A replaced spec's plan never shares its parts' folder (its ETag names it; a multipart ETag's "-2" kept).
+    assert job.parts_prefix("9e1a5c-2") == f"results/insights/shapes/v1/demo/{PARTS_DIR}9e1a5c-2/"
     api = job_ref(KEYS, api_spec_key(KEYS, "shapes", "v1", "abc123"))
     assert api.spec_key == "incoming/insights/shapes/v1/jobs/abc123.json"
     assert (api.name, api.job_id) == ("jobs/abc123", "abc123")
@@ -45,6 +47,7 @@ def test_a_spec_key_names_its_job_and_results_folder():
     "incoming/insights/shapes/v1/.json",
     "incoming/insights/shapes/demo.json",  # no version
     "incoming/gradient/shapes/v1/demo.json",  # another family's prefix
+    "incoming/insights/shapes/v1/jobs.json",  # its results would hold every API job's folder
 ])
 def test_other_keys_are_refused_with_a_typed_error(key):
     with pytest.raises(InvalidKeyError):

@@ -224,8 +224,9 @@ INSIGHTS_GRANTS = {
     ("s3:ListBucket", ("InputBucket", ""), ("incoming/insights/*",)),
     ("s3:GetObject", ("ModelBucket", "models/*"), None),
     ("s3:ListBucket", ("ModelBucket", ""), ("models/*",)),
-    *((action, ("ResultsBucket", prefix), None) for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")
+    *((action, ("ResultsBucket", prefix), None) for action in ("s3:PutObject", "s3:GetObject")
       for prefix in ("results/insights/*", "errors/insights/*")),
+    ("s3:DeleteObject", ("ResultsBucket", "errors/insights/*"), None),  # stale error records only, no result
     ("s3:ListBucket", ("ResultsBucket", ""), ("errors/insights/*", "results/insights/*")),
     ("sqs:SendMessage", ("InsightsQueue", ""), None),
     ("dynamodb:UpdateItem", ("JobsTable", ""), None),

@@ -16,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQSRecord
 
+from explain_core.errors import InputChangedError
 from explain_core.insights.jobs import InsightsJobs
 from explain_core.sqs_adapter import PoisonMessageError, SqsAdapter
 
@@ -69,8 +70,13 @@ class InsightsAdapter(SqsAdapter):
         for upload in self._uploads_in(record):
             try:
                 plan = self.insights.plan(upload.key, upload.etag, context)
-                metrics.add_metric(name="InsightJobs", unit=MetricUnit.Count, value=1)
-                logger.info("insights job planned", extra={"key": upload.key, "parts": len(plan["parts"])})
+                if plan is not None:
+                    metrics.add_metric(name="InsightJobs", unit=MetricUnit.Count, value=1)
+                    logger.info("insights job planned", extra={"key": upload.key, "parts": len(plan["parts"])})
+            except InputChangedError:
+                # An older version's late event (SQS does not keep order): the newer version's own event runs it,
+                # and an error record here would report the job as failed.
+                logger.info("superseded spec version skipped", extra={"key": upload.key})
             except Exception as exc:
                 self._fail(upload, exc, retry, request_id)
 

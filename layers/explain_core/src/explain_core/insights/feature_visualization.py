@@ -243,12 +243,10 @@ class FeatureVisualization(InsightKind):
         check_finite(values, "feature visualization objective values", part=part.id)
         final = np.asarray(checkpoints[-1])
         check_finite(final, "feature visualization images", part=part.id)
-        images, names = [], set()
+        images = []
         for number, label in enumerate(part.params["labels"]):
-            name = slug(label)
-            name = name if name not in names else f"{name}-{number}"
-            names.add(name)
-            key = ctx.put(f"{name}.png", png_bytes(final[number]), "image/png")
+            # Numbered: labels are the user's, and two may slug alike or name the curve's file.
+            key = ctx.put(f"image-{number:02d}-{slug(label)}.png", png_bytes(final[number]), "image/png")
             curve = [[step, round(float(value), 6)] for step, value in zip(steps, values[number], strict=True)]
             images.append({"label": label, "image": key, "values": curve})
         curve = ctx.put("curve.png", curves_chart([(image["label"], image["values"]) for image in images],

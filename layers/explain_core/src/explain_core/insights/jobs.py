@@ -29,6 +29,8 @@ deadline); GET /jobs reads :func:`job_progress`.
 import datetime as dt
 import io
 import json
+import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ from explain_core.errors import (
     InputDeletedError,
     InvalidInsightsSpecError,
     InvalidKeyError,
+    JobTimedOutError,
     UnsupportedModelError,
     is_missing_object,
     is_precondition_failed,
@@ -71,6 +74,8 @@ PART_FILE = "part.json"
 PARTS_DIR = "parts/"
 #: The API's jobs: ``incoming/insights/<model>/<version>/jobs/<job id>.json``.
 JOBS_DIR = "jobs/"
+#: Names an uploaded job may not take: its results folder would hold the API's jobs' folders.
+RESERVED_NAMES = frozenset({JOBS_DIR.rstrip("/")})
 #: S3 user metadata: the spec's ETag on plan, outcomes and report; the API job id on the spec file (the job
 #: record is found by the key, ``jobs/<job id>.json``, which only the API's role may write).
 SPEC_ETAG = "spec-etag"
@@ -86,6 +91,8 @@ ATTEMPT_GRACE_SECONDS = 60
 BATCH_PIXELS = 64 * 96 * 96
 #: Parts of one job, at most (each is a message, an invocation and a folder of files).
 MAX_PARTS = 200
+#: On a part's last receive, its outcome is recorded as timed out this long before the invocation's deadline.
+LAST_ATTEMPT_MARGIN_SECONDS = 20
 #: Part messages per SendMessageBatch call (SQS's maximum).
 SEND_BATCH = 10
 
@@ -109,8 +116,12 @@ class JobRef:
     def key(self, name: str) -> str:
         return self.results_prefix + name
 
-    def part_prefix(self, part_id: str) -> str:
-        return f"{self.results_prefix}{PARTS_DIR}{part_id}/"
+    def parts_prefix(self, spec_etag: str) -> str:
+        """The parts of the plan of one version of the spec: a replaced spec's parts never share a folder."""
+        return f"{self.results_prefix}{part_prefix_name(spec_etag, '')}"
+
+    def part_prefix(self, spec_etag: str, part_id: str) -> str:
+        return f"{self.results_prefix}{part_prefix_name(spec_etag, part_id)}"
 
 
 def job_ref(keys: KeyLayout, key: str) -> JobRef:
@@ -126,6 +137,8 @@ def job_ref(keys: KeyLayout, key: str) -> JobRef:
         raise InvalidKeyError(
             f"an insights job is a specification file {keys.family_prefix(INSIGHTS)}<model>/<version>/<name>.json "
             f"with a name of letters, digits, '.', '_' or '-'; got {key!r}", key=key)
+    if len(segments) == 1 and segments[0] in RESERVED_NAMES:
+        raise InvalidKeyError(f"{segments[0]!r} names the API's jobs folder: give the job another name", key=key)
     prefix = f"{keys.model_results_prefix(INSIGHTS, ref.model, ref.version)}{stem}/"
     return JobRef(key, ref.model, ref.version, stem, prefix)
 
@@ -173,20 +186,50 @@ class InsightsJobs:
         return self._table
 
     # ------------------------------------------------------------------------ the spec's upload: plan
-    def plan(self, key: str, etag: str | None, context) -> dict:
-        """Plan the job of the spec file ``key`` (its version ``etag``) and send its parts; returns the plan.
-        A typed error (bad spec, unknown model, a part that cannot fit) propagates: the adapter records it."""
+    def plan(self, key: str, etag: str | None, context) -> dict | None:
+        """Plan the job of the spec file ``key`` (its version ``etag``) and send its parts; returns the plan, or
+        None when another invocation is planning it. A typed error (bad spec, unknown model, a part that cannot
+        fit) propagates: the adapter records it."""
         job = job_ref(self.keys, key)
         data, etag = self._read_spec(key, etag)
         spec = parse_spec(data)
         existing = self._read_json(job.key(PLAN_FILE))
         if existing is not None and existing["spec_etag"] == etag:
-            logger.info("spec delivered again: re-sending the parts without an outcome", extra={"key": key})
-            pending = [part["id"] for part in existing["parts"] if self._outcome(job, etag, part["id"]) is None]
-            self._send(job, etag, pending)
-            if not pending:
-                self.assemble_if_done(job, existing, context)
-            return existing
+            return self._deliver_again(job, existing, context)
+        # One planner per version: two plans of one version could split its work differently (their pass time
+        # is measured), and one's outcomes would count as the other's.
+        identity = InputIdentity(self.settings.input_bucket, key, etag, "insights-plan")
+        lock = self.session.input_lock
+        held = lock.acquire(identity, remaining_millis(context)) if lock is not None else LockOutcome.ACQUIRED
+        if held is LockOutcome.IN_PROGRESS:
+            logger.info("spec being planned by another invocation", extra={"key": key})
+            return None
+        existing = self._read_json(job.key(PLAN_FILE))
+        if existing is not None and existing["spec_etag"] == etag:
+            return self._deliver_again(job, existing, context)
+        try:
+            plan = self._plan(job, spec, etag, context)
+        except Exception as exc:
+            if lock is not None:
+                lock.release(identity, exc)
+            raise
+        if lock is not None:
+            lock.complete(identity, job.key(PLAN_FILE))
+        return plan
+
+    def _deliver_again(self, job: JobRef, plan: dict, context) -> dict:
+        """The spec's version delivered again: re-send the parts without an outcome (a crash between the plan and
+        its messages), or assemble when every part has one."""
+        etag = plan["spec_etag"]
+        logger.info("spec delivered again: re-sending the parts without an outcome", extra={"key": job.spec_key})
+        pending = [part["id"] for part in plan["parts"] if self._outcome(job, etag, part["id"]) is None]
+        self._send(job, etag, pending)
+        if not pending:
+            self.assemble_if_done(job, plan, context)
+        return plan
+
+    def _plan(self, job: JobRef, spec, etag: str, context) -> dict:
+        key = job.spec_key
         loaded = self.session.load(job.model, job.version)
         if loaded.modality.name != "image":
             raise UnsupportedModelError(
@@ -213,7 +256,8 @@ class InsightsJobs:
             "job": {"spec_key": key, "name": job.name, "job_id": job.job_id, "results_prefix": job.results_prefix},
             "spec_etag": etag,
             "spec": spec.model_dump(mode="json", by_alias=True),
-            "model": {"name": loaded.name, "version": loaded.version, "etag": loaded.model_etag},
+            "model": {"name": loaded.name, "version": loaded.version, "etag": loaded.model_etag,
+                      "card_etag": loaded.card_etag, "background_etag": self._background_etag(loaded)},
             "seconds_per_pass": round(seconds_per_pass, 6),
             "max_part_seconds": round(max_part, 1),
             "parts": [part.model_dump(mode="json") for part in parts],
@@ -278,7 +322,7 @@ class InsightsJobs:
             return None
         # One attempt at a time: a duplicate delivery leaves the part to the invocation that holds it (whose
         # own message comes back if it is killed; the lock expires with that invocation).
-        identity = InputIdentity(self.settings.results_bucket, job.part_prefix(part_id), etag, "insights-part")
+        identity = InputIdentity(self.settings.results_bucket, job.part_prefix(etag, part_id), etag, "insights-part")
         lock = self.session.input_lock
         if lock is not None:
             held = lock.acquire(identity, remaining_millis(context))
@@ -292,7 +336,7 @@ class InsightsJobs:
                 lock.release(identity, exc)
             raise
         if lock is not None:
-            lock.complete(identity, job.part_prefix(part_id) + PART_FILE)
+            lock.complete(identity, job.part_prefix(etag, part_id) + PART_FILE)
         self.assemble_if_done(job, plan, context)
         return outcome
 
@@ -306,9 +350,11 @@ class InsightsJobs:
         started = time.perf_counter()
         spec = InsightsSpec.model_validate(plan["spec"])
         kind = BY_NAME[part.kind]
+        gave_up = threading.Event()
+        guard = self._deadline_guard(job, plan, part, receive_count, context, gave_up)
         try:
             loaded = self._load_for(plan)
-            ctx = self.context(job, loaded, plan, part.id, context, folder=part_prefix_name(part.id))
+            ctx = self.context(job, loaded, plan, part.id, context, folder=part_prefix_name(etag, part.id))
             summary = kind.run_part(getattr(spec, kind.name), part, ctx)
             strict_json(summary)  # refuse NaN/inf and non-JSON before anything says succeeded
             outcome = PartOutcome(id=part.id, kind=part.kind, title=part.title, status="succeeded", summary=summary,
@@ -319,6 +365,8 @@ class InsightsJobs:
             outcome = self._failed(part, exc.to_dict(), receive_count, started)
         except Exception as exc:
             if receive_count < self.settings.max_receive_count:
+                if guard is not None:
+                    guard.cancel()
                 self._record(job_id, "SET last_error = :error",
                              {":error": f"part {part.id} attempt {receive_count}: {type(exc).__name__}: {exc}"[:1000]})
                 raise
@@ -327,11 +375,43 @@ class InsightsJobs:
                                           "message": str(exc)[:2000],
                                           "details": {"dead_lettered": False, "attempts": receive_count}},
                                    receive_count, started)
-        self.session.writer.put_json(job.part_prefix(part.id) + PART_FILE,
+        if gave_up.is_set():  # the deadline guard recorded this attempt as timed out: too late to say otherwise
+            return self._outcome(job, etag, part.id)
+        if guard is not None:
+            guard.cancel()
+        self._write_outcome(job, plan, outcome)
+        return outcome
+
+    def _write_outcome(self, job: JobRef, plan: dict, outcome: PartOutcome) -> None:
+        etag = plan["spec_etag"]
+        self.session.writer.put_json(job.part_prefix(etag, outcome.id) + PART_FILE,
                                      {**outcome.model_dump(mode="json"), "spec_etag": etag}, {SPEC_ETAG: etag})
         counter = "parts_done" if outcome.status == "succeeded" else "parts_failed"
-        self._record(job_id, f"ADD {counter} :one", {":one": 1})
-        return outcome
+        self._record(plan["job"].get("job_id"), f"ADD {counter} :one", {":one": 1})
+
+    def _deadline_guard(self, job: JobRef, plan: dict, part: PartPlan, receive_count: int, context,
+                        gave_up: threading.Event):
+        """On the queue's last receive, a timer that records the part as timed out shortly before the invocation's
+        deadline: killed there, it would write nothing, its message would go to the dead-letter queue and the job
+        would never be assembled. None on earlier receives (a killed attempt is delivered again)."""
+        if receive_count < self.settings.max_receive_count:
+            return None
+        seconds = remaining_millis(context) / 1000 - LAST_ATTEMPT_MARGIN_SECONDS
+        started = time.perf_counter()
+
+        def give_up():
+            gave_up.set()
+            error = JobTimedOutError(
+                f"part {part.id} did not finish within its last attempt ({receive_count} of "
+                f"{self.settings.max_receive_count}): it needs more than the function's timeout; ask for less work "
+                "per part (fewer steps, images or designs)", attempts=receive_count)
+            self._write_outcome(job, plan, self._failed(part, error.to_dict(), receive_count, started))
+            self.assemble_if_done(job, plan, context)
+
+        guard = threading.Timer(max(0.0, seconds), give_up)
+        guard.daemon = True
+        guard.start()
+        return guard
 
     @staticmethod
     def _failed(part: PartPlan, error: dict, attempt: int, started: float) -> PartOutcome:
@@ -339,15 +419,20 @@ class InsightsJobs:
                            attempt=attempt, seconds=round(time.perf_counter() - started, 3), finished_at=now_iso())
 
     def _load_for(self, plan: dict):
-        """The plan's model; a model replaced since the plan fails the part (its results would mix models)."""
-        loaded = self.session.load(plan["model"]["name"], plan["model"]["version"])
-        if loaded.model_etag != plan["model"]["etag"]:
+        """The plan's model; a model, card or background replaced since the plan fails the part (its results
+        would mix two models)."""
+        planned = plan["model"]
+        loaded = self.session.load(planned["name"], planned["version"])
+        now = {"etag": loaded.model_etag, "card_etag": loaded.card_etag,
+               "background_etag": self._background_etag(loaded)}
+        changed = [name for name, etag in now.items() if name in planned and planned[name] != etag]
+        if changed:
             from explain_core.errors import ModelChangedError
 
             raise ModelChangedError(
-                f"model {loaded.name}/{loaded.version} was replaced after the job was planned (ETag "
-                f"{plan['model']['etag']} -> {loaded.model_etag}); upload the specification again",
-                planned_etag=plan["model"]["etag"], etag=loaded.model_etag)
+                f"model {loaded.name}/{loaded.version} changed after the job was planned ({', '.join(changed)}); "
+                "run the job again with a changed specification (e.g. its title): the same bytes are the same "
+                "version, whose outcomes are kept", changed=changed)
         return loaded
 
     # ------------------------------------------------------------------------ the end: assembly
@@ -360,6 +445,9 @@ class InsightsJobs:
         existing = self._read_json(job.key(REPORT_FILE))
         if existing is not None and existing.get("spec_etag") == etag:
             return existing
+        if not self._is_current(job, etag):
+            logger.info("a replaced plan's parts are all done: not assembled", extra={"key": job.spec_key})
+            return None
         started = time.perf_counter()
         spec = InsightsSpec.model_validate(plan["spec"])
         sections, pictures = {}, []
@@ -367,7 +455,8 @@ class InsightsJobs:
         for kind, kind_spec in spec.requested():
             parts = [outcomes[part["id"]] for part in plan["parts"] if part["kind"] == kind.name]
             try:
-                loaded = loaded or self._load_for(plan)
+                # The card and layer names only: parts that ran on a replaced model failed already.
+                loaded = loaded or self.session.load(plan["model"]["name"], plan["model"]["version"])
                 ctx = self.context(job, loaded, plan, None, context, folder=f"{kind.name}/")
                 section = kind.assemble(kind_spec, parts, ctx)
                 strict_json(section)
@@ -379,11 +468,9 @@ class InsightsJobs:
                 status = "succeeded" if not failed else ("failed" if len(failed) == len(parts) else "partial")
                 sections[kind.name] = {**section, "status": status, "failed_parts": failed, "files": ctx.files,
                                        "pictures": shown}
-            except Exception as exc:  # one kind's assembly failing must not lose the others'
-                logger.exception("assembly failed", extra={"kind": kind.name})
-                error = exc.to_dict() if isinstance(exc, ExplainError) else {
-                    "type": type(exc).__name__, "code": "internal_error", "message": str(exc)[:2000], "details": {}}
-                sections[kind.name] = {"status": "failed", "error": error}
+            except ExplainError as exc:  # one kind refusing must not lose the others' (other errors: retried)
+                logger.warning("assembly refused", extra={"kind": kind.name, "error": exc.to_dict()})
+                sections[kind.name] = {"status": "failed", "error": exc.to_dict()}
         statuses = [section["status"] for section in sections.values()]
         status = ("succeeded" if all(s == "succeeded" for s in statuses) else
                   "failed" if all(s == "failed" for s in statuses) else "partial")
@@ -405,6 +492,8 @@ class InsightsJobs:
         }
         from explain_core.insights.report_page import report_page
 
+        if not self._is_current(job, etag):
+            return None  # replaced while assembling: the new plan's report is the job's
         self.session.writer.put_many([(job.key(INDEX_FILE), report_page(report), "text/html; charset=utf-8")])
         # The report goes last: its presence means every picture is in place.
         self.session.writer.put_json(job.key(REPORT_FILE), report, {SPEC_ETAG: etag})
@@ -517,15 +606,31 @@ class InsightsJobs:
         body = read_optional(self.s3, self.settings.results_bucket, key)
         return json.loads(body) if body is not None else None
 
+    def _background_etag(self, loaded) -> str | None:
+        """The ETag of background.npy beside the model (image sets with source background read it), or None."""
+        from explain_core.model_store import BACKGROUND_FILE
+
+        key = self.keys.model_key(loaded.name, loaded.version, BACKGROUND_FILE)
+        try:
+            return self.s3.head_object(Bucket=self.settings.model_bucket, Key=key)["ETag"].strip('"')
+        except ClientError as exc:
+            if is_missing_object(exc):
+                return None
+            raise
+
+    def _is_current(self, job: JobRef, etag: str) -> bool:
+        plan = self._read_json(job.key(PLAN_FILE))
+        return plan is not None and plan["spec_etag"] == etag
+
     def _outcome(self, job: JobRef, etag: str, part_id: str) -> PartOutcome | None:
-        document = self._read_json(job.part_prefix(part_id) + PART_FILE)
+        document = self._read_json(job.part_prefix(etag, part_id) + PART_FILE)
         return _current_outcome(document, etag)
 
     def _outcomes(self, job: JobRef, etag: str) -> dict[str, PartOutcome]:
         """Every part's outcome of the plan with spec ``etag``, by part id."""
         outcomes = {}
         pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.settings.results_bucket, Prefix=job.results_prefix + PARTS_DIR)
+            Bucket=self.settings.results_bucket, Prefix=job.parts_prefix(etag))
         for page in pages:
             for item in page.get("Contents", []):
                 if item["Key"].endswith("/" + PART_FILE):
@@ -551,8 +656,10 @@ def part_batch_size(card, default: int) -> int:
     return max(8, min(default, BATCH_PIXELS // (card.input_height * card.input_width)))
 
 
-def part_prefix_name(part_id: str) -> str:
-    return f"{PARTS_DIR}{part_id}/"
+def part_prefix_name(spec_etag: str, part_id: str) -> str:
+    """``parts/<plan>/<part id>/`` (``parts/<plan>/`` without a part), the plan named by its spec's ETag."""
+    plan = re.sub(r"[^0-9A-Za-z-]", "", spec_etag)[:16] or "plan"
+    return f"{PARTS_DIR}{plan}/{part_id}/" if part_id else f"{PARTS_DIR}{plan}/"
 
 
 def _current_outcome(document: dict | None, etag: str) -> PartOutcome | None:
@@ -635,7 +742,7 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
     etag = plan["spec_etag"]
     outcomes = []
     for part in plan["parts"]:
-        outcome = _current_outcome(read(job.part_prefix(part["id"]) + PART_FILE), etag)
+        outcome = _current_outcome(read(job.part_prefix(etag, part["id"]) + PART_FILE), etag)
         if outcome is not None:
             outcomes.append(outcome)
     progress.update(status="running", parts_total=len(plan["parts"]),
