@@ -40,7 +40,8 @@ def tiny_cnn(seed: int = 0) -> keras.Model:
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv")(inputs)
     x = keras.layers.Conv2D(12, 3, padding="same", activation="relu", name="last_conv")(x)
     x = keras.layers.Conv2D(6, 1, name="linear_conv")(x)  # no ReLU: negative activations
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    # Named: Keras numbers unnamed layers per process, so the full suite would call it ..._1.
+    x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
     return keras.Model(inputs, keras.layers.Dense(len(CLASSES), name="logits")(x))
 
 
