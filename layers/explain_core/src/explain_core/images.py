@@ -75,6 +75,16 @@ class DecodedImage:
         }
 
 
+def read_listed_image(s3, bucket: str, item: dict, settings) -> DecodedImage:
+    """An image file listed under a prefix (``item``: a ListObjectsV2 entry), its size checked against the
+    upload limit before it is read, decoded with the upload limits."""
+    if item["Size"] > settings.max_image_bytes:
+        raise ImageTooLargeError(f"{item['Key']} is {item['Size']} bytes; the limit is {settings.max_image_bytes}",
+                                 key=item["Key"], size=item["Size"])
+    data = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
     """Decode ``data`` to sRGB uint8 pixels, refusing bad or oversized input with a typed error."""
     if not data:

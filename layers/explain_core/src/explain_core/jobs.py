@@ -135,7 +135,8 @@ def read_optional(s3, bucket: str, key: str) -> bytes | None:
         raise
 
 
-def _iso(epoch: float) -> str:
+def iso_seconds(epoch: float) -> str:
+    """An epoch time as ISO 8601 (UTC, seconds)."""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
@@ -181,12 +182,12 @@ def _killed_attempt(job: dict, record: dict | None, now: float) -> tuple[ErrorDe
     what = f"the last of {max_attempts} attempts" if final else f"attempt {attempts} of {max_attempts or '?'}"
     then = ("the message is in the dead-letter queue (redrive it to run the job again)" if final else
             "SQS will redeliver the message after its visibility timeout")
-    details = {"attempts": attempts, "max_attempts": max_attempts, "last_attempt_at": _iso(started),
-               "last_attempt_deadline": _iso(deadline)}
+    details = {"attempts": attempts, "max_attempts": max_attempts, "last_attempt_at": iso_seconds(started),
+               "last_attempt_deadline": iso_seconds(deadline)}
     if final:
         details.update(dead_lettered=True, redrive=_redrive(job["family"]))
     error = JobTimedOutError(
-        f"{what} started at {_iso(started)} and did not finish before the function's timeout: it was killed "
+        f"{what} started at {iso_seconds(started)} and did not finish before the function's timeout: it was killed "
         f"(time or memory limit); {then}", **details)
     return ErrorDetail(**error.to_dict()), final
 

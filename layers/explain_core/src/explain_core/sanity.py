@@ -416,8 +416,7 @@ class SanityChecks:
         import numpy as np
 
         from explain_core.attribution import to_model_input
-        from explain_core.errors import ImageTooLargeError
-        from explain_core.images import decode_image
+        from explain_core.images import read_listed_image
 
         session, settings = self.session, self.session.settings
         allowed = session.keys.family_prefix(self.family)
@@ -440,11 +439,7 @@ class SanityChecks:
                 prefix=images.prefix)
         inputs = []
         for item in found:
-            if item["Size"] > settings.max_image_bytes:
-                raise ImageTooLargeError(f"{item['Key']} is {item['Size']} bytes; the limit is "
-                                         f"{settings.max_image_bytes}", key=item["Key"], size=item["Size"])
-            data = session.s3.get_object(Bucket=settings.input_bucket, Key=item["Key"])["Body"].read()
-            pixels = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
+            pixels = read_listed_image(session.s3, settings.input_bucket, item, settings).pixels
             inputs.append(to_model_input([pixels], loaded.card)[0])  # resized now: one full-size image at a time
         keys = [item["Key"] for item in found]
         return np.stack(inputs), ImagesUsed(source="prefix", prefix=images.prefix,

@@ -26,8 +26,6 @@ An API job's DynamoDB record gets the progress (parts total, done, failed, the c
 deadline); GET /jobs reads :func:`job_progress`.
 """
 
-import datetime as dt
-import io
 import json
 import re
 import threading
@@ -62,6 +60,7 @@ from explain_core.insights.base import (
 )
 from explain_core.insights.kinds import BY_NAME
 from explain_core.insights.spec import MAX_SPEC_BYTES, InsightsSpec, parse_spec
+from explain_core.jobs import ATTEMPT_GRACE_SECONDS, iso_seconds, read_optional
 from explain_core.keys import NAME_PATTERN, KeyLayout
 from explain_core.results import now_iso, strict_json
 
@@ -84,8 +83,6 @@ JOB_ID = "job-id"
 PART_SHARE = 0.6
 #: Longest part planned, seconds (Lambda's 900 s timeout x PART_SHARE).
 MAX_PART_SECONDS = 540.0
-#: A part's attempt past its deadline by more than this, with no outcome, was killed.
-ATTEMPT_GRACE_SECONDS = 60
 #: Pixels of the images in one batch of a part's passes: 64 images up to 96 x 96 px, fewer when larger (a
 #: batch's gradients hold every activation: TCAV on MobileNetV2 at 224 px peaked at 4.5 GB in batches of 64).
 BATCH_PIXELS = 64 * 96 * 96
@@ -556,19 +553,13 @@ class InsightsJobs:
         found = self._list_images(image_set)
         import numpy as np
 
-        from explain_core.attribution import to_model_input
-        from explain_core.errors import ImageTooLargeError
-        from explain_core.images import decode_image, resize
+        from explain_core.attribution import preprocess
+        from explain_core.images import read_listed_image, resize
 
-        settings, inputs, pixels, labels = self.settings, [], [], []
-        for item in found:
-            if item["Size"] > settings.max_image_bytes:
-                raise ImageTooLargeError(f"{item['Key']} is {item['Size']} bytes; the limit is "
-                                         f"{settings.max_image_bytes}", key=item["Key"], size=item["Size"])
-            data = self.s3.get_object(Bucket=settings.input_bucket, Key=item["Key"])["Body"].read()
-            decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        settings, pixels, labels = self.settings, [], []
+        for item in found:  # one full-size image in memory at a time
+            decoded = read_listed_image(self.s3, settings.input_bucket, item, settings)
             pixels.append(resize(decoded.pixels, card.input_height, card.input_width))
-            inputs.append(to_model_input([decoded.pixels], card)[0])  # one full-size image in memory at a time
             if labelled:
                 relative = item["Key"][len(image_set.prefix):].lstrip("/")
                 label = relative.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in relative else ""
@@ -577,7 +568,9 @@ class InsightsJobs:
                         f"{item['Key']} has no label: a labelled set keeps each image in a folder named after its "
                         f"label (<prefix><label>/<image>)", key=item["Key"])
                 labels.append(label)
-        return ImageBatch(inputs=np.stack(inputs), pixels=np.stack(pixels), keys=[item["Key"] for item in found],
+        pixels = np.stack(pixels)
+        # The model's input from the resized pixels: to_model_input would resize each image a second time.
+        return ImageBatch(inputs=preprocess(pixels, card), pixels=pixels, keys=[item["Key"] for item in found],
                           labels=labels if labelled else None, source="prefix")
 
     def _list_images(self, image_set: ImageSet) -> list[dict]:
@@ -601,10 +594,7 @@ class InsightsJobs:
 
     # ------------------------------------------------------------------------ records
     def _read_json(self, key: str) -> dict | None:
-        from explain_core.jobs import read_optional
-
-        body = read_optional(self.s3, self.settings.results_bucket, key)
-        return json.loads(body) if body is not None else None
+        return read_json(self.s3, self.settings.results_bucket, key)
 
     def _background_etag(self, loaded) -> str | None:
         """The ETag of background.npy beside the model (image sets with source background read it), or None."""
@@ -627,17 +617,7 @@ class InsightsJobs:
         return _current_outcome(document, etag)
 
     def _outcomes(self, job: JobRef, etag: str) -> dict[str, PartOutcome]:
-        """Every part's outcome of the plan with spec ``etag``, by part id."""
-        outcomes = {}
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.settings.results_bucket, Prefix=job.parts_prefix(etag))
-        for page in pages:
-            for item in page.get("Contents", []):
-                if item["Key"].endswith("/" + PART_FILE):
-                    outcome = _current_outcome(self._read_json(item["Key"]), etag)
-                    if outcome is not None:
-                        outcomes[outcome.id] = outcome
-        return outcomes
+        return plan_outcomes(self.s3, self.settings.results_bucket, job, etag)
 
     def _record(self, job_id: str | None, update: str, values: dict) -> None:
         """Progress on an API job's record (best effort: the results in S3 are the truth)."""
@@ -660,6 +640,24 @@ def part_prefix_name(spec_etag: str, part_id: str) -> str:
     """``parts/<plan>/<part id>/`` (``parts/<plan>/`` without a part), the plan named by its spec's ETag."""
     plan = re.sub(r"[^0-9A-Za-z-]", "", spec_etag)[:16] or "plan"
     return f"{PARTS_DIR}{plan}/{part_id}/" if part_id else f"{PARTS_DIR}{plan}/"
+
+
+def read_json(s3, bucket: str, key: str) -> dict | None:
+    """A JSON document of the results bucket, or None when there is none."""
+    body = read_optional(s3, bucket, key)
+    return json.loads(body) if body is not None else None
+
+
+def plan_outcomes(s3, bucket: str, job: JobRef, etag: str) -> dict[str, PartOutcome]:
+    """Every part's outcome of the plan of spec ``etag`` (its own folder, listed), by part id."""
+    outcomes = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=job.parts_prefix(etag)):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/" + PART_FILE):
+                outcome = _current_outcome(read_json(s3, bucket, item["Key"]), etag)
+                if outcome is not None:
+                    outcomes[outcome.id] = outcome
+    return outcomes
 
 
 def _current_outcome(document: dict | None, etag: str) -> PartOutcome | None:
@@ -718,11 +716,9 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
     partial or failed; parts total, done and failed; the current part; the report's or error's key."""
     keys = KeyLayout(settings)
     job = job_ref(keys, spec_key)
-    from explain_core.jobs import read_optional
 
     def read(key):
-        body = read_optional(s3, settings.results_bucket, key)
-        return json.loads(body) if body is not None else None
+        return read_json(s3, settings.results_bucket, key)
 
     progress = {"spec_key": spec_key, "results_prefix": job.results_prefix, "report_key": job.key(REPORT_FILE),
                 "index_key": job.key(INDEX_FILE)}
@@ -739,12 +735,9 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
                 "parts_failed": sum(p["status"] == "failed" for p in parts), "report": report}
     if plan is None:
         return {**progress, "status": "queued", **({"retrying": True, "error": error["error"]} if error else {})}
-    etag = plan["spec_etag"]
-    outcomes = []
-    for part in plan["parts"]:
-        outcome = _current_outcome(read(job.part_prefix(etag, part["id"]) + PART_FILE), etag)
-        if outcome is not None:
-            outcomes.append(outcome)
+    planned = {part["id"] for part in plan["parts"]}
+    found = plan_outcomes(s3, settings.results_bucket, job, plan["spec_etag"])
+    outcomes = [outcome for part_id, outcome in found.items() if part_id in planned]
     progress.update(status="running", parts_total=len(plan["parts"]),
                     parts_done=sum(o.status == "succeeded" for o in outcomes),
                     parts_failed=sum(o.status == "failed" for o in outcomes),
@@ -758,20 +751,10 @@ def job_progress(s3, settings, spec_key: str, record: dict | None = None, *, now
         if deadline is not None and (time.time() if now is None else now) > float(deadline) + ATTEMPT_GRACE_SECONDS:
             current["killed"] = True
             current["message"] = (f"attempt {current['attempt']} of part {current['id']} did not finish before the "
-                                  f"function's timeout ({_iso(float(deadline))}): it was killed (time or memory "
+                                  f"function's timeout ({iso_seconds(float(deadline))}): it was killed (time or memory "
                                   "limit); SQS redelivers the part after its visibility timeout")
         progress["current_part"] = current
     if record.get("last_error"):
         progress["last_error"] = record["last_error"]
     return progress
 
-
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
-
-
-def read_npy(data: bytes):
-    """A part's ``.npy`` file (never unpickled)."""
-    import numpy as np
-
-    return np.load(io.BytesIO(data), allow_pickle=False)
