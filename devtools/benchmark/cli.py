@@ -14,6 +14,7 @@ from devtools.benchmark.harness import Harness
 from devtools.benchmark.insights import KIND_NAMES, benchmark_insights
 from devtools.benchmark.methods import benchmark_methods
 from devtools.benchmark.partition_profile import benchmark_partition_profile
+from devtools.benchmark.plugins import section_modules
 from devtools.benchmark.report import tables_of
 from devtools.benchmark.shap_vs_xplique import benchmark_shap_vs_xplique
 from devtools.benchmark.subjects import REPO, SUBJECTS, Subject, profile_of, profile_overrides
@@ -23,7 +24,9 @@ from explain_core.errors import ExplainError
 from explain_core.registry import GRADIENT, METHODS, REGISTRY, MethodSpec
 
 DEFAULT_OUTPUT = REPO / "benchmark-results" / "benchmark.json"
-SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile", "text", "insights")
+BUILT_IN_SECTIONS = ("methods", "burst", "shap-vs-xplique", "tabular", "partition-profile", "text", "insights")
+#: The built-in sections, then the plug-in sections (devtools/benchmark/plugins.py).
+SECTIONS = BUILT_IN_SECTIONS + tuple(section_modules())
 
 
 def selected_methods(names: str) -> list[MethodSpec]:
@@ -121,6 +124,9 @@ def parse_args(argv=None):
     parser.add_argument("--burst-methods", type=selected_methods, default="GradCAM,IntegratedGradients",
                         help="gradient methods for the burst section (default: GradCAM,IntegratedGradients)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default: {DEFAULT_OUTPUT})")
+    for module in section_modules().values():
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="the template's LogLevel for the functions (default: WARNING)")
     args = parser.parse_args(argv)
@@ -186,6 +192,9 @@ def run_sections(harness: Harness, args, results: dict) -> None:
         results["text"] += benchmark_text(harness, args)
     if "insights" in args.sections:
         results["insights"] = benchmark_insights(harness, args)
+    for name, module in section_modules().items():
+        if name in args.sections:
+            results[name] = module.run(harness, args)
 
 
 def main(argv=None) -> None:
@@ -216,6 +225,9 @@ def main(argv=None) -> None:
         results["elapsed_s"] = time.perf_counter() - started
         print()
         print("\n".join(tables_of(results, args)))
+        for name, module in section_modules().items():
+            if results.get(name):
+                print("\n".join(module.tables(results[name], args)))
         print(f"Total elapsed: {results['elapsed_s']:.1f} s")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2, default=str))
