@@ -194,7 +194,7 @@ def run_sections(harness: Harness, args, results: dict) -> None:
         results["insights"] = benchmark_insights(harness, args)
     for name, module in section_modules().items():
         if name in args.sections:
-            results[name] = module.run(harness, args)
+            results[name] = module.run(harness, args, results)
 
 
 def main(argv=None) -> None:

@@ -6,8 +6,10 @@ A plug-in section module defines:
     its name on the command line (``--sections NAME``) and its key in the JSON results;
 ``add_arguments(parser)`` (optional)
     its own command-line flags (prefix them with the section's name);
-``run(harness, args) -> dict``
-    measures, and returns what goes under ``results[SECTION]`` (JSON-serialisable);
+``run(harness, args, results) -> dict``
+    measures, and returns what goes under ``results[SECTION]`` (JSON-serialisable); ``results``
+    holds what the sections before it measured in this run (built-in sections run first, then
+    plug-ins in module-name order), so a section may build on them (e.g. cost on ``methods``);
 ``tables(section_results, args) -> list[str]``
     its plain-text tables (``report.format_table``), printed after the built-in sections'.
 
