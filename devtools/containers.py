@@ -12,6 +12,7 @@ image sizes, cold and warm ``sam local invoke`` durations next to the in-process
 """
 
 import argparse
+import http.server
 import json
 import os
 import re
@@ -75,11 +76,64 @@ def ensure_moto_image() -> None:
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", f"{context}/wheels",
              "moto[server,s3,sqs,dynamodb]==5.2.5"], timeout=900)
         shutil.copy(DOCKER_DIR / "moto.Dockerfile", f"{context}/Dockerfile")
-        run(["docker", "build", "--quiet", "-t", MOTO_IMAGE, context], timeout=900)
+        with serving_wheelhouse():  # the base's pip.conf names it; the wheels come from the context
+            run(["docker", "build", "--quiet", "-t", MOTO_IMAGE, context], timeout=900)
+
+
+BASE_IMAGE = "public.ecr.aws/lambda/python:3.11"
+#: Where ``lambda-base.sh`` downloads the pinned wheels (ignored by git).
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+
+def wheelhouse_url() -> str:
+    """Where the base stand-in's /etc/pip.conf sends pip: its ``explain.wheelhouse`` label."""
+    url = run(["docker", "image", "inspect", BASE_IMAGE, "--format",
+               '{{ index .Config.Labels "explain.wheelhouse" }}']).stdout.strip()
+    if not url.startswith("http://"):
+        raise RuntimeError(f"{BASE_IMAGE} has no explain.wheelhouse label: run devtools/docker/lambda-base.sh")
+    return url
+
+
+@contextmanager
+def serving_wheelhouse():
+    """Serve .cache/wheelhouse at the address the base stand-in's pip.conf names, for one build.
+
+    That address is the default bridge's gateway: docker's classic builder (what ``sam build``
+    uses) runs RUN steps on the default bridge, and the gateway is this machine's own end of it,
+    so pip reaches the wheelhouse and nothing else. An exclusive lock serialises concurrent builds
+    (they would need the same port and build the same images).
+    """
+    import fcntl
+    import functools
+    import threading
+    from urllib.parse import urlsplit
+
+    address = urlsplit(wheelhouse_url())
+    handler = functools.partial(_QuietFiles, directory=str(WHEELHOUSE))
+    WHEELHOUSE.parent.mkdir(parents=True, exist_ok=True)
+    with open(WHEELHOUSE.parent / "wheelhouse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = http.server.ThreadingHTTPServer((address.hostname, address.port), handler)
+        thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """A static file server for the wheelhouse that does not log every request to stderr."""
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's signature)
+        pass
 
 
 def sam_build() -> None:
-    run([sam_executable(), "build"], env=SAM_ENV, timeout=3600)
+    """``sam build`` of every function, pip fed from the wheelhouse (offline)."""
+    with serving_wheelhouse():
+        run([sam_executable(), "build"], env=SAM_ENV, timeout=3600)
 
 
 def built_image(function: str) -> str:
@@ -88,7 +142,15 @@ def built_image(function: str) -> str:
     return template["Resources"][function]["Properties"]["ImageUri"]
 
 
+def image_functions() -> list[str]:
+    """Every container-image function of the built template (ML and light), in template order."""
+    template = aws.load_template(REPO / ".aws-sam" / "build" / "template.yaml")
+    return [name for name, resource in template["Resources"].items()
+            if resource.get("Type") == "AWS::Serverless::Function" and "ImageUri" in resource.get("Properties", {})]
+
+
 def image_size(tag: str) -> int:
+    """Docker's uncompressed size of an image, in bytes."""
     return int(run(["docker", "image", "inspect", tag, "--format", "{{.Size}}"]).stdout.strip())
 
 
@@ -588,8 +650,8 @@ def main(argv=None) -> int:
     ensure_base_image()
     ensure_moto_image()
     sam_build()
-    for function in FAMILY_FUNCTIONS.values():  # one image per family; the API's are not listed
-        print(f"{function}: {built_image(function)} {image_size(built_image(function)) / 1e9:.2f} GB", flush=True)
+    for function in image_functions():
+        print(f"{function}: {built_image(function)} {image_size(built_image(function)) / 1e9:.3f} GB", flush=True)
     if args.command == "figures":
         print(figures())
     elif args.command == "api-figures":

@@ -2,20 +2,46 @@
 # Build a local stand-in for public.ecr.aws/lambda/python:3.11, which cannot be pulled here,
 # and tag it with the public name so the functions' Dockerfiles build unchanged.
 #
-# Debian bookworm (Python 3.11) from debootstrap, a venv at /var/lang like the AWS image, and
-# the Lambda runtime interface client. Builds cannot download inside a container, so the
-# pinned heavy stack (layers/requirements-*.txt) is installed here from wheels downloaded on the
-# host, and so are the functions' own pinned requirements (functions/*/requirements.txt): the
-# Dockerfiles' pinned `pip install` then finds them satisfied and never needs an index.
-# On AWS the real base image has none of it and the same Dockerfiles install it from PyPI.
+# Like AWS's image it holds Python and the Lambda runtime interface client only: Debian bookworm
+# (Python 3.11) from debootstrap, a venv at /var/lang, awslambdaric. Nothing of the project's stack.
+#
+# Builds cannot download inside a container, so the Dockerfiles' own pinned `pip install` is fed
+# from a wheelhouse: `pip download` of every pinned requirement on the host, into
+# .cache/wheelhouse (ignored by git). The stand-in carries one pip setting, /etc/pip.conf, that
+# sends pip to that wheelhouse over HTTP at the docker bridge's gateway address, where
+# devtools/containers.py serves it while `sam build` runs (docker's classic builder runs RUN steps
+# on the default bridge). On AWS the real base image has no such file and the same Dockerfiles
+# install from PyPI.
 set -euo pipefail
 TAG=public.ecr.aws/lambda/python:3.11
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
+WHEELHOUSE=$REPO/.cache/wheelhouse
+PORT=${EXPLAIN_WHEELHOUSE_PORT:-47591}
+GATEWAY=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+INDEX=http://$GATEWAY:$PORT/
 FUNCTION_REQUIREMENTS=$(ls functions/*/requirements.txt)
-RECIPE=$(cat devtools/docker/lambda-base.sh layers/requirements-ml.txt layers/requirements-aws.txt \
-  layers/requirements-nodeps.txt layers/slim-site-packages.sh $FUNCTION_REQUIREMENTS | sha256sum | cut -c1-16)
+REQUIREMENTS="layers/requirements-ml.txt layers/requirements-aws.txt layers/requirements-nodeps.txt $FUNCTION_REQUIREMENTS"
+AWSLAMBDARIC=awslambdaric==3.1.1
 
+# The wheelhouse: every pinned requirement with its dependencies, as binary wheels for CPython
+# 3.11 on glibc 2.36 (bookworm). Downloaded again only when a requirements file changes.
+WHEELS_RECIPE=$(cat $REQUIREMENTS | sha256sum | cut -c1-16)-$AWSLAMBDARIC
+if [ "$(cat "$WHEELHOUSE/.recipe" 2>/dev/null)" != "$WHEELS_RECIPE" ]; then
+  echo "downloading the wheelhouse into $WHEELHOUSE"
+  rm -rf "$WHEELHOUSE.partial"
+  mkdir -p "$WHEELHOUSE.partial"
+  PLATFORMS=$(for minor in $(seq 17 36); do printf -- '--platform manylinux_2_%s_x86_64 ' "$minor"; done)
+  TARGET="--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 $PLATFORMS --platform manylinux2014_x86_64"
+  python3 -m pip download --quiet $TARGET --dest "$WHEELHOUSE.partial" $AWSLAMBDARIC \
+    -r layers/requirements-ml.txt -r layers/requirements-aws.txt $(printf -- '-r %s ' $FUNCTION_REQUIREMENTS)
+  python3 -m pip download --quiet $TARGET --no-deps --dest "$WHEELHOUSE.partial" -r layers/requirements-nodeps.txt
+  echo "$WHEELS_RECIPE" >"$WHEELHOUSE.partial/.recipe"
+  rm -rf "$WHEELHOUSE"
+  mv "$WHEELHOUSE.partial" "$WHEELHOUSE"
+fi
+
+RECIPE=$(cat devtools/docker/lambda-base.sh | sha256sum | cut -c1-16)-$INDEX
 if [ "$(docker image inspect "$TAG" --format '{{ index .Config.Labels "explain.recipe" }}' 2>/dev/null)" = "$RECIPE" ]; then
   echo "$TAG stand-in is up to date ($RECIPE)"
   exit 0
@@ -32,31 +58,19 @@ echo "debootstrap bookworm into $ROOT"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$ROOT" \
   http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 || { tail -n 30 "$WORK/debootstrap.log"; exit 1; }
 
-echo "downloading wheels on the host"
-mkdir -p "$ROOT/tmp/wheels"
-python3 -m pip download --quiet --only-binary=:all: --dest "$ROOT/tmp/wheels" \
-  -r layers/requirements-ml.txt -r layers/requirements-aws.txt awslambdaric==3.1.1 \
-  $(printf -- '-r %s ' $FUNCTION_REQUIREMENTS)
-python3 -m pip download --quiet --only-binary=:all: --no-deps --dest "$ROOT/tmp/wheels" \
-  -r layers/requirements-nodeps.txt
-cp layers/requirements-*.txt layers/slim-site-packages.sh "$ROOT/tmp/"
-for requirements in $FUNCTION_REQUIREMENTS; do
-  cp "$requirements" "$ROOT/tmp/function-$(basename "$(dirname "$requirements")")-requirements.txt"
-done
-
 echo "installing the runtime into /var/lang"
+cp -al "$WHEELHOUSE" "$ROOT/tmp/wheels" 2>/dev/null || cp -a "$WHEELHOUSE" "$ROOT/tmp/wheels"
 chroot "$ROOT" /usr/bin/python3 -m venv /var/lang
-chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels \
-  awslambdaric==3.1.1 -r /tmp/requirements-ml.txt -r /tmp/requirements-aws.txt
-chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels --no-deps \
-  -r /tmp/requirements-nodeps.txt
-# Each function's own requirements, as its Dockerfile installs them after the shared layer.
-for requirements in "$ROOT"/tmp/function-*-requirements.txt; do
-  chroot "$ROOT" /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels \
-    -r "/tmp/$(basename "$requirements")"
-done
-# The same clean-up the Dockerfiles run after their install, so sizes measure what AWS builds.
-chroot "$ROOT" /bin/sh /tmp/slim-site-packages.sh /var/lang/bin/python
+chroot "$ROOT" /usr/bin/env -u PIP_FIND_LINKS /var/lang/bin/pip install --quiet --no-cache-dir --no-index --find-links /tmp/wheels $AWSLAMBDARIC
+# pip's global configuration: the wheelhouse served by devtools/containers.py during builds.
+cat >"$ROOT/etc/pip.conf" <<CONF
+# Local stand-in only (devtools/docker/lambda-base.sh): builds install from the project's
+# wheelhouse, served while \`sam build\` runs. AWS's image has no such file.
+[global]
+no-index = true
+find-links = $INDEX
+trusted-host = $GATEWAY:$PORT
+CONF
 rm -rf "$ROOT"/tmp/* "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
 mkdir -p "$ROOT/var/task" "$ROOT/var/runtime"
 
@@ -70,5 +84,6 @@ tar -C "$ROOT" -c . | docker import \
   --change 'WORKDIR /var/task' \
   --change 'ENTRYPOINT ["/var/lang/bin/python", "-m", "awslambdaric"]' \
   --change "LABEL explain.recipe=$RECIPE" \
+  --change "LABEL explain.wheelhouse=$INDEX" \
   - "$TAG" >/dev/null
 docker image ls "$TAG"
