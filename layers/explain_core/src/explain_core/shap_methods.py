@@ -23,6 +23,7 @@ import numpy as np
 from explain_core.errors import UnsupportedModelError
 from explain_core.frameworks import handler_for
 from explain_core.modalities import modality_for
+from explain_core.numba_cache import import_shap
 
 #: Fixed seed for the sampling explainers, so one upload always yields the same values.
 SEED = 0
@@ -109,7 +110,7 @@ class GradientExplainer(ShapMethod):
     """
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         def build(background):
             background = background.astype(np.float32)
@@ -133,7 +134,7 @@ class DeepExplainer(ShapMethod):
     """
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         _patch_deep_rules()
 
@@ -160,7 +161,7 @@ class PartitionExplainer(ShapMethod):
     """
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         # The masker and explainer (partition tree, mask matrix: 15-20 % of a warm call) are built
         # once per image shape and reused across classes and invocations; the class is an attribute.
@@ -213,7 +214,7 @@ class SuperpixelKernelExplainer(ShapMethod):
         return fill_image(pixels, self.params["fill"])
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         score = self.outputs.one_class(cls)
         values, bases = np.zeros(inputs.shape[:3]), np.zeros(len(inputs))
@@ -248,7 +249,7 @@ class KernelExplainer(ShapMethod):
     """
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         explainer = self.shap_explainer(
             cls, inputs, lambda background: shap.KernelExplainer(self.outputs.one_class(cls),
@@ -268,7 +269,7 @@ class TreeExplainer(ShapMethod):
     """
 
     def explain_class(self, inputs, cls):
-        import shap
+        shap = import_shap()
 
         interventional = self.params["feature_perturbation"] == "interventional"
         # Class-independent: one explainer serves every class (key 0).

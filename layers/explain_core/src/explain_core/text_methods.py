@@ -213,9 +213,10 @@ class TextPartitionExplainer(TextExplainer):
         self.outputs = KerasOutputs(text_model.ids_model, max(batch_size, SHAP_BATCH))
 
     def explain_document(self, encoded, text, classes):
-        import shap
-
+        from explain_core.numba_cache import import_shap
         from explain_core.shap_methods import SEED, quiet
+
+        shap = import_shap()
 
         units = _sentences(text, encoded) if self.granularity == "sentence" else [
             (token, [i]) for i, token in enumerate(encoded.tokens) if encoded.positions[i] >= 0]
