@@ -21,19 +21,18 @@ import contextlib
 import json
 import math
 import os
-import resource
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from devtools.benchmark.subjects import REPO, SUBJECTS, Subject
+from devtools.benchmark.children import peak_rss_mb, run_child
+from devtools.benchmark.subjects import SUBJECTS, Subject
 from devtools.benchmark.timing import ratio
 
+#: The module each (kind, model) subprocess runs.
+CHILD = "devtools.benchmark.insights"
 #: The kinds, in the registry's order (explain_core.insights.kinds.KINDS).
 KIND_NAMES = ("feature_visualization", "tcav", "craft", "similar_examples", "prototypes")
 #: Recommended MemorySize: the largest peak RSS times this margin (a warm environment runs parts of several
@@ -125,19 +124,6 @@ def part_context(loaded, sets: dict[str, np.ndarray], seed: int, batch_size: int
 
 
 # ---------------------------------------------------------------------------------------- in the subprocess
-def rss_mb() -> float:
-    """This process's peak RSS so far (MB): VmHWM, the high-water mark of its own address space.
-
-    Not ru_maxrss: Linux carries the parent's RSS over fork and exec into the child's ru_maxrss (exec records
-    the old address space's high-water mark, and a forked copy of the benchmark process holds TensorFlow and
-    the emulator), so every child would report at least the parent's 700 MB."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
-
-
 def load_subject(key: str):
     """The subject's model as the model store loads it, as a LoadedModel (with its background, if any)."""
     from explain_core.model_store import LoadedModel
@@ -179,7 +165,7 @@ def run_sequence(model_key: str, kinds: list[str], small: bool, max_parts: int) 
         "assembly_s": sum(r["assembly_s"] for r in results),
         "assembly_error": next((r["assembly_error"] for r in results if r["assembly_error"]), None),
         "files": sum(r["files"] for r in results), "file_bytes": sum(r["file_bytes"] for r in results),
-        "rss_self_mb": rss_mb(), "kinds": results,
+        "rss_self_mb": peak_rss_mb(), "kinds": results,
     }
 
 
@@ -194,7 +180,7 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
     from explain_core.results import now_iso, strict_json
     from explain_core.session import DEFAULT_BATCH_SIZE
 
-    result = {"kind": kind_name, "model": model_key, "load_s": load_s, "rss_loaded_mb": rss_mb()}
+    result = {"kind": kind_name, "model": model_key, "load_s": load_s, "rss_loaded_mb": peak_rss_mb()}
     spec_document, sets = subject_job(subject, small)
     job = InsightsSpec.model_validate(spec_document)
     kind, spec = BY_NAME[kind_name], getattr(job, kind_name)
@@ -222,7 +208,7 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
             summary=summary if not error else {}, files=ctx.files, error={"message": error} if error else None,
             seconds=round(seconds, 3), finished_at=now_iso()))
         rows.append({"id": part.id, "title": part.title, "estimated_s": part.estimated_seconds, "measured_s": seconds,
-                     "ratio": ratio(seconds, part.estimated_seconds), "error": error, "rss_mb": rss_mb()})
+                     "ratio": ratio(seconds, part.estimated_seconds), "error": error, "rss_mb": peak_rss_mb()})
     result["parts"] = rows
     ctx = part_context(loaded, sets, job.seed, part_batch_size(loaded.card, DEFAULT_BATCH_SIZE), store,
                        seconds_per_pass)
@@ -233,14 +219,14 @@ def run_loaded_kind(subject: Subject, loaded, load_s: float, model_key: str, kin
     except Exception as exc:
         result["assembly_error"] = f"{type(exc).__name__}: {exc}"[:300]
     result.update(assembly_s=time.perf_counter() - started, files=len(store),
-                  file_bytes=sum(len(body) for body in store.values()), rss_self_mb=rss_mb())
+                  file_bytes=sum(len(body) for body in store.values()), rss_self_mb=peak_rss_mb())
     return result
 
 
 def run_baseline(model_key: str) -> dict:
     """Only TensorFlow and the model, loaded: what every part's process holds before its kind's work."""
     _, _, load_s = load_subject(model_key)
-    return {"model": model_key, "load_s": load_s, "rss_self_mb": rss_mb()}
+    return {"model": model_key, "load_s": load_s, "rss_self_mb": peak_rss_mb()}
 
 
 def main(argv=None) -> None:
@@ -266,37 +252,6 @@ def main(argv=None) -> None:
 
 
 # ---------------------------------------------------------------------------------------- in the benchmark
-def run_child(arguments: list[str], log, timeout: float) -> tuple[dict | None, float, float, str | None]:
-    """(result, ru_maxrss MB, wall seconds, error) of one subprocess; its output goes to ``log``.
-
-    ru_maxrss is the child's own, from ``os.wait4`` (RUSAGE_CHILDREN would be the largest of all the children
-    waited for so far); it includes the parent's RSS at the fork (see :func:`rss_mb`), so the table's peak is
-    the child's VmHWM, in its result."""
-    with tempfile.TemporaryDirectory() as directory:
-        output, errors = Path(directory) / "result.json", Path(directory) / "stderr.txt"
-        command = [sys.executable, "-m", "devtools.benchmark.insights", *arguments, "--output", str(output)]
-        started = time.perf_counter()
-        with errors.open("w") as stderr:
-            process = subprocess.Popen(command, cwd=REPO, stdout=stderr, stderr=subprocess.STDOUT)
-            timer = threading.Timer(timeout, process.kill)
-            timer.start()
-            try:
-                _, status, usage = os.wait4(process.pid, 0)
-            finally:
-                timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        wall = time.perf_counter() - started
-        text = errors.read_text(errors="replace")
-        log.write(f"--- {' '.join(arguments)} (exit {process.returncode}, {wall:.1f} s)\n{text}\n")
-        log.flush()
-        error = None
-        if process.returncode != 0:
-            reason = f"killed after {timeout:.0f} s" if wall >= timeout else f"exit {process.returncode}"
-            error = f"{reason}: {text.strip().splitlines()[-1] if text.strip() else ''}"[:300]
-        result = json.loads(output.read_text()) if output.exists() else None
-        return result, usage.ru_maxrss / 1024, wall, error
-
-
 def kind_row(result: dict | None, kind: str, model: str, maxrss_mb: float, baseline_mb: float | None,
              wall: float, error: str | None) -> dict:
     """A table row from a child's result."""
@@ -350,7 +305,7 @@ def benchmark_insights(harness, args) -> dict:
     rows, baselines = [], {}
     for model in args.models:
         SUBJECTS[model]()  # builds (and caches) the model once, before any child needs it
-        result, maxrss, wall, error = run_child(["--model", model, "--kind", "baseline"], harness.log,
+        result, maxrss, wall, error = run_child(CHILD, ["--model", model, "--kind", "baseline"], harness.log,
                                                 args.insights_timeout)
         peak = result and result["rss_self_mb"]
         baselines[model] = {"peak_rss_mb": peak, "ru_maxrss_mb": maxrss, "load_s": result and result["load_s"],
@@ -365,7 +320,7 @@ def benchmark_insights(harness, args) -> dict:
                 for kind in args.insights_kinds]
         runs += [("all", sequence)] if args.insights_sequence else []
         for kind, arguments in runs:
-            result, maxrss, wall, error = run_child(arguments, harness.log, args.insights_timeout)
+            result, maxrss, wall, error = run_child(CHILD, arguments, harness.log, args.insights_timeout)
             row = kind_row(result, kind, model, maxrss, baseline, wall, error)
             rows.append(row)
             status = f"  FAILED {row['error']}" if row["error"] else ""

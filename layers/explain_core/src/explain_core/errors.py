@@ -110,6 +110,14 @@ class OverTimeBudgetError(ExplainError):
     status = 422
 
 
+class OverMemoryBudgetError(ExplainError):
+    """A method whose estimated peak memory exceeds what the function has left, even at a batch of one
+    (explain_core.memory): an out-of-memory kill would fail the whole batch."""
+
+    code = "over_memory_budget"
+    status = 422
+
+
 class InvalidTargetError(ExplainError):
     code = "invalid_target"
     status = 422

@@ -49,6 +49,9 @@ class Settings:
     presigned_url_seconds: int = 3600
     #: The queues' redrive maxReceiveCount: the receive after which a failed message is dead-lettered.
     max_receive_count: int = 3
+    #: The function's memory in MB (Lambda's AWS_LAMBDA_FUNCTION_MEMORY_SIZE; else MEMORY_LIMIT_MB; 0: no
+    #: limit): a method whose estimated peak does not fit is refused with over_memory_budget (explain_core.memory).
+    memory_limit_mb: int = 0
 
     @property
     def model_size_limit(self) -> int:
@@ -86,4 +89,6 @@ class Settings:
             presign_endpoint_url=env.get("PRESIGN_ENDPOINT_URL", ""),
             presigned_url_seconds=_int_env("PRESIGNED_URL_SECONDS", cls.presigned_url_seconds),
             max_receive_count=_int_env("MAX_RECEIVE_COUNT", cls.max_receive_count),
+            memory_limit_mb=_int_env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                                     _int_env("MEMORY_LIMIT_MB", cls.memory_limit_mb)),
         )
