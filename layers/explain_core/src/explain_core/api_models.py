@@ -17,6 +17,8 @@ from explain_core.approximation import (
     ExplanationWarning,
     TableApproximation,
 )
+from explain_core.explain_condition import METADATA_KEY as CONDITION_KEY
+from explain_core.explain_condition import ConditionOutcome, ExplainIfOption
 from explain_core.insights.spec import InsightsSpec
 from explain_core.keys import NAME_PATTERN
 from explain_core.manifest import (  # the manifest's models are the API's: one definition of each field
@@ -25,6 +27,7 @@ from explain_core.manifest import (  # the manifest's models are the API's: one 
     BASE_VALUE,
     CLASS_INDEX,
     CLASS_NAME,
+    CONDITION,
     EXPLAINED_CLASSES,
     METHOD_ERROR,
     METHOD_NAME,
@@ -120,6 +123,7 @@ class ExplanationRequest(_Strict):
     metric_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Per-metric parameters, e.g. {"MuFidelity": {"nb_samples": 64}}'
     )
+    explain_if: ExplainIfOption = None
     mode: Literal["auto", "sync", "async"] = Field(
         default="auto",
         description="auto: answer now when the estimate fits API Gateway's timeout, else start a job (202); "
@@ -153,6 +157,9 @@ class ExplanationRequest(_Strict):
             metadata["metric-params"] = json.dumps(self.metric_params, sort_keys=True)
         if self.rendering is not None:  # only the fields given: the card's default fills in the others
             metadata.update(rendering_metadata(self.rendering, fields=self.rendering.model_fields_set))
+        if self.explain_if is not None:  # replaces the card's condition as a whole
+            metadata[CONDITION_KEY] = (self.explain_if if isinstance(self.explain_if, str)
+                                       else json.dumps(self.explain_if.to_dict(), sort_keys=True))
         return metadata
 
 
@@ -227,6 +234,7 @@ class ExplanationResult(BaseModel):
     methods: list[MethodResult]
     manifest_url: str = Field(description="The manifest (manifest.json, explain_core.manifest.Manifest)")
     rendering: Annotated[RenderOptions | None, RENDERING] = None
+    condition: Annotated[ConditionOutcome | None, CONDITION] = None
     gallery_url: str = Field(
         description="The input's gallery page (index.html beside the manifest): a self-contained HTML page with "
                     "the input, its predictions and every method's overlays, plots, times and parameters "
@@ -247,7 +255,7 @@ class JobAccepted(BaseModel):
 
 class JobStatus(BaseModel):
     job_id: str
-    status: Literal["queued", "succeeded", "partial", "failed"]
+    status: Literal["queued", "succeeded", "partial", "failed", "skipped"]
     family: str
     model: ModelRef
     created_at: str

@@ -58,7 +58,7 @@ def explanation_result(manifest: Manifest, links: Links, manifest_key: str, *,
         status=manifest.status, family=manifest.family, model=manifest.model, input=manifest.input,
         predictions=manifest.predictions, explained_classes=manifest.explained_classes, methods=methods,
         manifest_url=links.result(manifest_key), results_prefix=manifest.results_prefix,
-        rendering=manifest.rendering,
+        rendering=manifest.rendering, condition=manifest.condition,
         # The page sits beside the manifest (explain_core.gallery); it embeds its images, so it works
         # through this one presigned URL.
         gallery_url=links.result(manifest_key.rsplit("/", 1)[0] + "/" + GALLERY_PAGE),

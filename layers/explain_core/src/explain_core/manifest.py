@@ -12,7 +12,7 @@ the parts each modality plug-in declares (``input_type``, ``model_type``, ``pred
 ``output_type`` of ``explain_core/modalities/<name>.py``)::
 
     Manifest            status, family, input, model, predictions, explained_classes, methods,
-                        background?, rendering?, timings, versions, results_prefix, attempt,
+                        background?, rendering?, condition?, timings, versions, results_prefix, attempt,
                         request_id, created_at, output_keys
     MethodEntry         name, params, passes_per_image, reference, status="succeeded", outputs=[],
                         error?, seconds?, seconds_per_image?, batch_rows?
@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field
 
+from explain_core.explain_condition import ConditionOutcome
 from explain_core.manifest_parts import (  # noqa: F401  (the API's models import them from here)
     ADDITIVITY_MAX_ERROR,
     ATTRIBUTIONS_SHAPE,
@@ -90,11 +91,12 @@ METHOD_NAME = Field(description="Method name (GET /methods)")
 METHOD_PARAMS = Field(description="Parameters used, defaults filled in")
 PASSES_PER_IMAGE = Field(description="Model passes per input (the registry's cost)")
 REFERENCE = Field(description="The paper the method implements")
-METHOD_STATUS = Field(description="succeeded or failed")
+METHOD_STATUS = Field(description="succeeded, failed, or skipped: nothing of the input met the explanation "
+                                  "condition (condition), so the method did not run")
 METHOD_ERROR = Field(description="Why the method failed; absent when it succeeded")
 METHOD_SECONDS = Field(description="Seconds the method took (images: for the whole batch it ran on); "
                                    "absent when it failed")
-MethodStatus = Literal["succeeded", "failed"]
+MethodStatus = Literal["succeeded", "failed", "skipped"]
 
 
 class MethodEntry(ManifestPart):
@@ -128,10 +130,15 @@ Timings = Annotated[dict[str, int | float], Field(
                 "(batch_images for images, rows for tables)")]
 
 
-Status = Literal["succeeded", "partial", "failed"]
-STATUS = Field(description="succeeded; partial: some methods failed; failed: every method failed")
+Status = Literal["succeeded", "partial", "failed", "skipped"]
+STATUS = Field(description="succeeded; partial: some methods failed; failed: every method failed; skipped: the "
+                           "input (every row or document of it) did not meet the explanation condition, so nothing "
+                           "was explained: the predictions only, and condition says why")
 RESULTS_PREFIX = Field(description="Key prefix of this input's results in the results bucket")
-EXPLAINED_CLASSES = Field(description="The classes each method explains")
+EXPLAINED_CLASSES = Field(description="The classes each method explains (none when the input was skipped)")
+CONDITION = Field(description="What the explanation condition (the request's explain_if, else the card's) decided: "
+                              "the condition, the prediction tested and why an input, or which rows or documents, "
+                              "were not explained; absent without a condition")
 
 
 class Manifest(ManifestPart):
@@ -146,6 +153,7 @@ class Manifest(ManifestPart):
     methods: list[MethodEntry] = Field(description="One entry per requested method, in request order")
     background: BackgroundDescription | None = Field(default=None, description="SHAP family only")
     rendering: Annotated[RenderOptions | None, RENDERING] = None
+    condition: Annotated[ConditionOutcome | None, CONDITION] = None
     timings: Timings
     versions: dict[str, str | None] = Field(description="Library versions (null: not installed)")
     results_prefix: Annotated[str, RESULTS_PREFIX]

@@ -30,6 +30,7 @@ from pydantic import (
 #: Validation context of a document being read: unknown keys are kept instead of refused.
 READING = "reading_manifest"
 
+
 class ManifestPart(BaseModel):
     """A part of the manifest. See the module docstring for which keys are written."""
 
@@ -40,16 +41,26 @@ class ManifestPart(BaseModel):
     #: Fields written as null when set to None (all others are then absent).
     _keep_null: ClassVar[frozenset[str]] = frozenset()
 
+    #: Parts users write inside another model (a card's condition, a request's rendering options) are checked
+    #: there too: info.field_name is then the enclosing field's, not an assignment's.
+    _known_fields_when_nested: ClassVar[bool] = False
+
     @model_validator(mode="before")
     @classmethod
     def _known_fields_only(cls, data: Any, info: ValidationInfo) -> Any:
         """A writer's unknown keyword is an error; a reader (context READING) keeps unknown keys."""
-        if info.field_name is not None or (info.context or {}).get(READING) or not isinstance(data, dict):
+        if (info.field_name is not None and not cls._known_fields_when_nested) or (info.context or {}).get(READING) \
+                or not isinstance(data, dict):
             return data  # an assignment, a document read, or a model instance
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+            raise ValueError(cls._unknown_fields_message(unknown))
         return data
+
+    @classmethod
+    def _unknown_fields_message(cls, unknown: list[str]) -> str:
+        """The refusal of unknown keys (parts users write themselves say which keys there are)."""
+        return f"{cls.__name__} has no field(s) {', '.join(unknown)}"
 
     @classmethod
     def from_dict(cls, document: dict):

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from explain_core.errors import ModelCardError
+from explain_core.explain_condition import ExplainIf, check_card_condition
 from explain_core.frameworks import MODEL_FILES, handler_for, handlers_named, handlers_with_output
 from explain_core.modalities import MODALITIES, modality_for
 
@@ -59,6 +60,9 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
     #: Quality metrics scoring every explanation when an upload names none (docs/metrics.md); empty: none.
     default_metrics: list[str] = Field(default_factory=list, max_length=20)
     top_k: int = Field(default=3, ge=1, le=20)
+    #: Explain only inputs (images, table rows and text documents) whose prediction meets this condition, unless
+    #: a request sets its own (docs/outputs.md#explain-only-what-is-asked); None: every input.
+    explain_if: ExplainIf | None = None
 
     @model_validator(mode="after")
     def _modality_fields(self):
@@ -71,6 +75,7 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
         if self.output not in handler.outputs:
             kinds = " or ".join(h.display_name for h in handlers_with_output(self.output))
             raise ValueError(f'output "{self.output}" is for {kinds} models')
+        check_card_condition(self.explain_if, self.class_names)
         if self.default_metrics:
             from explain_core.errors import ExplainError
             from explain_core.quality_metrics import check_metric_names

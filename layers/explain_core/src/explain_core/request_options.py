@@ -13,6 +13,9 @@ Read from the object's user metadata (set at upload, e.g. ``aws s3 cp --metadata
   (:mod:`explain_core.quality_metrics`); default: the card's ``default_metrics``.
 - ``polarity``, ``colormap``, ``clip-percentiles``, ``alpha``, ``overlay``, ``colorbar``: how image
   heatmaps are drawn (:mod:`explain_core.rendering`); default: the card's ``rendering``.
+- ``explain-if``: explain only inputs (images, table rows and text documents) whose prediction meets a
+  condition, JSON like ``{"top_probability_below": 0.9}``, or ``always`` in any case
+  (:mod:`explain_core.explain_condition`); default: the card's ``explain_if``.
 """
 
 import hashlib
@@ -27,6 +30,8 @@ from explain_core.errors import (
     UnknownMethodError,
     UnsupportedModelError,
 )
+from explain_core.explain_condition import METADATA_KEY as CONDITION_KEY
+from explain_core.explain_condition import Condition, Verdict, parse_condition
 from explain_core.model_card import ModelCard
 from explain_core.quality_metrics import RequestedMetrics, describe_metrics, metrics_metadata, parse_metrics
 from explain_core.registry import MethodSpec, get_method, methods_of
@@ -44,6 +49,8 @@ class RequestOptions:
     metrics: RequestedMetrics = ()
     #: How image heatmaps are drawn (the card's default under the upload's options; colour map named).
     rendering: RenderOptions = field(default_factory=lambda: RenderOptions().resolved())
+    #: Which inputs are explained (the upload's explain-if, else the card's explain_if); None: every input.
+    condition: Condition | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +64,8 @@ class RequestOptions:
             described["metrics"] = describe_metrics(self.metrics)
         if self.rendering != RenderOptions().resolved():  # likewise: absent with the default drawing
             described["rendering"] = self.rendering.model_dump(mode="json")
+        if self.condition is not None:  # likewise: absent without a condition
+            described["explain_if"] = self.condition.describe()
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:32]
 
     def to_metadata(self) -> dict[str, str]:
@@ -73,7 +82,18 @@ class RequestOptions:
         metadata.update(metrics_metadata(self.metrics))
         # Every option, not only those differing from the defaults: the card's default may differ.
         metadata.update(rendering_metadata(self.rendering))
+        # The request's condition only: the card's applies again when read back (with the same card, equal
+        # options), and the manifest can tell the two apart.
+        if self.condition is not None and self.condition.source == "request":
+            metadata[CONDITION_KEY] = self.condition.metadata_value()
         return metadata
+
+    def verdicts(self, scores: np.ndarray) -> list[Verdict]:
+        """Per row of ``scores`` (records x class probabilities), whether it is explained: the one place every
+        modality asks, right after predicting (explain_core.explain_condition)."""
+        if self.condition is None:
+            return [Verdict(True, int(np.argmax(row)), float(np.max(row))) for row in np.asarray(scores)]
+        return self.condition.verdicts(scores)
 
     def classes_to_explain(self, scores: np.ndarray) -> list[int]:
         if self.target is not None:
@@ -131,7 +151,8 @@ def parse_options(metadata: dict, card: ModelCard, family: str) -> RequestOption
         if not 1 <= top_k <= min(MAX_TOP_K, len(card.class_names)):
             raise InvalidTargetError(f"top-k must be between 1 and {min(MAX_TOP_K, len(card.class_names))}")
     return RequestOptions(methods, target, top_k, metrics=parse_metrics(metadata, card),
-                          rendering=parse_rendering(metadata, card.rendering))
+                          rendering=parse_rendering(metadata, card.rendering),
+                          condition=parse_condition(metadata.get(CONDITION_KEY), card))
 
 
 def _json_metadata(metadata: dict, name: str):
