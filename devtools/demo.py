@@ -167,7 +167,7 @@ def summary_table(outcomes: dict) -> str:
         rows.append((
             name, family, f"{found['model']['name']}/{found['model']['version']}",
             predicted(found),
-            ",".join(m["name"] + ("(failed)" if m["status"] == "failed" else "") for m in found["methods"]),
+            ",".join(m["name"] + ("" if m["status"] == "succeeded" else f"({m['status']})") for m in found["methods"]),
             str(len(found["output_keys"])) + f" in {found['results_prefix']}",
             f"{seconds:.1f}",
         ))
@@ -359,16 +359,22 @@ def queued(sources: dict) -> int:
 
 
 def status_of(found: dict | None) -> str:
-    """``succeeded``, ``partial (Method: code)``, ``failed code`` ..., from a manifest or an error record."""
+    """``succeeded``, ``partial (Method: code)``, ``failed code``, ``skipped (why)`` ..., from a manifest or an
+    error record."""
     if found is None:
         return "no result"
     if found["kind"] == "error":
         error = found.get("error", {})
         note = " (dead-lettered)" if found.get("dead_lettered") else " (will retry)" if found.get("retrying") else ""
         return f"failed {error.get('code', '?')}{note}"
-    failed = [f"{m['name']}: {(m.get('error') or {}).get('code', '?')}" for m in found.get("methods", [])
-              if m.get("status") == "failed"]
-    return found.get("status", "?") + (f" ({', '.join(failed)})" if failed else "")
+    notes = [f"{m['name']}: {(m.get('error') or {}).get('code', '?')}" for m in found.get("methods", [])
+             if m.get("status") == "failed"]
+    condition = found.get("condition") or {}
+    if condition.get("reason"):  # an input the explanation condition left out: why
+        notes.append(condition["reason"])
+    elif condition.get("skipped"):  # a table's rows or a text's documents
+        notes.append(f"{len(condition['skipped'])} of {condition.get('records', '?')} skipped by explain_if")
+    return found.get("status", "?") + (f" ({', '.join(notes)})" if notes else "")
 
 
 def seconds_since(event_time: str | None) -> float | None:

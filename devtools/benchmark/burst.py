@@ -1,11 +1,15 @@
-"""Section ``burst``: demo images through the gradient function, one message per invocation vs
-batched as the template's SQS event source batches them (its ``BatchSize``)."""
+"""Section ``burst``: images through the gradient function, one message per invocation vs
+batched as the template's SQS event source batches them (its ``BatchSize``), on the demo CNN and
+on MobileNetV2 (224x224) when ``--models`` names it; beside each, the model's own batching gain
+measured in the same run: one forward call on ``BatchSize`` images vs that many calls of one."""
 
 import time
 
+import numpy as np
+
 from devtools.benchmark.harness import Harness, failure, upload_metadata
-from devtools.benchmark.subjects import Subject, profile_of, profile_overrides
-from devtools.benchmark.timing import ratio
+from devtools.benchmark.subjects import SUBJECTS, Subject, profile_of, profile_overrides
+from devtools.benchmark.timing import best_of, model_inputs, ratio
 from explain_core.registry import GRADIENT, MethodSpec
 
 BURST_SEED = 4343
@@ -52,20 +56,52 @@ def process_burst(harness: Harness, subject: Subject, spec: MethodSpec, override
     }
 
 
+def forward_batching_gain(subject: Subject, batch: int, repeats: int = 3) -> dict:
+    """The model's own batching gain: seconds of ``batch`` calls on one image each over one call on
+    ``batch`` images (warm traced forward passes, as Xplique calls the model; best of ``repeats``,
+    quick ones repeated for 1 s), and the same for a forward+backward pass (the gradient methods' pass)."""
+    import tensorflow as tf
+
+    from devtools.benchmark.batch_sizes import passes
+
+    x = tf.constant(model_inputs(subject, subject.images(batch, BURST_SEED)))
+    singles = [x[i:i + 1] for i in range(batch)]
+    gains = {}
+    for name, function in zip(("forward", "forward_backward"), passes(subject.model()), strict=True):
+        np.asarray(function(x)), np.asarray(function(singles[0]))  # trace both shapes
+        one_call, _ = best_of(repeats, lambda function=function: np.asarray(function(x)))
+        many_calls, _ = best_of(repeats, lambda function=function: [np.asarray(function(s)) for s in singles])
+        gains[name] = ratio(many_calls, one_call)
+    return gains
+
+
+def burst_subjects(demo: Subject, args) -> list[Subject]:
+    """The demo CNN, and MobileNetV2 (224x224 inputs) when ``--models`` names it."""
+    return [demo] + [SUBJECTS[key]() for key in args.models if key != demo.key]
+
+
 def benchmark_burst(harness: Harness, subject: Subject, specs: list[MethodSpec], args) -> list[dict]:
-    """Burst throughput of the gradient function: one message per invocation vs the template's BatchSize."""
-    harness.publish(subject)
+    """Burst throughput of the gradient function: one message per invocation vs the template's BatchSize,
+    on ``subject`` (the demo CNN) and the other ``--models``; each model's forward batching gain beside it."""
     template_batch = harness.deployment.function_for_family(GRADIENT).batch_size
-    profile = profile_of(subject, args)
     rows = []
-    for spec in specs:
-        overrides = profile_overrides(spec, profile, subject.input_size, args.params)
-        single = process_burst(harness, subject, spec, overrides, args.burst_images, 1)
-        batched = process_burst(harness, subject, spec, overrides, args.burst_images, template_batch)
-        single["mode"], batched["mode"] = "one message per invocation", "template BatchSize"
-        single["speedup"], single["wall_speedup"] = 1.0, 1.0
-        batched["speedup"] = ratio(single["handler_s"], batched["handler_s"])
-        batched["wall_speedup"] = ratio(single["wall_s"], batched["wall_s"])
-        rows += [single, batched]
-        print(f"[burst] {spec.name}: {batched['speedup']:.2f}x with batches of {template_batch}", flush=True)
+    for model in burst_subjects(subject, args):
+        harness.publish(model)
+        profile = profile_of(model, args)
+        gains = forward_batching_gain(model, template_batch)
+        for spec in specs:
+            overrides = profile_overrides(spec, profile, model.input_size, args.params)
+            single = process_burst(harness, model, spec, overrides, args.burst_images, 1)
+            batched = process_burst(harness, model, spec, overrides, args.burst_images, template_batch)
+            single["mode"], batched["mode"] = "one message per invocation", "template BatchSize"
+            single["speedup"], single["wall_speedup"] = 1.0, 1.0
+            batched["speedup"] = ratio(single["handler_s"], batched["handler_s"])
+            batched["wall_speedup"] = ratio(single["wall_s"], batched["wall_s"])
+            for row in (single, batched):
+                row["model"] = model.key
+                row["forward_gain"], row["forward_backward_gain"] = gains["forward"], gains["forward_backward"]
+            batched["speedup_of_forward_gain"] = ratio(batched["speedup"], gains["forward"])
+            rows += [single, batched]
+            print(f"[burst] {model.key} {spec.name}: {batched['speedup']:.2f}x with batches of {template_batch} "
+                  f"(forward pass alone: {gains['forward']:.2f}x)", flush=True)
     return rows

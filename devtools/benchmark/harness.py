@@ -31,12 +31,18 @@ class TimedHandler:
         self.handler = handler
         self.log = log
         self.durations: list[float] = []
+        #: Context-manager factories entered around every invocation, outside the timing (e.g. the
+        #: cost section's ``RequestCounter.invocation``: which API calls the handler made).
+        self.around: list = []
 
     def __call__(self, event, context):
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(self.log):
-            response = self.handler(event, context)
-        self.durations.append(time.perf_counter() - started)
+        with contextlib.ExitStack() as observers:
+            for enter in self.around:
+                observers.enter_context(enter())
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(self.log):
+                response = self.handler(event, context)
+            self.durations.append(time.perf_counter() - started)
         return response
 
 
@@ -44,7 +50,8 @@ class Harness:
     """The moto emulator wired from template.yaml, the published models and the real handlers."""
 
     def __init__(self, log_level: str, log_path: Path):
-        self.server, endpoint = aws.start_emulator()
+        # In a process of its own: on AWS, S3 and SQS do not run on the function's CPU.
+        self.server, endpoint = aws.start_emulator_process()
         template = aws.load_template()
         # As `sam deploy --parameter-overrides LogLevel=...`: keeps per-image INFO lines out of the tables.
         template["Parameters"]["LogLevel"]["Default"] = log_level
@@ -86,13 +93,17 @@ class Harness:
             self._handlers[family] = TimedHandler(lambda_service.load_handler(self.deployment, wiring), self.log)
         return self._handlers[family]
 
-    def session_batch_size(self, family: str) -> int:
-        """The batch size the family's session gives the explainers (so raw calls match the handler)."""
+    def session_batch_size(self, family: str, card=None) -> int:
+        """The batch size the family's session gives the explainers (so raw calls match the handler); with a
+        model ``card``, the one it gives that model (image models of large inputs get fewer rows per call)."""
         from explain_core.session import DEFAULT_BATCH_SIZE
 
         # The session family_lambda_handler built when the module was imported under its environment.
         session = getattr(self.handler(family).handler, "session", None)
-        return session.batch_size if session is not None else DEFAULT_BATCH_SIZE
+        if session is None:
+            return DEFAULT_BATCH_SIZE
+        return session.batch_size_for(card) if card is not None and hasattr(session, "batch_size_for") \
+            else session.batch_size
 
     def batch_sizes(self) -> dict:
         """The template's SQS BatchSize per family."""

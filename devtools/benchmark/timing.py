@@ -12,6 +12,8 @@ from explain_core.model_card import ModelCard
 
 #: Images per batch of the forward-pass timing (the floor of the methods section).
 FORWARD_BATCH = 32
+#: Most timed calls of one pass measurement: quick passes are repeated until 1 s was timed (a shared CPU).
+PASS_RUNS = 30
 
 
 def model_inputs(subject: Subject, images: np.ndarray) -> np.ndarray:
@@ -23,7 +25,7 @@ def measure_forward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repea
     """Seconds per image of a batched forward pass (best of ``repeats``; warm).
 
     Timed two ways: a ``tf.function`` graph call (how Xplique calls the model) and
-    ``model.predict``; the floor uses the faster.
+    ``model.predict``; the floor uses the faster. Quick calls are repeated until 1 s was timed.
     """
     import tensorflow as tf
 
@@ -32,16 +34,62 @@ def measure_forward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repea
 
     def best(call) -> float:
         call()  # trace / build
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            np.asarray(call())
-            times.append(time.perf_counter() - started)
-        return min(times) / batch
+        return best_of(repeats, lambda: np.asarray(call()), max_runs=PASS_RUNS)[0] / batch
 
     graph_s = best(lambda: graph(x))
     predict_s = best(lambda: model.predict(x, batch_size=batch, verbose=0))
     return {"batch": batch, "graph_s": graph_s, "predict_s": predict_s, "s_per_image": min(graph_s, predict_s)}
+
+
+def measure_forward_backward(model, inputs: np.ndarray, batch: int = FORWARD_BATCH, repeats: int = 3) -> float:
+    """Seconds per image of a batched forward AND backward pass (best of ``repeats``; warm): what one pass of a
+    gradient method costs.
+
+    Times the handler's own gradient graph (``attribution.model_functions``: the gradient of the targets'
+    score with respect to the inputs, the graph every stabilised Xplique explainer calls) on a batch of
+    ``batch`` images, targets one class.
+    """
+    import tensorflow as tf
+
+    from explain_core.attribution import model_functions
+
+    gradient = model_functions(model)[0]
+    x = tf.constant(np.take(inputs, np.arange(batch) % len(inputs), axis=0), tf.float32)
+    targets = tf.one_hot(tf.zeros(batch, tf.int32), model.outputs[0].shape[-1], dtype=tf.float32)
+    gradient(x, targets)  # trace (once per model: its signature takes any batch)
+    return best_of(repeats, lambda: np.asarray(gradient(x, targets)), max_runs=PASS_RUNS)[0] / batch
+
+
+class TraceCounter:
+    """Counts the TensorFlow graphs traced while it is active (every ``tf.function`` trace, nested ones too).
+
+    ``model`` counts those that capture variables: a model's forward or gradient graph (seconds to trace on
+    MobileNetV2), as opposed to small helpers (milliseconds). Uses TensorFlow's concrete-function callbacks
+    (``transform.CONCRETE_FUNCTION_CALLBACKS``, TensorFlow 2.20), called once per new traced graph.
+    """
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.model = 0
+
+    def _traced(self, function) -> None:
+        self.names.append(function.name.decode() if isinstance(function.name, bytes) else str(function.name))
+        self.model += bool(getattr(function, "variables", ()))
+
+    def __enter__(self) -> "TraceCounter":
+        from tensorflow.python.eager.polymorphic_function import transform
+
+        transform.CONCRETE_FUNCTION_CALLBACKS.append(self._traced)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from tensorflow.python.eager.polymorphic_function import transform
+
+        transform.CONCRETE_FUNCTION_CALLBACKS.remove(self._traced)
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
 
 
 def ratio(numerator, denominator):
@@ -99,10 +147,11 @@ class CountingForward:
 
 
 def traced_forward(model) -> Callable[[np.ndarray], np.ndarray]:
-    """The fast way: one traced ``tf.function`` (as KerasOutputs does); slice with ``CountingForward(batch=)``."""
-    import tensorflow as tf
+    """The fast way: the handler's traced forward (``frameworks.keras.traced_forward``); slice with
+    ``CountingForward(batch=)``."""
+    from explain_core.frameworks.keras import traced_forward as keras_forward
 
-    graph = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    graph = keras_forward(model)
     return lambda x: graph(np.asarray(x, dtype=np.float32))
 
 

@@ -1,6 +1,8 @@
 """Running registry methods on a batch of images with Xplique."""
 
+import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -9,6 +11,8 @@ import numpy as np
 from explain_core.frameworks import handler_for
 from explain_core.model_card import ModelCard
 from explain_core.registry import SHAP, MethodSpec
+
+logger = logging.getLogger(__name__)
 
 
 def preprocess(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -102,7 +106,9 @@ class ExplainerCache:
             return self._entries[key][1]
         from explain_core.modalities import modality_for
 
-        explainer = modality_for(card).build_explainer(spec, model, card, params, batch_size, background)
+        xplique_without_xla()
+        explainer = stable_model_functions(
+            modality_for(card).build_explainer(spec, model, card, params, batch_size, background))
         # Keep the model referenced so id(model) cannot be reused by another object.
         self._entries[key] = (model, explainer)
         while len(self._entries) > self.capacity:
@@ -119,6 +125,137 @@ class ExplainerCache:
         self._entries.clear()
 
 
+#: Xplique's XLA-compiled functions were set to plain graph execution (:func:`xplique_without_xla`).
+_XPLIQUE_WITHOUT_XLA = False
+
+
+def xplique_without_xla() -> None:
+    """Once per process, before any Xplique function runs: none of Xplique's ``tf.function`` compiles with XLA.
+
+    Xplique's Sobol estimators are ``@tf.function(jit_compile=True)`` (the Sobol attribution method, CRAFT's
+    concept importance): XLA compiles them on their first call ("Compiled cluster using XLA!"), seconds of a
+    first request for a computation on a few thousand numbers that plain graph execution runs as fast, with
+    the same values (the ``xla`` benchmark section measures both). TensorFlow reads the setting
+    (``Function._jit_compile``, TensorFlow 2.20) when a function is first called, so it is set before;
+    ``tests/unit/test_attribution.py`` checks it. Xplique's other settings are kept: relaxing their shapes
+    (``reduce_retracing``) breaks helpers that read static shapes (Occlusion's ``masks.shape[0]``).
+    """
+    global _XPLIQUE_WITHOUT_XLA
+    if _XPLIQUE_WITHOUT_XLA:
+        return
+    import sys
+
+    import tensorflow as tf
+    import xplique  # noqa: F401  (imports every Xplique module: attributions, concepts, metrics, ...)
+
+    polymorphic = tf.types.experimental.PolymorphicFunction
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "xplique" or name.startswith("xplique.")):
+            continue
+        found = list(vars(module).values())
+        for value in list(found):
+            if isinstance(value, type) and value.__module__ == name:
+                found += [getattr(member, "__func__", member) for member in vars(value).values()]
+        for function in found:
+            if isinstance(function, polymorphic) and getattr(function, "_jit_compile", None):
+                function._jit_compile = False
+    _XPLIQUE_WITHOUT_XLA = True
+
+
+#: Per model: its traced gradient and score functions, one graph for any number of rows (see below).
+_MODEL_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def model_functions(model) -> tuple:
+    """(gradient, scores) of ``model``: ``f(inputs, targets)`` with a ``None`` batch dimension in their signature.
+
+    Xplique's own take the model as a Python argument and trace once per number of rows; with the signature a
+    model is traced once, whatever the rows, and every explainer of the model shares the two graphs (as
+    Xplique's shared its per-shape ones). The operator is Xplique's default: the targets' score.
+    """
+    found = _MODEL_FUNCTIONS.get(model)
+    if found is None:
+        import tensorflow as tf
+        from xplique.commons.operators import predictions_operator
+
+        signature = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32),
+                     tf.TensorSpec((None, model.outputs[0].shape[-1]), tf.float32)]
+        # A weak reference: the functions are the cache's values, a strong one would keep the model (its key)
+        # alive after the store dropped it. Traced graphs hold the model's variables, not the model.
+        weak_model = weakref.ref(model)
+
+        @tf.function(input_signature=signature)
+        def gradient(inputs, targets):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                scores = predictions_operator(weak_model(), inputs, targets)
+            return tape.gradient(scores, inputs)
+
+        @tf.function(input_signature=signature)
+        def scores(inputs, targets):
+            return predictions_operator(weak_model(), inputs, targets)
+
+        found = _MODEL_FUNCTIONS[model] = (gradient, scores)
+    return found
+
+
+#: Explainer classes :func:`stable_model_functions` could not stabilise, warned about once each.
+_NOT_STABILISED: set[str] = set()
+
+
+def _warn_not_stabilised(name: str) -> None:
+    if name not in _NOT_STABILISED:
+        _NOT_STABILISED.add(name)
+        logger.warning("%s was not given the model's stable functions (its inference or gradient function is "
+                       "not Xplique's default any more): it traces its model again for every new number of rows",
+                       name)
+
+
+def stable_model_functions(explainer):
+    """An Xplique explainer calling its model through :func:`model_functions` (others are returned as they are).
+
+    Its results are Xplique's: the same operator on the same model, one graph instead of one per row count.
+    """
+    from xplique.attributions import GradCAM
+    from xplique.attributions.base import BlackBoxExplainer, WhiteBoxExplainer
+    from xplique.commons.operators import predictions_operator
+    from xplique.commons.operators_operations import operator_batching
+
+    model = getattr(explainer, "model", None)
+    # SHAP and text explainers, FEM (no inference function: it reads feature maps): left alone.
+    if not isinstance(explainer, BlackBoxExplainer) or not hasattr(model, "inputs") \
+            or getattr(explainer, "inference_function", None) is None:
+        return explainer
+    if explainer.inference_function is not predictions_operator \
+            or (isinstance(explainer, WhiteBoxExplainer) and not hasattr(explainer, "batch_gradient")):
+        # The registry passes no operator: Xplique's internals changed and retracing would come back unseen.
+        _warn_not_stabilised(type(explainer).__name__)
+        return explainer
+    gradient, scores = model_functions(model)
+
+    def bound(function):
+        def call(called_model, inputs, targets):
+            if called_model is not model:  # never: every Xplique explainer calls self.model
+                raise ValueError("an explainer called another model than its own")
+            return function(inputs, targets)
+        return call
+
+    explainer.inference_function = bound(scores)
+    explainer.batch_inference_function = operator_batching(explainer.inference_function)
+    if isinstance(explainer, WhiteBoxExplainer):
+        explainer.gradient = bound(gradient)
+        explainer.batch_gradient = operator_batching(explainer.gradient)
+    if isinstance(explainer, GradCAM):  # Grad-CAM and Grad-CAM++: the conv layer's maps and their gradients
+        import functools
+
+        import tensorflow as tf
+
+        explainer._gradient = tf.function(functools.partial(type(explainer)._gradient.python_function, explainer),
+                                          input_signature=[tf.TensorSpec((None, *model.inputs[0].shape[1:])),
+                                                           tf.TensorSpec((None, model.outputs[0].shape[-1]))])
+    return explainer
+
+
 def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int, background=None):
     if spec.family == SHAP:
         return spec.explainer_class()(model, batch_size, card=card, background=background, **params)
@@ -127,7 +264,9 @@ def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batc
         kwargs["conv_layer"] = card.cam_layer
     if spec.grid_segments:
         kwargs["map_to_interpret_space"] = grid_segmentation(kwargs.pop("grid_size"))
-    return spec.explainer_class()(model, batch_size=batch_size, **kwargs)
+    from explain_core.bounded_explainers import explainer_class  # memory bounded by the batch where Xplique's is not
+
+    return explainer_class(spec)(model, batch_size=batch_size, **kwargs)
 
 
 def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> BatchAttributions:

@@ -86,7 +86,7 @@ th{background:#f2f4f7}.grid{display:flex;flex-wrap:wrap;gap:1rem}
 .images{display:flex;flex-wrap:wrap;gap:.4rem;align-items:flex-start}
 .card img,.preview img{display:block;min-width:192px;max-width:512px;height:auto;image-rendering:pixelated}
 .plots img{display:block;max-width:100%;min-width:0;height:auto;margin:.3rem 0;image-rendering:auto}
-.status-succeeded{color:#176f2c}.status-partial{color:#9a5b00}.status-failed{color:#b42318}
+.status-succeeded{color:#176f2c}.status-partial{color:#9a5b00}.status-failed{color:#b42318}.status-skipped{color:#555}
 .warn{background:#fff4e5;border-left:4px solid #f79009;padding:.3rem .6rem}
 .error{background:#fef3f2;border-left:4px solid #d92d20;padding:.3rem .6rem}
 .note{color:#555;font-size:.85rem}code{font-size:.85rem;word-break:break-all}
@@ -314,6 +314,8 @@ def _page(title: str, body: str, data_block: str = "") -> str:
 METHOD_SHOWN = {"name", "params", "passes_per_image", "reference", "status", "outputs", "error", "seconds",
                 "seconds_per_image", "batch_rows"}
 OUTPUT_SHOWN = {"class_index", "class_name", "score"}
+#: Rows or documents skipped by the explanation condition that the page lists (manifest.json has them all).
+MAX_SKIPPED_SHOWN = 100
 #: The same for a text output (modalities.text.TextOutput): its files and top tokens are shown in its card.
 TEXT_OUTPUT_SHOWN = OUTPUT_SHOWN | {"document", "line", "unit", "tokens", "html", "image", "values", "top_tokens"}
 
@@ -354,6 +356,7 @@ class _InputPage:
             f'<p>Status <strong class="status-{esc(status)}">{esc(status)}</strong>'
             f" &middot; written {esc(m.get('created_at') or '-')} &middot; attempt <code>{esc(m.get('attempt', '-'))}"
             f"</code> &middot; {self.link(self.prefix + 'manifest.json', 'manifest.json')}</p>",
+            self.condition_section(),
             self.input_section(),
         ]
         parts += BODY_SECTIONS.get(model.get("modality"), _class_sections)(self)
@@ -366,6 +369,32 @@ class _InputPage:
             parts.insert(2, f'<p class="warn">{self.images.omitted} image(s) not embedded: the page holds at most '
                             f"{self.images.budget / 1024**2:.3g} MiB of images; their files are linked.</p>")
         return _page(title, "\n".join(parts))
+
+    def condition_section(self) -> str:
+        """What the explanation condition (the manifest's ``condition``) decided: why the input, or which rows or
+        documents (the first MAX_SKIPPED_SHOWN), were not explained; nothing without a condition."""
+        condition = self.manifest.get("condition")
+        if not isinstance(condition, dict):
+            return ""
+        rule = condition.get("explain_if")
+        shown = ", ".join(f"{k}={v}" for k, v in rule.items()) if isinstance(rule, dict) else str(rule)
+        parts = [f"<h2>Explanation condition</h2><p>explain_if (the {esc(condition.get('source', '?'))}'s): "
+                 f"<code>{esc(shown)}</code></p>"]
+        if condition.get("reason"):
+            parts.append(f'<p class="warn">Not explained: {esc(condition["reason"])}</p>')
+        skipped = condition.get("skipped") or []
+        if condition.get("records") is not None:
+            parts.append(f"<p>{esc(condition.get('explained_records'))} of {esc(condition['records'])} explained; "
+                         f"{len(skipped)} skipped{':' if skipped else '.'}</p>")
+        if skipped:
+            rows = "".join(f"<tr><td>{esc(r.get('line'))}</td><td>{esc(r.get('class_name'))}</td>"
+                           f"<td>{_number(r.get('score'))}</td><td>{esc(r.get('reason'))}</td></tr>"
+                           for r in skipped[:MAX_SKIPPED_SHOWN])
+            more = (f'<p class="note">{len(skipped) - MAX_SKIPPED_SHOWN} more in manifest.json.</p>'
+                    if len(skipped) > MAX_SKIPPED_SHOWN else "")
+            parts.append(f"<table><tr><th>line</th><th>top class</th><th>probability</th><th>why</th></tr>{rows}"
+                         f"</table>{more}")
+        return "".join(parts)
 
     def input_section(self) -> str:
         source = dict(self.manifest.get("input", {}))
@@ -571,7 +600,7 @@ class _InputPage:
 
     def details_section(self) -> str:
         shown = {"status", "family", "input", "predictions", "explained_classes", "methods", "attempt",
-                 "created_at", "output_keys", "results_prefix"}
+                 "created_at", "output_keys", "results_prefix", "condition"}
         return f"<h2>Model, timings, versions</h2>{_fields(self.manifest, shown)}"
 
 
@@ -742,24 +771,56 @@ class GalleryWriter:
         """Write the input's page, then list it in its model's index; False when a newer manifest
         stands already (its own writer writes the pages)."""
         document = manifest if isinstance(manifest, dict) else manifest.to_dict()
-        prefix = document["results_prefix"]
-        page = input_page(document, objects, preview=preview).encode()
-        if not self._put_while_current(prefix + GALLERY_PAGE, page, prefix + "manifest.json", document["attempt"]):
+        if not self.write_page(document, objects, preview):
             return False
-        ref = self.keys.parse_input(document["input"]["bucket"], document["input"]["key"], document["family"])
-        if ref.key.startswith(self.keys.request_prefix(ref.family)) or JOB_INPUT.match(ref.name):
-            return True  # API requests are per client: no page lists them for others
-        model_prefix = self.keys.model_results_prefix(ref.family, ref.model, ref.version)
-        self._add_to_index(model_prefix, ref, index_entry(document, model_prefix))
+        self.add_to_indexes([self.listing(document)])
         return True
 
-    def _put_while_current(self, key: str, body: bytes, manifest_key: str, attempt: str) -> bool:
+    def write_page(self, manifest, objects: Mapping[str, bytes], preview: bytes | None = None, *,
+                   page_absent: bool = False) -> bool:
+        """Write the input's page while ``manifest`` stands; False when a newer manifest stands already.
+
+        ``page_absent``: the input had no manifest, hence no page, when this attempt began: the first
+        round writes with ``If-None-Match: *`` and reads nothing (S3 refuses it if a page appeared since,
+        and the rounds of :meth:`_put_while_current` follow).
+        """
+        document = manifest if isinstance(manifest, dict) else manifest.to_dict()
+        prefix = document["results_prefix"]
+        page = input_page(document, objects, preview=preview).encode()
+        return self._put_while_current(prefix + GALLERY_PAGE, page, prefix + "manifest.json", document["attempt"],
+                                       page_absent=page_absent)
+
+    def listing(self, manifest) -> tuple[str, object, dict] | None:
+        """(model prefix, input ref, index entry) of an input its model's index lists; None for an API
+        request's input (requests are per client: no page lists them for others)."""
+        document = manifest if isinstance(manifest, dict) else manifest.to_dict()
+        ref = self.keys.parse_input(document["input"]["bucket"], document["input"]["key"], document["family"])
+        if ref.key.startswith(self.keys.request_prefix(ref.family)) or JOB_INPUT.match(ref.name):
+            return None
+        model_prefix = self.keys.model_results_prefix(ref.family, ref.model, ref.version)
+        return model_prefix, ref, index_entry(document, model_prefix)
+
+    def add_to_indexes(self, listings: list[tuple[str, object, dict] | None]) -> None:
+        """List inputs in their models' indexes (:meth:`listing`): one read and one write per model for
+        all of its inputs, not one per input."""
+        by_model: dict[str, list] = {}
+        for listing in filter(None, listings):
+            by_model.setdefault(listing[0], []).append(listing)
+        for model_prefix, listed in by_model.items():
+            self._add_to_index(model_prefix, listed[0][1], [entry for _, _, entry in listed])
+
+    def _put_while_current(self, key: str, body: bytes, manifest_key: str, attempt: str, *,
+                           page_absent: bool = False) -> bool:
         """PUT ``body`` at ``key`` unless the manifest is no longer ``attempt``'s.
 
         The page is written with If-Match on the ETag read before the manifest is checked: a newer
         manifest's writer changes the page after its manifest, so either this write fails (and the
-        next round sees the newer manifest) or that writer's own page comes after this one.
+        next round sees the newer manifest) or that writer's own page comes after this one. A first
+        write with If-None-Match (``page_absent``) needs no check: it fails if any writer's page
+        came first, and any later writer's page replaces it.
         """
+        if page_absent and self._put(key, body, {"IfNoneMatch": "*"}):
+            return True
         for _ in range(PAGE_WRITE_ATTEMPTS):
             condition = self._condition(key)
             if self._manifest_attempt(manifest_key) != attempt:
@@ -768,14 +829,16 @@ class GalleryWriter:
                 return True
         raise RuntimeError(f"could not write {key}: {PAGE_WRITE_ATTEMPTS} concurrent writers won first")
 
-    def _add_to_index(self, model_prefix: str, ref, entry: dict) -> None:
+    def _add_to_index(self, model_prefix: str, ref, new_entries: list[dict]) -> None:
         key = model_prefix + GALLERY_PAGE
         for _ in range(PAGE_WRITE_ATTEMPTS):
             etag, page = self._read(key)
             entries = read_entries(page) if page else []
-            merged = merge_entry(entries, entry)
+            merged = entries
+            for entry in new_entries:
+                merged = merge_entry(merged, entry)
             if merged == entries:
-                return  # a newer result of this input is listed already
+                return  # newer results of these inputs are listed already
             body = model_index_page(ref.family, ref.model, ref.version, merged).encode()
             if self._put(key, body, {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}):
                 return

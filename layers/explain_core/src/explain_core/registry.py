@@ -138,8 +138,9 @@ class MethodSpec:
     #: The models it explains: card modalities ("image", "tabular") and frameworks ("keras", "xgboost").
     modalities: tuple[str, ...] = ("image",)
     frameworks: tuple[str, ...] = ("keras",)
-    #: Each pass is a forward and a backward pass (gradient methods).
-    backward: bool = False
+    #: Each pass is a forward and a backward pass (the cost estimate and the benchmark's floor count both).
+    #: None: the family's default (gradient methods: True, others: False).
+    backward: bool | None = None
     #: Each pass evaluates the model on every background row (Kernel SHAP's coalitions).
     passes_per_background_row: bool = False
     #: Modalities the method refuses on purpose, with the reason the refusal gives (unsupported_model).
@@ -158,8 +159,8 @@ class MethodSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "param_names", frozenset(p.name for p in self.params))
-        if self.family == GRADIENT:
-            object.__setattr__(self, "backward", True)
+        if self.backward is None:
+            object.__setattr__(self, "backward", self.family == GRADIENT)
         if self.approximation not in (None, *APPROXIMATION_CHECKS):
             raise ValueError(f"{self.name}: approximation must be one of {APPROXIMATION_CHECKS}")
         if self.accuracy_param is not None and (self.approximation is None or self.accuracy_param not in
@@ -333,6 +334,7 @@ METHODS: tuple[MethodSpec, ...] = (
         "https://doi.org/10.1109/IPTA50016.2020.9286629",
         params=(Param("k", float, 2.0, 0.1, 10.0, doc="standard deviations above the mean that count as salient"),),
         uses_cam_layer=True, description="feature explanation method: salient feature maps, no gradients",
+        backward=False,  # the conv layer's feature maps of a forward pass, no gradients
     ),
     # --- black-box: the model is only evaluated on perturbed copies of the input ---
     MethodSpec(

@@ -25,6 +25,8 @@ REQUEST_FINGERPRINT = "request-fingerprint"
 SOURCE_ORDER = "source-order"
 #: Compare-and-swap rounds before giving up (each lost round means another writer just won).
 MANIFEST_WRITE_ATTEMPTS = 5
+#: Parallel PUTs of one input's outputs.
+PUT_THREADS = 8
 
 
 def strict_json(document) -> bytes:
@@ -48,7 +50,7 @@ def now_iso() -> str:
 
 
 class ResultWriter:
-    def __init__(self, s3_client, settings: Settings, max_workers: int = 8):
+    def __init__(self, s3_client, settings: Settings, max_workers: int = PUT_THREADS):
         self.s3 = s3_client
         self.bucket = settings.results_bucket
         self.keys = KeyLayout(settings)
@@ -82,11 +84,18 @@ class ResultWriter:
                 return None
             raise
 
-    def put_manifest(self, key: str, manifest: dict, metadata: dict) -> list[str]:
+    def put_manifest(self, key: str, manifest: dict, metadata: dict, *, seen_absent: bool = False) -> list[str]:
         """Write ``manifest`` unless a newer version of the input has one already; returns the output
-        keys of the manifest it replaced (the caller deletes them), or raises InputChangedError."""
+        keys of the manifest it replaced (the caller deletes them), or raises InputChangedError.
+
+        ``seen_absent``: the caller found no manifest earlier in this attempt (its duplicate check), so
+        the first round writes with ``If-None-Match: *`` without reading: S3 refuses it atomically
+        if a manifest appeared since, and the rounds that read and compare follow.
+        """
         body = strict_json(manifest)
         order = metadata.get(SOURCE_ORDER)
+        if seen_absent and self._put_conditional(key, body, metadata, {"IfNoneMatch": "*"}):
+            return []
         for _ in range(MANIFEST_WRITE_ATTEMPTS):
             current = self._read_manifest(key)
             condition = {"IfNoneMatch": "*"}
@@ -101,15 +110,21 @@ class ResultWriter:
                     )
                 condition = {"IfMatch": etag}
                 replaced = [k for k in document.get("output_keys", []) if k not in manifest["output_keys"]]
-            try:
-                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
-                                   Metadata=metadata, **condition)
+            if self._put_conditional(key, body, metadata, condition):
                 return replaced
-            except ClientError as exc:
-                if not is_precondition_failed(exc):
-                    raise
-                # Another writer replaced the manifest between our read and our write: read again.
+            # Another writer replaced the manifest between our read and our write: read again.
         raise RuntimeError(f"could not write {key}: {MANIFEST_WRITE_ATTEMPTS} concurrent writers won first")
+
+    def _put_conditional(self, key: str, body: bytes, metadata: dict, condition: dict) -> bool:
+        """A conditional PUT of a manifest; False when S3 refused the condition (another writer came first)."""
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                               Metadata=metadata, **condition)
+            return True
+        except ClientError as exc:
+            if not is_precondition_failed(exc):
+                raise
+            return False
 
     def _read_manifest(self, key: str) -> tuple[str, dict, dict] | None:
         """(ETag, metadata, document) of a manifest, or None."""
@@ -125,11 +140,16 @@ class ResultWriter:
             document = {}  # an unreadable manifest is simply replaced
         return response["ETag"], response.get("Metadata", {}), document
 
-    def delete_many(self, keys: list[str]) -> None:
-        """Delete objects (another attempt's outputs), 1000 per request as S3 allows."""
+    def delete_many(self, keys: list[str]) -> list[dict]:
+        """Delete objects (another attempt's outputs, stale error records), 1000 per request as S3 allows;
+        returns the keys S3 could not delete (DeleteObjects answers 200 even then: its ``Errors``)."""
+        errors = []
         for start in range(0, len(keys), 1000):
             chunk = keys[start:start + 1000]
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            response = self.s3.delete_objects(Bucket=self.bucket,
+                                              Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            errors += response.get("Errors") or []
+        return errors
 
     def put_error(self, *, bucket: str, key: str, etag: str | None, family: str, error: dict, retrying: bool,
                   request_id: str | None, **delivery) -> str:
@@ -155,3 +175,13 @@ class ResultWriter:
     def delete_error(self, key: str) -> None:
         """Remove a stale error record once the input has been explained."""
         self.s3.delete_object(Bucket=self.bucket, Key=self.keys.error_key(key))
+
+    def delete_errors(self, keys: list[str]) -> None:
+        """Remove the stale error records of inputs explained together: one DeleteObjects for a batch."""
+        if len(keys) == 1:
+            self.delete_error(keys[0])
+        elif keys:
+            errors = self.delete_many([self.keys.error_key(key) for key in keys])
+            if errors:  # as delete_error would have raised
+                raise RuntimeError(f"could not delete {len(errors)} error record(s), e.g. {errors[0].get('Key')}: "
+                                   f"{errors[0].get('Code')} {errors[0].get('Message')}")

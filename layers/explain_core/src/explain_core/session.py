@@ -21,11 +21,19 @@ Consistency (S3 and SQS deliver at least once): the object read is the version t
 ``input_deleted`` / ``input_changed``), one attempt at a time explains an input
 (:mod:`explain_core.input_lock`), outputs go under a per-attempt prefix, and the manifest is
 written last by compare-and-swap, never over a newer version's (:mod:`explain_core.results`).
+
+Inputs of one batch are downloaded, checked, rendered and written side by side on a bounded pool
+of threads (:meth:`ExplanationSession.in_parallel`), each through the steps above in their order;
+what they share (their stale error records, their model's gallery index) is done once after all
+their manifests (:meth:`ExplanationSession.finish`). docs/reliability.md#side-by-side-with-the-same-guarantees.
 """
 
 import hashlib
 import platform
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata as importlib_metadata
@@ -53,11 +61,29 @@ from explain_core.model_store import LoadedModel, ModelStore
 from explain_core.quality_metrics import PROBABILITY_MODELS
 from explain_core.registry import SHAP
 from explain_core.request_options import RequestOptions, parse_options
-from explain_core.results import REQUEST_FINGERPRINT, SOURCE_ETAG, SOURCE_ORDER, ResultWriter, now_iso
+from explain_core.results import (
+    PUT_THREADS,
+    REQUEST_FINGERPRINT,
+    SOURCE_ETAG,
+    SOURCE_ORDER,
+    ResultWriter,
+    now_iso,
+)
 from explain_core.settings import Settings
 
-#: Inputs per model call (and per method run) unless a function says otherwise.
+#: Inputs per model call (and per method run) unless a function says otherwise; image models of large
+#: inputs get fewer (IMAGE_PIXELS_PER_CALL).
 DEFAULT_BATCH_SIZE = 64
+#: Image models: at most this many input pixels per model call (rows = this // (height x width), at most
+#: the session's batch size). Measured on 2 cores (benchmark section batch-sizes, docs/benchmark.md):
+#: MobileNetV2 at 224x224 runs 8-16 images per call at 1.8-2.4x the throughput of one image per call,
+#: and 32 or 64 at a third of the best (activations outgrow the caches); the demo CNN (128x128) keeps
+#: its throughput up to 64. 16 images of 224x224: MobileNetV2 gets 16, the demo CNN 49.
+IMAGE_PIXELS_PER_CALL = 16 * 224 * 224
+#: Threads that download, check, render and write the inputs of one batch side by side (S3 and
+#: DynamoDB requests wait on the network, Pillow's PNG encoder releases the GIL). 2, 4 and 8 measured
+#: alike on 2 cores with the in-process emulator (whose CPU competes for the GIL); 8 for S3's latency.
+IO_THREADS = 8
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -87,6 +113,19 @@ class Upload:
     attempt: str = field(default_factory=new_attempt_id)
     #: Set while this invocation holds the input's lock.
     identity: InputIdentity | None = None
+    #: The duplicate check found no manifest: its first write (and the gallery page's) need not read first.
+    manifest_absent: bool = False
+
+
+@dataclass
+class WriteBatch:
+    """What the inputs written together share, done once for all of them (:meth:`ExplanationSession.finish`):
+    their error records deleted in one request, their entries added to each model's gallery index at once."""
+
+    #: Input keys whose stale error records go (their manifests are written).
+    written: list[str] = field(default_factory=list)
+    #: GalleryWriter.listing of each input whose page was written.
+    listings: list = field(default_factory=list)
 
 
 @cache
@@ -114,13 +153,18 @@ class ExplanationSession:
         self.explainers = ExplainerCache()
         self.batch_size = batch_size
         self._lock = InputLock(settings.idempotency_table, family) if settings.idempotency_table else None
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="explain-io")
+        self._metrics_lock = threading.Lock()  # Powertools' metric set is not thread-safe
 
     @classmethod
     def from_environment(cls, family: str) -> "ExplanationSession":
         import boto3
         from botocore.config import Config
 
-        s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        # A connection per thread that may send at once (the inputs' threads and the output PUTs' threads):
+        # botocore's default pool of 10 would open and drop connections beyond it.
+        s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 5},
+                                              max_pool_connections=IO_THREADS + PUT_THREADS))
         return cls(family, Settings.from_env(), s3)
 
     # ----------------------------------------------------------------- load, read, accept
@@ -171,6 +215,7 @@ class ExplanationSession:
         duplicate (``upload.duplicate``), decode the input."""
         upload.options = options if options is not None else parse_options(metadata, loaded.card, self.family)
         existing = self.writer.manifest_metadata(self.manifest_key(upload))
+        upload.manifest_absent = existing is None
         if existing and existing.get(SOURCE_ETAG) == upload.etag and existing.get(
             REQUEST_FINGERPRINT
         ) == self._fingerprint(upload, loaded):
@@ -197,8 +242,33 @@ class ExplanationSession:
             upload.identity = identity
             return True
         logger.info("input held by another invocation", extra={"key": upload.key, "lock": outcome.value})
-        metrics.add_metric(name="InputsHeldElsewhere", unit=MetricUnit.Count, value=1)
+        self.count("InputsHeldElsewhere")
         return False
+
+    def count(self, name: str, value: float = 1, unit=MetricUnit.Count) -> None:
+        """Add to a metric from any thread."""
+        with self._metrics_lock:
+            metrics.add_metric(name=name, unit=unit, value=value)
+
+    def in_parallel(self, function: Callable, items: list) -> list[tuple[object, object, Exception | None]]:
+        """(item, result, error) of ``function(item)`` for each item, run side by side on the session's
+        I/O threads (in this thread for a single item); one item's error never stops the others."""
+        if len(items) <= 1:
+            done = []
+            for item in items:
+                try:
+                    done.append((item, function(item), None))
+                except Exception as exc:
+                    done.append((item, None, exc))
+            return done
+        futures = [self._io.submit(function, item) for item in items]
+        done = []
+        for item, future in zip(items, futures, strict=True):
+            try:
+                done.append((item, future.result(), None))
+            except Exception as exc:
+                done.append((item, None, exc))
+        return done
 
     def release(self, upload: Upload, error: Exception) -> None:
         """Give up the input's lock after ``error`` (the next delivery may try again)."""
@@ -207,6 +277,16 @@ class ExplanationSession:
             upload.identity = None
 
     # ----------------------------------------------------------------- cost, explain, write
+    def batch_size_for(self, card) -> int:
+        """Rows per model call (predictions and every explainer) for a model: the session's batch size,
+        fewer for an image model of large inputs (IMAGE_PIXELS_PER_CALL)."""
+        return rows_per_call(self.batch_size, card)
+
+    def _for_model(self, loaded: LoadedModel) -> "ExplanationSession":
+        """The session as a modality sees it for this model: its ``batch_size`` is :meth:`batch_size_for`."""
+        batch_size = self.batch_size_for(loaded.card)
+        return self if batch_size == self.batch_size else _ModelSession(self, batch_size)
+
     def estimate_seconds(self, upload: Upload, loaded: LoadedModel) -> float:
         """Predicted seconds to explain one accepted input with every requested method.
 
@@ -215,12 +295,12 @@ class ExplanationSession:
         requested quality metric by its passes per map (explain_core.quality_metrics); each
         method adds METHOD_OVERHEAD_S for building the explainer and the outputs.
         """
-        seconds = loaded.modality.estimate_seconds(self, upload, loaded)
+        seconds = loaded.modality.estimate_seconds(self._for_model(loaded), upload, loaded)
         return seconds + METHOD_OVERHEAD_S * len(upload.options.methods)
 
     def explain(self, uploads: list[Upload], loaded: LoadedModel, context) -> list[Explained]:
         """Explain accepted inputs of one model together; raises when the batch as a whole fails."""
-        return loaded.modality.explain(self, uploads, loaded, context)
+        return loaded.modality.explain(self._for_model(loaded), uploads, loaded, context)
 
     def output_key(self, upload: Upload, method: str, class_label: str, ext: str) -> str:
         """Where one output file of this attempt goes (modalities name their files through it)."""
@@ -232,8 +312,31 @@ class ExplanationSession:
     def has_manifest(self, upload: Upload) -> bool:
         return bool(self.writer.manifest_metadata(self.manifest_key(upload)))
 
-    def write(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None) -> Manifest:
-        """Write the outputs, then the manifest (last, by compare-and-swap); returns the manifest."""
+    def write(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None,
+              batch: WriteBatch | None = None) -> Manifest:
+        """Write the outputs, then the manifest (last, by compare-and-swap), then the gallery page; returns
+        the manifest. With ``batch`` (inputs written together, from any thread), the stale error record
+        and the model's gallery index wait for :meth:`finish`; without, they are done here."""
+        single = batch is None
+        batch = WriteBatch() if single else batch
+        manifest = self._write_one(upload, loaded, explained, request_id, batch)
+        if single:
+            self.finish(batch)
+        return manifest
+
+    def finish(self, batch: WriteBatch) -> None:
+        """After the manifests of a batch: its inputs in their models' gallery indexes (a view: failures
+        are logged), then their stale error records deleted, in one request (raises if that fails)."""
+        if batch.listings:
+            try:
+                self.gallery.add_to_indexes(batch.listings)
+            except Exception:
+                logger.exception("gallery index not updated", extra={"inputs": len(batch.listings)})
+                self.count("GalleryPagesFailed")
+        self.writer.delete_errors(batch.written)
+
+    def _write_one(self, upload: Upload, loaded: LoadedModel, explained: Explained, request_id: str | None,
+                   batch: WriteBatch) -> Manifest:
         manifest = self._manifest(upload, loaded, explained)
         objects = explained.objects
         started = time.perf_counter()
@@ -247,31 +350,36 @@ class ExplanationSession:
         if upload.order:
             metadata[SOURCE_ORDER] = upload.order
         # The manifest goes last: its presence means every output it lists is in place.
+        document = manifest.to_dict()  # once: the manifest's JSON and the gallery page's data
         try:
-            replaced = self.writer.put_manifest(manifest_key, manifest.to_dict(), metadata)
+            replaced = self.writer.put_manifest(manifest_key, document, metadata, seen_absent=upload.manifest_absent)
         except InputChangedError:
             self.writer.delete_many(manifest.output_keys)  # a newer version's manifest stands
             raise
-        self.writer.delete_many(replaced)  # the outputs of the attempt whose manifest this replaced
-        self.writer.delete_error(upload.key)
+        if replaced:
+            self.writer.delete_many(replaced)  # the outputs of the attempt whose manifest this replaced
+        batch.written.append(upload.key)  # its stale error record goes (WriteBatch)
         if upload.identity is not None:
             self._lock.complete(upload.identity, manifest_key)
             upload.identity = None
-        self._write_gallery(upload, manifest, objects)
-        metrics.add_metric(name="ImagesExplained", unit=MetricUnit.Count, value=1)
+        self._write_gallery(upload, document, objects, batch)
+        self.count("ImagesExplained")
         logger.info("explained", extra={"key": upload.key, "status": manifest.status, "outputs": len(objects)})
         return manifest
 
-    def _write_gallery(self, upload: Upload, manifest: Manifest, objects: list) -> None:
-        """The input's gallery page and its model's index (explain_core.gallery), from the manifest just
-        written. They are views of it: a failure is logged and counted, never the input's."""
+    def _write_gallery(self, upload: Upload, document: dict, objects: list, batch: WriteBatch) -> None:
+        """The input's gallery page (explain_core.gallery) from the manifest just written, its model's index
+        entry kept for :meth:`finish`. They are views of it: a failure is logged and counted, never the input's."""
         started = time.perf_counter()
         try:
-            written = self.gallery.write(manifest, {key: body for key, body, _ in objects},
-                                         preview=input_preview(upload.content))
+            written = self.gallery.write_page(document, {key: body for key, body, _ in objects},
+                                              preview=input_preview(upload.content),
+                                              page_absent=upload.manifest_absent)
+            if written:
+                batch.listings.append(self.gallery.listing(document))
         except Exception:
             logger.exception("gallery page not written", extra={"key": upload.key})
-            metrics.add_metric(name="GalleryPagesFailed", unit=MetricUnit.Count, value=1)
+            self.count("GalleryPagesFailed")
             return
         logger.info("gallery page", extra={"key": upload.key, "written": written,
                                            "seconds": round(time.perf_counter() - started, 3)})
@@ -301,8 +409,11 @@ class ExplanationSession:
     def _manifest(self, upload: Upload, loaded: LoadedModel, explained: Explained) -> Manifest:
         card, modality = loaded.card, loaded.modality
         failed = sum(method.status == "failed" for method in explained.methods)
+        status = "succeeded" if not failed else ("failed" if failed == len(explained.methods) else "partial")
+        if explained.condition is not None and not explained.condition.explained:
+            status = "skipped"  # nothing met the explanation condition: no method ran
         return Manifest(
-            status="succeeded" if not failed else ("failed" if failed == len(explained.methods) else "partial"),
+            status=status,
             family=self.family,
             input=modality.input_type(bucket=upload.bucket, key=upload.key, etag=upload.etag,
                                       version_id=upload.version_id, **explained.input_description),
@@ -314,6 +425,7 @@ class ExplanationSession:
             methods=explained.methods,
             background=self._background_description(loaded) if self.store.with_background else None,
             rendering=explained.rendering,
+            condition=explained.condition,
             timings={**{k: round(v, 4) for k, v in upload.timings.items()}, **explained.timings},
             versions=library_versions(),
             results_prefix=self.keys.results_base(upload.ref),
@@ -336,6 +448,26 @@ class ExplanationSession:
         identity += "".join(f"/{file}={etag}" for file, etag in sorted(loaded.companion_etags.items()))
         model = hashlib.sha256(identity.encode())
         return f"{upload.options.fingerprint}-{model.hexdigest()[:16]}"
+
+
+class _ModelSession:
+    """A session whose ``batch_size`` is one model's (ExplanationSession.batch_size_for); everything else is
+    the session's own (its explainers, clients, threads), so nothing is copied and nothing shared changes."""
+
+    def __init__(self, session: ExplanationSession, batch_size: int):
+        self._session = session
+        self.batch_size = batch_size
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+def rows_per_call(batch_size: int, card) -> int:
+    """Rows per model call for a model's card: ``batch_size``, fewer for an image model of large inputs
+    (IMAGE_PIXELS_PER_CALL)."""
+    if card.modality != "image" or not card.input_height or not card.input_width:
+        return batch_size
+    return max(1, min(batch_size, IMAGE_PIXELS_PER_CALL // (card.input_height * card.input_width)))
 
 
 def remaining_millis(context) -> int:

@@ -3,6 +3,8 @@
 One invocation explains the whole batch: uploads are grouped by model, and each group goes
 through the explanation session (:mod:`explain_core.session`) together, so that its inputs are
 predicted in one batch and each method runs once per group of inputs with the same parameters.
+The per-input steps around it (download, checks, lock, rendering, writes) run side by side on the
+session's threads, and what the group's inputs share is written once (``ExplanationSession.finish``).
 
 Failure policy (nothing is silently lost, the function never crashes on user data):
 
@@ -28,6 +30,7 @@ infinite attributions fail the method, both as ``invalid_model_output`` (in the 
 """
 
 import json
+import threading
 import time
 from collections import defaultdict
 from functools import cached_property
@@ -41,7 +44,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent, SQS
 
 from explain_core.errors import ExplainError, InputChangedError
 from explain_core.model_store import LoadedModel
-from explain_core.session import ExplanationSession, Upload, remaining_millis
+from explain_core.session import ExplanationSession, Upload, WriteBatch, remaining_millis
 
 logger = Logger(child=True)
 tracer = Tracer()
@@ -59,6 +62,7 @@ class SqsAdapter:
         self.session = session
         self.family = session.family
         self.settings = session.settings
+        self._jobs_lock = threading.Lock()
 
     @tracer.capture_method
     def handle_sqs_event(self, event: dict, context) -> dict:
@@ -179,24 +183,40 @@ class SqsAdapter:
             for upload in group:
                 self._fail(upload, exc, retry, request_id)
             return
+
+        def prepare(upload: Upload) -> bool:
+            """Download, check and lock one input (on the session's I/O threads); True when it is to be explained."""
+            upload.timings["model_s"] = model_seconds
+            data, metadata = self.session.download(upload, loaded)
+            self._record_job_attempt(metadata.get("job-id"), upload, context)
+            self.session.accept(upload, loaded, data, metadata)
+            if upload.duplicate:
+                logger.info("duplicate event: results already exist", extra={"key": upload.key})
+                self.session.count("DuplicateEvents")
+                return False
+            return self.session.lock(upload, loaded, context)
+
         ready = []
-        for upload in group:
-            try:
-                upload.timings["model_s"] = model_seconds
-                data, metadata = self.session.download(upload, loaded)
-                self._record_job_attempt(metadata.get("job-id"), upload, context)
-                self.session.accept(upload, loaded, data, metadata)
-                if upload.duplicate:
-                    logger.info("duplicate event: results already exist", extra={"key": upload.key})
-                    metrics.add_metric(name="DuplicateEvents", unit=MetricUnit.Count, value=1)
-                elif self.session.lock(upload, loaded, context):
-                    ready.append(upload)
-            except Exception as exc:
-                self._fail(upload, exc, retry, request_id)
-        for upload, explained in self._explain_isolated(ready, loaded, context, retry, request_id):
-            try:
-                self.session.write(upload, loaded, explained, request_id)
-            except Exception as exc:
+        for upload, to_explain, error in self.session.in_parallel(prepare, group):
+            if error is not None:
+                self._fail(upload, error, retry, request_id)
+            elif to_explain:
+                ready.append(upload)
+        explained = self._explain_isolated(ready, loaded, context, retry, request_id)
+        # The inputs' outputs, manifests and pages side by side; what they share (error records, the
+        # model's gallery index) once for all of them after.
+        batch = WriteBatch()
+        written = []
+        for (upload, _), _, error in self.session.in_parallel(
+                lambda pair: self.session.write(pair[0], loaded, pair[1], request_id, batch), explained):
+            if error is not None:
+                self._fail(upload, error, retry, request_id)
+            else:
+                written.append(upload)
+        try:
+            self.session.finish(batch)
+        except Exception as exc:  # the stale error records stay: the inputs are retried, as one would be alone
+            for upload in written:
                 self._fail(upload, exc, retry, request_id)
 
     @tracer.capture_method
@@ -243,9 +263,10 @@ class SqsAdapter:
             return
         now = time.time()
         try:
-            self.jobs.record_attempt(job_id, attempt=upload.receive_count,
-                                     max_attempts=self.settings.max_receive_count, started_at=now,
-                                     deadline=now + remaining_millis(context) / 1000)
+            with self._jobs_lock:  # inputs are prepared on several threads; a boto3 resource is not thread-safe
+                self.jobs.record_attempt(job_id, attempt=upload.receive_count,
+                                         max_attempts=self.settings.max_receive_count, started_at=now,
+                                         deadline=now + remaining_millis(context) / 1000)
         except Exception:  # the status is best effort; the explanation is not
             logger.exception("could not record the job's attempt", extra={"job_id": job_id})
 

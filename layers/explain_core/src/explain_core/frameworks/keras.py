@@ -6,6 +6,7 @@ Legacy HDF5 (``.h5``) files and pickles are refused before any Keras call
 
 import builtins
 import json
+import weakref
 import zipfile
 
 from explain_core.errors import InvalidModelError, UnsafeModelError
@@ -68,14 +69,7 @@ class KerasHandler(FrameworkHandler):
                 ) from exc
 
     def predict(self, model, inputs, card, batch_size: int):
-        import numpy as np
-
-        # predict_on_batch, not predict: predict builds and traces a tf.data pipeline on every call
-        # (0.1-0.3 s, more than a whole Grad-CAM on a small model).
-        return np.concatenate([
-            np.asarray(model.predict_on_batch(inputs[start:start + batch_size]), dtype=np.float64)
-            for start in range(0, len(inputs), batch_size)
-        ])
+        return KerasOutputs(model, batch_size)(inputs)
 
     def outputs_function(self, model, batch_size: int) -> "KerasOutputs":
         return KerasOutputs(model, batch_size)
@@ -88,18 +82,14 @@ class KerasOutputs:
     """Batched, traced forward passes of a Keras model: scores of all classes or of one class."""
 
     def __init__(self, model, batch_size: int):
-        import tensorflow as tf
-
         self.model = model
         self.batch_size = batch_size
-        # One traced function instead of model.predict: predict builds a tf.data pipeline per
-        # call (0.1-0.3 s), and the sampling explainers call the model hundreds of times.
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
+        self._forward = traced_forward(model)
 
     def __call__(self, x):
         import numpy as np
 
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=self.model.inputs[0].dtype)
         return np.concatenate([
             np.asarray(self._forward(x[start:start + self.batch_size]), dtype=np.float64)
             for start in range(0, len(x), self.batch_size)
@@ -114,6 +104,30 @@ class KerasOutputs:
 
         output = keras.layers.Lambda(lambda t: t[:, cls:cls + 1], name=f"class_{cls}")(self.model.outputs[0])
         return keras.Model(self.model.inputs, output)
+
+
+#: Per model: its traced forward pass (:func:`traced_forward`).
+_FORWARD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def traced_forward(model):
+    """``model(x, training=False)`` as one ``tf.function`` per model, traced once for any number of rows.
+
+    Not ``model.predict``: it builds a tf.data pipeline per call (0.1-0.3 s, more than a whole Grad-CAM on a
+    small model), and the sampling explainers call the model hundreds of times. Not ``predict_on_batch``
+    either: its function retraces for each new batch shape (1 image, then 3, then 8 per invocation), and a
+    ``None`` batch dimension in the signature traces once. The model's own ``jit_compile`` is not used: no
+    XLA (on a CPU, Keras' "auto" already means off; docs/benchmark.md, xla section).
+    """
+    forward = _FORWARD.get(model)
+    if forward is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
+        weak_model = weakref.ref(model)  # the cache's value must not keep its key alive
+        forward = _FORWARD[model] = tf.function(lambda x: weak_model()(x, training=False), input_signature=[spec],
+                                                autograph=False, jit_compile=False)
+    return forward
 
 
 def check_keras_archive(path: str, name: str, version: str) -> None:

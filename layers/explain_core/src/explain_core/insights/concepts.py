@@ -371,10 +371,11 @@ class Craft(InsightKind):
         import numpy as np
         from xplique.concepts import CraftTf
 
-        from explain_core.attribution import raw_outputs
+        from explain_core.attribution import raw_outputs, xplique_without_xla
         from explain_core.insights.pictures import display_pixels, image_grid
         from explain_core.modalities.base import check_finite
 
+        xplique_without_xla()  # CRAFT's importance runs Xplique's Sobol estimator: no XLA compilation
         started = time.perf_counter()
         model = keras_image_model(ctx.loaded, "concept insights")
         name, label, layer = part.params["class"], part.params["label"], part.params["layer"]

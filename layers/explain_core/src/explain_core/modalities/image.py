@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from explain_core.approximation import APPROXIMATION, WARNINGS, Approximation, ExplanationWarning, image_checks
 from explain_core.errors import ExplainError, ImageTooLargeError, InvalidModelOutputError
+from explain_core.explain_condition import skipped_methods
 from explain_core.manifest_parts import (
     ATTRIBUTIONS_SHAPE,
     BASE_VALUE,
@@ -28,6 +29,7 @@ from explain_core.manifest_parts import (
     MetricScore,
     ModelIdentity,
 )
+from explain_core.memory import fitting_batch_size
 from explain_core.modalities.base import (
     Explained,
     Modality,
@@ -192,11 +194,13 @@ class ImageModality(Modality):
 
     # ------------------------------------------------------------------ explaining
     def estimate_seconds(self, session, upload, loaded) -> float:
-        from explain_core.attribution import forward_seconds_per_image, raw_outputs, to_model_input
+        from explain_core.attribution import forward_seconds_per_image, probabilities, raw_outputs, to_model_input
 
         card, options = loaded.card, upload.options
         inputs = to_model_input([upload.content.pixels] * min(session.batch_size, TIMING_BATCH), card)
-        raw_outputs(loaded.model, inputs, card, session.batch_size)  # the first call may trace
+        outputs = raw_outputs(loaded.model, inputs, card, session.batch_size)  # the first call may trace
+        if options.condition is not None and not options.verdicts(probabilities(outputs[:1], card))[0].explain:
+            return 0.0  # skipped by its explanation condition: no method will run
         pass_seconds = forward_seconds_per_image(loaded.model, inputs, card, session.batch_size)
         classes = 1 if options.target is not None else options.top_k
         seconds = sum(method_seconds(spec, params, classes, pass_seconds, card) for spec, params in options.methods)
@@ -231,9 +235,14 @@ class ImageModality(Modality):
         # A NaN row fails the batch; explained one by one, only the inputs with NaN predictions fail.
         for upload, row in zip(uploads, scores, strict=True):
             check_finite(row, f"the model's predictions for {upload.key}", key=upload.key)
-        pass_seconds = forward_seconds_per_image(loaded.model, inputs, card, session.batch_size)
-
-        targets = [u.options.classes_to_explain(scores[i]) for i, u in enumerate(uploads)]
+        # Explain only what is asked: an image that does not meet its condition gets no row, so no method runs on
+        # it (its neighbours in the batch are explained as they ask).
+        verdicts = [u.options.verdicts(scores[i:i + 1])[0] for i, u in enumerate(uploads)]
+        targets = [u.options.classes_to_explain(scores[i]) if verdicts[i].explain else []
+                   for i, u in enumerate(uploads)]
+        # Only for the time budgets of method runs: a batch where every image is skipped runs none.
+        pass_seconds = (forward_seconds_per_image(loaded.model, inputs, card, session.batch_size) if any(targets)
+                        else 0.0)
         # Rows are (upload index, class): a method runs once over all rows sharing its parameters.
         jobs: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
         for i, upload in enumerate(uploads):
@@ -250,15 +259,17 @@ class ImageModality(Modality):
             one_hot[np.arange(len(rows)), [cls for _, cls in rows]] = 1.0
             try:
                 check_time_budget(spec, params, len(rows), pass_seconds, card, context)
-                explainer = session.explainers.get(spec, loaded.model, card, params, session.batch_size,
-                                                   loaded.background)
+                # The session's batch, or a smaller one that fits the function's memory (over_memory_budget if none).
+                batch_size = fitting_batch_size(spec, params, len(rows), loaded.model, card, session.batch_size,
+                                                session.settings)
+                explainer = session.explainers.get(spec, loaded.model, card, params, batch_size, loaded.background)
                 result = run_method(explainer, batch_inputs, one_hot)
                 metrics.add_metric(name=f"{name}Seconds", unit=MetricUnit.Seconds, value=result.seconds)
                 approximations = image_checks(spec, params, result.attributions, batch_inputs,
                                               outputs[[i for i, _ in rows]], [cls for _, cls in rows], loaded.model,
-                                              card, session.batch_size, base_values=result.base_values)
+                                              card, batch_size, base_values=result.base_values)
                 metric_scores = _quality_scores(uploads, rows, spec, params, result, explainer, batch_inputs,
-                                                one_hot, loaded, session.batch_size, pass_seconds, context)
+                                                one_hot, loaded, batch_size, pass_seconds, context)
                 for row, (i, cls) in enumerate(rows):
                     problem = _non_finite_attributions(result, row, name, card.class_name(cls))
                     if problem is not None:
@@ -280,13 +291,13 @@ class ImageModality(Modality):
 
         return [
             self._outputs_for(session, i, upload, loaded, scores[i], targets[i], method_results, predict_seconds,
-                              len(uploads))
+                              len(uploads), verdicts[i])
             for i, upload in enumerate(uploads)
         ]
 
     @staticmethod
     def _outputs_for(session, i, upload, loaded, scores, classes, method_results, predict_seconds,
-                     batch_rows) -> Explained:
+                     batch_rows, verdict) -> Explained:
         import numpy as np
 
         from explain_core.keys import class_label
@@ -302,6 +313,29 @@ class ImageModality(Modality):
         def class_score(cls: int) -> ClassScore:
             return ClassScore(**described(cls))
 
+        condition = upload.options.condition.input_outcome(verdict) if upload.options.condition else None
+        timings = {"predict_s": round(predict_seconds, 4), "batch_images": batch_rows}
+        if not verdict.explain:  # the predictions and why; no method ran, nothing was drawn
+            return Explained(objects=[], methods=skipped_methods(upload.options, card),
+                             input_description=upload.content.description(),
+                             predictions=[class_score(c) for c in ranked], explained_classes=[], timings=timings,
+                             condition=condition)
+
+        def draw(found: dict):
+            """The overlay and raw heatmap PNGs and the .npy of one (method, class): each encoded once."""
+            return (render_heatmap(upload.content.pixels, found["heatmap"], upload.options.rendering,
+                                   max_side=session.settings.max_overlay_side), npy_bytes(found["attributions"]))
+
+        # Every (method, class) of the input drawn side by side: Pillow's PNG encoder releases the GIL.
+        started = time.perf_counter()
+        results = [method_results[(i, spec.name, json.dumps(params, sort_keys=True), cls)]
+                   for spec, params in upload.options.methods for cls in classes]
+        drawn = session.in_parallel(draw, [found for found in results if "error" not in found])
+        for _, _, error in drawn:
+            if error is not None:
+                raise error
+        files = iter([files for _, files, _ in drawn])
+        timings["render_s"] = round(time.perf_counter() - started, 4)
         objects, methods = [], []
         for spec, params in upload.options.methods:
             entry = method_entry(spec, params, card)
@@ -315,11 +349,10 @@ class ImageModality(Modality):
                 heatmap_key = session.output_key(upload, spec.name, label, "png")
                 array_key = session.output_key(upload, spec.name, label, "npy")
                 raw_heatmap_key = session.output_key(upload, spec.name, label, "heatmap.png")
-                rendered = render_heatmap(upload.content.pixels, found["heatmap"], upload.options.rendering,
-                                          max_side=session.settings.max_overlay_side)
+                rendered, array_bytes = next(files)
                 objects.append((heatmap_key, rendered.overlay, "image/png"))
                 objects.append((raw_heatmap_key, rendered.raw, "image/png"))
-                objects.append((array_key, npy_bytes(found["attributions"]), "application/octet-stream"))
+                objects.append((array_key, array_bytes, "application/octet-stream"))
                 entry.seconds = round(found["seconds"], 4)  # the whole batch
                 entry.seconds_per_image = round(found["seconds"] / found["rows"], 4)
                 entry.batch_rows = found["rows"]
@@ -339,8 +372,7 @@ class ImageModality(Modality):
         return Explained(
             objects=objects, methods=methods, input_description=upload.content.description(),
             predictions=[class_score(c) for c in ranked], explained_classes=[class_score(c) for c in classes],
-            timings={"predict_s": round(predict_seconds, 4), "batch_images": batch_rows},
-            rendering=upload.options.rendering,
+            timings=timings, rendering=upload.options.rendering, condition=condition,
         )
 
 

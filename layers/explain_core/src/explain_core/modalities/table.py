@@ -1,13 +1,15 @@
 """Tables: Keras or XGBoost models over named numeric features; SHAP values, plots and summaries.
 
 An upload is a CSV or JSON Lines file (:mod:`explain_core.tables`); its columns are matched to
-the card's features by name. Every requested method explains every row for each explained class
-(the upload's target, else the card's ``explained_classes``) and writes a values CSV, plots and a
-summary JSON per class (:mod:`explain_core.tabular_report`).
+the card's features by name. Every requested method explains every row (that meets the explanation
+condition, if any: :mod:`explain_core.explain_condition`) for each explained class (the upload's
+target, else the card's ``explained_classes``) and writes a values CSV, plots and a summary JSON per
+class (:mod:`explain_core.tabular_report`).
 """
 
 import posixpath
 import time
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from aws_lambda_powertools import Metrics
@@ -22,6 +24,7 @@ from explain_core.approximation import (
     table_check,
 )
 from explain_core.errors import InvalidModelOutputError, TableTooLargeError
+from explain_core.explain_condition import skipped_methods
 from explain_core.manifest_parts import (
     ADDITIVITY_MAX_ERROR,
     BASE_VALUE,
@@ -80,7 +83,8 @@ class TableInput(InputLocation):
     """A tabular input (CSV or JSON Lines): where it was read from and its shape."""
 
     format: Literal["csv", "jsonl"] = Field(description="csv or jsonl (from the file's extension)")
-    rows: int = Field(description="Data rows explained")
+    rows: int = Field(description="Data rows in the file (all explained unless the manifest's condition lists "
+                                  "rows it skipped)")
     columns: int = Field(description="Feature columns")
     feature_names_from: Literal["model", "upload"] = Field(
         description="Where the feature names came from: the model (its card or model file) or the upload's header")
@@ -206,8 +210,31 @@ class TableModality(Modality):
                 f"the model's outputs for {upload.key} are NaN or infinite on {int(bad_rows.sum())} row(s) "
                 f"(lines {', '.join(map(str, lines))})", key=upload.key, lines=lines,
             )
-        predicted = np.argmax(probabilities(outputs, card), axis=1)
+        scores = probabilities(outputs, card)
+        predicted = np.argmax(scores, axis=1)
         classes = _classes(upload, card)
+        # Explain only what is asked: each row is a record, explained when its prediction meets the condition; the
+        # others keep their prediction and the reason, and cost no method run.
+        verdicts = upload.options.verdicts(scores)
+        condition = (upload.options.condition.records_outcome(verdicts, table.line_numbers)
+                     if upload.options.condition else None)
+        kept = np.flatnonzero([verdict.explain for verdict in verdicts])
+        counts = np.bincount(predicted, minlength=len(card.class_names))
+        description = {"format": table.format, "rows": len(table.values), "columns": len(table.feature_names),
+                       "feature_names_from": "model" if loaded.feature_names else "upload"}
+        predictions = TablePredictions(rows_per_class={card.class_name(i): int(n) for i, n in enumerate(counts)})
+        timings = {"predict_s": round(predict_seconds, 4), "rows": len(table.values)}
+        if not len(kept):
+            return Explained(objects=[], methods=skipped_methods(upload.options, card), input_description=description,
+                             predictions=predictions, explained_classes=[], timings=timings, condition=condition)
+        # The default SHAP background stays the uploaded rows, skipped ones included: explaining some rows must not
+        # change what their values are relative to.
+        background = loaded.background
+        if len(kept) < len(table.values):
+            if background is None:
+                background = loaded.modality.default_background(card, table.values)
+            table = replace(table, values=table.values[kept], line_numbers=[table.line_numbers[i] for i in kept])
+            outputs, predicted = outputs[kept], predicted[kept]
         row_seconds = _row_seconds(session, loaded, table.values)  # the call above warmed the model
 
         def described(cls: int) -> dict:
@@ -217,9 +244,14 @@ class TableModality(Modality):
         for spec, params in upload.options.methods:
             entry = method_entry(spec, params, card)
             try:
-                check_time_budget(spec, params, *_passes(spec, loaded, table, classes, row_seconds), card, context)
-                explainer = session.explainers.get(spec, loaded.model, card, params, session.batch_size,
-                                                   loaded.background)
+                check_time_budget(spec, params, *_passes(spec, loaded, table, classes, row_seconds, background), card,
+                                  context)
+                if background is loaded.background:
+                    explainer = session.explainers.get(spec, loaded.model, card, params, session.batch_size,
+                                                       loaded.background)
+                else:  # this upload's own background: not an explainer to keep for other uploads
+                    explainer = loaded.modality.build_explainer(spec, loaded.model, card, params,
+                                                                session.batch_size, background)
                 seconds = 0.0
                 for cls in classes:
                     targets = np.zeros((len(table.values), len(card.class_names)), dtype=np.float32)
@@ -250,14 +282,9 @@ class TableModality(Modality):
                 entry.error = method_error(exc, spec.name, card)
             methods.append(entry)
 
-        counts = np.bincount(predicted, minlength=len(card.class_names))
         return Explained(
-            objects=objects, methods=methods,
-            input_description={"format": table.format, "rows": len(table.values), "columns": len(table.feature_names),
-                               "feature_names_from": "model" if loaded.feature_names else "upload"},
-            predictions=TablePredictions(rows_per_class={card.class_name(i): int(n) for i, n in enumerate(counts)}),
-            explained_classes=[ClassScore(**described(c)) for c in classes],
-            timings={"predict_s": round(predict_seconds, 4), "rows": len(table.values)},
+            objects=objects, methods=methods, input_description=description, predictions=predictions,
+            explained_classes=[ClassScore(**described(c)) for c in classes], timings=timings, condition=condition,
         )
 
 
@@ -297,9 +324,11 @@ def _row_seconds(session, loaded, values) -> float:
     return (time.perf_counter() - started) / len(sample)
 
 
-def _passes(spec, loaded, table, classes: list[int], row_seconds: float) -> tuple[int, float]:
+def _passes(spec, loaded, table, classes: list[int], row_seconds: float, background=None) -> tuple[int, float]:
     """(rows, seconds per pass) of a method on a table, for :func:`method_seconds`: each explained
-    class is a pass over the rows, and Kernel SHAP evaluates every background row per pass."""
-    background_rows = len(loaded.background) if loaded.background is not None else len(table.values)
+    class is a pass over the rows, and Kernel SHAP evaluates every background row per pass (``background``:
+    the one it runs with, when not the stored one)."""
+    background = loaded.background if background is None else background
+    background_rows = len(background) if background is not None else len(table.values)
     evaluations = background_rows if spec.passes_per_background_row else 1
     return len(table.values) * len(classes), row_seconds * evaluations

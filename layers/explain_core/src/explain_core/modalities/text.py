@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from explain_core.approximation import APPROXIMATION, WARNINGS, Approximation, ExplanationWarning
 from explain_core.errors import TextTooLargeError, UnsupportedModelError
+from explain_core.explain_condition import skipped_methods
 from explain_core.manifest_parts import (
     BASE_VALUE,
     LOADED_FROM,
@@ -281,12 +282,19 @@ class TextModality(Modality):
             check_finite(row, f"the model's outputs for line {document.line} of {upload.key}", key=upload.key,
                          line=document.line)
         scores = probabilities(outputs, card)
-        pass_seconds = _pass_seconds(session, loaded, content.ids)
-        targets = [upload.options.classes_to_explain(row) for row in scores]
+        # Explain only what is asked: each document is a record, explained when its prediction meets the condition;
+        # the others keep their prediction and the reason, and cost no method run.
+        verdicts = upload.options.verdicts(scores)
+        condition = (upload.options.condition.records_outcome(verdicts, [d.line for d in content.documents],
+                                                              documents=True) if upload.options.condition else None)
+        targets = [upload.options.classes_to_explain(row) if verdict.explain else []
+                   for row, verdict in zip(scores, verdicts, strict=True)]
         rows = sum(len(t) for t in targets)
+        explained_documents = sum(verdict.explain for verdict in verdicts)
+        pass_seconds = _pass_seconds(session, loaded, content.ids) if rows else 0.0
 
         objects, methods = [], []
-        for spec, params in upload.options.methods:
+        for spec, params in upload.options.methods if rows else ():
             entry = method_entry(spec, params, card)
             try:
                 check_time_budget(spec, params, rows, pass_seconds, card, context)
@@ -294,6 +302,8 @@ class TextModality(Modality):
                 method_started = time.perf_counter()
                 explanations = []
                 for index, (document, encoded) in enumerate(zip(content.documents, content.encoded, strict=True)):
+                    if not targets[index]:
+                        continue  # skipped by the condition
                     found = explainer.explain_document(encoded, document.text, targets[index])
                     explanations += _document_outputs(spec, params, index, document, encoded, found, targets[index],
                                                       scores[index], outputs[index], text_model, card,
@@ -303,7 +313,7 @@ class TextModality(Modality):
                 objects += files
                 entry.outputs.extend(outputs_entries)
                 entry.seconds = round(seconds, 4)
-                entry.seconds_per_image = round(seconds / max(1, len(content.documents)), 4)
+                entry.seconds_per_image = round(seconds / max(1, explained_documents), 4)
                 metrics.add_metric(name=f"{spec.name}Seconds", unit=MetricUnit.Seconds, value=seconds)
             except Exception as exc:  # a method failing on this model must not sink the others
                 entry.status = "failed"
@@ -311,6 +321,8 @@ class TextModality(Modality):
                 entry.outputs = []
             methods.append(entry)
 
+        if not rows:  # no document met the condition: every method skipped, no output
+            methods = skipped_methods(upload.options, card)
         predicted = np.argmax(scores, axis=1)
         counts = np.bincount(predicted, minlength=len(card.class_names))
         explained = sorted({c for t in targets for c in t})
@@ -325,6 +337,7 @@ class TextModality(Modality):
                 documents_per_class={card.class_name(i): int(n) for i, n in enumerate(counts)}),
             explained_classes=[ClassScore(class_index=c, class_name=card.class_name(c)) for c in explained],
             timings={"predict_s": round(predict_seconds, 4), "documents": len(content.documents)},
+            condition=condition,
         )
 
 
