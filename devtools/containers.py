@@ -27,6 +27,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from devtools.local import FAMILY_FUNCTIONS, aws
 
@@ -89,8 +90,9 @@ def wheelhouse_url() -> str:
     """Where the base stand-in's /etc/pip.conf sends pip: its ``explain.wheelhouse`` label."""
     url = run(["docker", "image", "inspect", BASE_IMAGE, "--format",
                '{{ index .Config.Labels "explain.wheelhouse" }}']).stdout.strip()
-    if not url.startswith("http://"):
-        raise RuntimeError(f"{BASE_IMAGE} has no explain.wheelhouse label: run devtools/docker/lambda-base.sh")
+    if not url.startswith("http://") or not urlsplit(url).hostname:
+        raise RuntimeError(f"{BASE_IMAGE} has no usable explain.wheelhouse label ({url!r}): "
+                           "run devtools/docker/lambda-base.sh")
     return url
 
 
@@ -106,7 +108,6 @@ def serving_wheelhouse():
     import fcntl
     import functools
     import threading
-    from urllib.parse import urlsplit
 
     address = urlsplit(wheelhouse_url())
     handler = functools.partial(_QuietFiles, directory=str(WHEELHOUSE))

@@ -18,7 +18,17 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 WHEELHOUSE=$REPO/.cache/wheelhouse
 PORT=${EXPLAIN_WHEELHOUSE_PORT:-47591}
+# The default bridge's gateway. Some engines (Debian's docker.io 26+ on a fresh start) report only
+# the subnet; the gateway is then the subnet's first address, which docker0 carries.
 GATEWAY=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+if [ -z "$GATEWAY" ]; then
+  SUBNET=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Subnet}}')
+  GATEWAY=$(python3 -c 'import ipaddress, sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$SUBNET")
+fi
+if [ -z "$GATEWAY" ]; then
+  echo "ERROR: no gateway address for docker's default bridge (docker network inspect bridge)" >&2
+  exit 1
+fi
 INDEX=http://$GATEWAY:$PORT/
 FUNCTION_REQUIREMENTS=$(ls functions/*/requirements.txt)
 REQUIREMENTS="layers/requirements-ml.txt layers/requirements-aws.txt layers/requirements-nodeps.txt $FUNCTION_REQUIREMENTS"

@@ -34,15 +34,7 @@ def test_shap_dispatchers_found_and_sorted_into_cacheable_or_not():
 
 
 def test_read_only_cache_dir_is_copied_under_tmp(tmp_path, monkeypatch):
-    image_cache = tmp_path / "opt" / "numba-cache"
-    (image_cache / "maskers_x").mkdir(parents=True)
-    (image_cache / "maskers_x" / "f.nbi").write_bytes(b"index")
-    writable_root = tmp_path / "tmp"
-    writable_root.mkdir()
-    monkeypatch.setattr(numba_cache.tempfile, "tempdir", str(writable_root))
-    # Root ignores permission bits: say the image's directory is read-only as Lambda's /opt is.
-    real_writable = numba_cache._writable
-    monkeypatch.setattr(numba_cache, "_writable", lambda d: d != image_cache and real_writable(d))
+    image_cache, writable_root = _read_only_image_cache(tmp_path, monkeypatch)
 
     chosen = numba_cache.writable_cache_dir(image_cache)
 
@@ -62,6 +54,7 @@ def _read_only_image_cache(tmp_path, monkeypatch) -> tuple[Path, Path]:
     writable_root = tmp_path / "tmp"
     writable_root.mkdir()
     monkeypatch.setattr(numba_cache.tempfile, "tempdir", str(writable_root))
+    # Root ignores permission bits: say the image's directory is read-only as Lambda's /opt is.
     real_writable = numba_cache._writable
     monkeypatch.setattr(numba_cache, "_writable", lambda d: d != image_cache and real_writable(d))
     return image_cache, writable_root
