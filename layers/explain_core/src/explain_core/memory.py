@@ -51,6 +51,13 @@ DEEP_SHAP_SAFETY = 1.25
 UNREAD_LAYER_INPUTS = 16
 #: Per method whatever the batch: its traced functions and TensorFlow's working buffers.
 METHOD_OVERHEAD = 150 * MB
+#: shap's PartitionExplainer over an image: its partition tree and Owen-value arrays, per input feature
+#: (H x W x C), whatever the batch (MobileNetV2 at 1024 px held 380 bytes a feature above the batch's own part;
+#: 512 covers it and the 224 px rows with a 1.1 margin, docs/benchmark.md#memory).
+PARTITION_BYTES_PER_FEATURE = 512
+#: SuperpixelKernelExplainer: SLIC's float64 working copies of the image, per input feature (MobileNetV2 at
+#: 1024 px: 113 bytes a feature above the estimate's other parts).
+SLIC_BYTES_PER_FEATURE = 128
 #: Kept free for what follows a method (rendering PNGs, encoding .npy files, the metrics' copies).
 RESERVE_SHARE, RESERVE_MIN_MB = 0.10, 128
 
@@ -185,14 +192,19 @@ def _method_memory(spec, params: dict, rows: int, memory: ModelMemory, size: tup
                               batched=False)
     if name == "GradientExplainer":  # shap: nb_samples path copies and their deltas and gradients per input
         return MemoryEstimate(base + 3 * params["nb_samples"] * image, memory.backward_row() + image)
+    features = image // FLOAT
     if name == "SuperpixelKernelExplainer":  # every coalition's masked image at once (pixels, then preprocessed)
-        return MemoryEstimate(base + 2 * params["nb_samples"] * image, memory.forward_row())
-    if name == "PartitionExplainer":  # shap's Image masker: masked copies of a batch
-        return MemoryEstimate(base + 2 * image, memory.forward_row() + 2 * image)
+        return MemoryEstimate(base + 2 * params["nb_samples"] * image + SLIC_BYTES_PER_FEATURE * features,
+                              memory.forward_row())
+    if name == "PartitionExplainer":  # the partition tree and value arrays; per row, the masker's float64 masked
+        # copies and blurred background (16 inputs' worth covers the 224 px rows measured, 515-636 MB at 16 rows)
+        return MemoryEstimate(base + 2 * image + PARTITION_BYTES_PER_FEATURE * features,
+                              memory.forward_row() + 16 * image)
     if spec.backward:  # Xplique gradient methods (IntegratedGradients' path chunked by bounded_explainers)
         return MemoryEstimate(base, memory.backward_row() + 2 * image)
-    if name == "FEM":
-        return MemoryEstimate(base, memory.forward_row())
+    if name == "FEM":  # a model returning its feature maps keeps every layer's output of the row: measured at
+        # 1024 px (MobileNetV2) twice what a forward pass alone keeps
+        return MemoryEstimate(base, memory.forward_row() + memory.activation_bytes)
     if name in ("SobolAttributionMethod", "HsicAttributionMethod"):  # masks at grid resolution, all at once
         grid = params["grid_size"] ** 2
         return MemoryEstimate(base + 2 * FLOAT * spec.passes(params, size) * grid,
