@@ -150,10 +150,33 @@ class Comparison:
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and TensorFlow/Keras random state (Rise, Lime, KernelShap, SmoothGrad... draw from them)."""
+    """Python, NumPy and TensorFlow/Keras random state (Rise, Lime, KernelShap, SmoothGrad... draw from them).
+
+    Xplique draws Rise's masks and SmoothGrad's noise inside class-level ``tf.function``s, whose random ops
+    take their seeds when first traced and then keep their state across calls: a measurement would depend on
+    what ran before it in the process (the test suite runs the handlers first). They are traced again after
+    the seed is set, so every measurement draws what a fresh process draws.
+    """
+    import sys
+
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    polymorphic = tf.types.experimental.PolymorphicFunction
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("xplique."):
+            continue
+        for cls in list(vars(module).values()):
+            if not (isinstance(cls, type) and cls.__module__ == name):
+                continue
+            for attribute, member in list(vars(cls).items()):
+                static = isinstance(member, staticmethod)
+                function = member.__func__ if static else member
+                if isinstance(function, polymorphic):
+                    fresh = tf.function(function.python_function, input_signature=function.input_signature,
+                                        jit_compile=getattr(function, "_jit_compile", None))
+                    setattr(cls, attribute, staticmethod(fresh) if static else fresh)
 
 
 def load_model():

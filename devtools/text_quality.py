@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from devtools import text_demo
+from devtools.localisation import seed_everything
 
 DEFAULT_COUNT = 80
 #: Held-out reviews: not the training seed; the same reviews every run.
@@ -145,12 +146,6 @@ class Comparison:
 
 
 # ------------------------------------------------------------------ loading
-def seed_everything(seed: int) -> None:
-    import keras
-
-    keras.utils.set_random_seed(seed)
-
-
 def load_model():
     """(model, card, files) of the demo text model, loaded as the functions load a user's model."""
     import keras
