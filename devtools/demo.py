@@ -79,6 +79,9 @@ def upload_samples(deployment) -> list[str]:
         uploads.append((f"incoming/{FAMILIES[i % 2]}/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}", body))
         if i < 3:  # one image per shape for the shap family (every image method runs on each)
             uploads.append((f"incoming/shap/{demo_model.NAME}/{demo_model.VERSION}/samples/{name}", body))
+        if i < 2:  # the same model from a SageMaker model.tar.gz (a SavedModel)
+            uploads.append((f"incoming/gradient/{demo_model.SAGEMAKER_NAME}/{demo_model.VERSION}/samples/{name}",
+                            body))
     rows, _ = tabular_demo.sample_rows(TABULAR_SAMPLE_ROWS)
     uploads.append((f"incoming/shap/{tabular_demo.XGB}/{tabular_demo.VERSION}/samples/patients.csv",
                     tabular_demo.sample_csv(rows)))
@@ -544,6 +547,10 @@ def _run(args) -> int:
     s3 = deployment.client("s3")
     demo_model.publish(s3, deployment.bucket("ModelBucket"), model_dir)
     log(f"published models/{demo_model.NAME}/{demo_model.VERSION}/ (held-out accuracy {training['test_accuracy']:.1%})")
+    with lambda_service.captured_output():  # TensorFlow's export log
+        demo_model.publish_sagemaker(s3, deployment.bucket("ModelBucket"))
+    log(f"published models/{demo_model.SAGEMAKER_NAME}/{demo_model.VERSION}/model.tar.gz (the same model as a "
+        "SageMaker training job writes it: a SavedModel)")
     for name, directory in tabular_models.items():
         tabular_demo.publish(s3, deployment.bucket("ModelBucket"), directory, name)
         accuracy = json.loads((directory / "training.json").read_text())["test_accuracy"]

@@ -128,15 +128,62 @@ def ensure_demo_model() -> Path:
     return directory
 
 
+#: The same trained model published as a SageMaker TensorFlow training job writes it: model.tar.gz.
+SAGEMAKER_NAME = "shapes-sagemaker"
+#: Methods the SavedModel card runs by default: none that reads layers (Grad-CAM), which a SavedModel hides.
+SAGEMAKER_METHODS = {"gradient": ["Saliency", "IntegratedGradients", "SmoothGrad", "XRAI"],
+                     "perturbation": ["Occlusion", "Rise", "SobolAttributionMethod"]}
+
+
+def sagemaker_card() -> dict:
+    found = card()
+    del found["cam_layer"]
+    return {**found, "name": SAGEMAKER_NAME, "model_file": "model.tar.gz",
+            "description": "The demo CNN as a SageMaker training job writes it: a TensorFlow SavedModel in 1/ of "
+                           "model.tar.gz.",
+            "artifact": {"signature": "serving_default"}, "default_methods": SAGEMAKER_METHODS}
+
+
+def ensure_sagemaker_artifact() -> Path:
+    """``model.tar.gz`` (the demo model exported as a SavedModel under ``1/``, TensorFlow Serving's layout, as a
+    SageMaker TensorFlow training job uploads it), its card and background; made once from the .keras model."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    source = ensure_demo_model()
+    directory = source / "sagemaker"
+    if not (directory / "model.tar.gz").exists():
+        import keras
+
+        model = keras.saving.load_model(source / "model.keras", compile=False, safe_mode=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            model.export(os.path.join(scratch, "1"), format="tf_saved_model", verbose=False)
+            partial = directory / "model.tar.gz.part"
+            with tarfile.open(partial, "w:gz") as archive:
+                archive.add(os.path.join(scratch, "1"), arcname="1")
+            partial.replace(directory / "model.tar.gz")
+    (directory / "card.json").write_text(json.dumps(sagemaker_card(), indent=2))
+    shutil.copyfile(source / "background.npy", directory / "background.npy")
+    return directory
+
+
 def sample_images(count: int = 6, seed: int = 2024):
     """Held-out images (never trained on) with their labels and masks, for the demo and tests."""
     return shapes.dataset(count, seed=seed)
 
 
-def publish(s3_client, bucket: str, directory: Path, name: str = NAME, version: str = VERSION) -> None:
+def publish(s3_client, bucket: str, directory: Path, name: str = NAME, version: str = VERSION,
+            model_file: str = "model.keras") -> None:
     """Upload a model and its card to the model bucket, as a user would."""
-    for filename in ("model.keras", "card.json", "background.npy"):
+    for filename in (model_file, "card.json", "background.npy"):
         s3_client.upload_file(str(directory / filename), bucket, f"models/{name}/{version}/{filename}")
+
+
+def publish_sagemaker(s3_client, bucket: str) -> None:
+    """The SageMaker-style artifact of the demo model, as ``models/shapes-sagemaker/v1/``."""
+    publish(s3_client, bucket, ensure_sagemaker_artifact(), SAGEMAKER_NAME, VERSION, "model.tar.gz")
 
 
 def main():

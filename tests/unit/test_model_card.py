@@ -121,7 +121,7 @@ def test_tabular_card():
     ({"feature_names": ["age", "age"]}, "feature_names must be unique"),
     ({"explained_classes": ["maybe"]}, "explained_classes ['maybe'] are not in class_names"),
     ({"model_file": "model.keras"}, 'output "margin" is for XGBoost models'),
-    ({"model_file": "model.pkl"}, "model_file: Input should be 'model.keras', 'model.json' or 'model.ubj'"),
+    ({"model_file": "model.pkl"}, "model_file: Input should be 'model.keras', 'model.tar.gz', 'model.json' or 'model.ubj'"),
 ])
 def test_tabular_card_problems(change, message):
     assert message in refused({**TABULAR, **change}).message
@@ -133,7 +133,7 @@ def test_tabular_card_may_leave_the_feature_names_to_the_model_or_the_upload():
 
 def test_image_models_are_keras_only():
     error = refused({**MINIMAL, "model_file": "model.ubj"})
-    assert "image models must be Keras models (model.keras)" in error.message
+    assert "image models must be Keras models (model.keras, model.tar.gz)" in error.message
 
 
 @pytest.mark.parametrize(

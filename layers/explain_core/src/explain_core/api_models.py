@@ -178,6 +178,8 @@ class MethodOutput(BaseModel):
     heatmap_url: str | None = Field(default=None, description="Heatmap over the image (PNG)")
     raw_heatmap_url: str | None = Field(
         default=None, description="Heatmap alone at the model's input size, coloured as the overlay (PNG)")
+    region_mask_url: str | None = Field(
+        default=None, description="XRAI: mask of its top regions, 255 inside (greyscale PNG)")
     heatmap_range: Annotated[list[float] | None, HEATMAP_RANGE] = None
     attributions_url: str | None = Field(default=None, description="Raw attributions (NumPy .npy)")
     attributions_shape: Annotated[list[int] | None, ATTRIBUTIONS_SHAPE] = None

@@ -85,6 +85,8 @@ class BatchAttributions:
     seconds: float
     #: SHAP methods: the expected value per image (attributions sum to output - base value).
     base_values: np.ndarray | None = None
+    #: Region methods (XRAI): the top regions per image, (N, H, W) booleans at the model's input size.
+    masks: np.ndarray | None = None
 
 
 class ExplainerCache:
@@ -257,6 +259,10 @@ def stable_model_functions(explainer):
 
 
 def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batch_size: int, background=None):
+    if spec.reads_layers:
+        from explain_core.frameworks.sagemaker import refuse_layer_methods
+
+        refuse_layer_methods(model, spec.name)
     if spec.family == SHAP:
         return spec.explainer_class()(model, batch_size, card=card, background=background, **params)
     kwargs = dict(params)
@@ -264,6 +270,8 @@ def build_explainer(spec: MethodSpec, model, card: ModelCard, params: dict, batc
         kwargs["conv_layer"] = card.cam_layer
     if spec.grid_segments:
         kwargs["map_to_interpret_space"] = grid_segmentation(kwargs.pop("grid_size"))
+    if spec.uses_card:
+        kwargs["card"] = card
     from explain_core.bounded_explainers import explainer_class  # memory bounded by the batch where Xplique's is not
 
     return explainer_class(spec)(model, batch_size=batch_size, **kwargs)
@@ -279,9 +287,17 @@ def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> BatchAttri
     if heatmaps.ndim == 4:
         heatmaps = heatmaps.mean(axis=-1)
     heatmaps = _resize_maps(heatmaps, inputs.shape[1:3])
-    base_values = getattr(explainer, "base_values", None)
+    base_values, masks = getattr(explainer, "base_values", None), getattr(explainer, "masks", None)
     return BatchAttributions(attributions, heatmaps.astype(np.float32), seconds,
-                        None if base_values is None else np.array(base_values, dtype=np.float64))
+                             None if base_values is None else np.array(base_values, dtype=np.float64),
+                             None if masks is None else _resize_masks(np.asarray(masks, dtype=bool),
+                                                                      inputs.shape[1:3]))
+
+
+def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if masks.shape[1:3] == tuple(size):
+        return masks
+    return _resize_maps(masks.astype(np.float32), size) >= 0.5
 
 
 def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -107,6 +107,11 @@ def model_memory(model, input_shape: tuple) -> ModelMemory:
                 continue
             if type(layer).__name__ == "InputLayer":
                 continue
+            if type(layer).__name__ == "TFSMLayer":  # a SavedModel: the tensors of its graph's functions
+                from explain_core.frameworks.sagemaker import row_activation_bytes
+
+                sizes.extend(row_activation_bytes(layer.filepath, input_bytes))
+                continue
             try:
                 outputs = layer.output
             except (AttributeError, ValueError):  # a layer never called in a graph

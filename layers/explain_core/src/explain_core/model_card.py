@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from explain_core.errors import ModelCardError
 from explain_core.explain_condition import ExplainIf, check_card_condition
 from explain_core.frameworks import MODEL_FILES, handler_for, handlers_named, handlers_with_output
+from explain_core.frameworks.sagemaker import ARCHIVE_FILE
 from explain_core.modalities import MODALITIES, modality_for
 
 
@@ -29,6 +30,18 @@ class TargetPolicy(BaseModel):
 CARD_FILE = "card.json"
 
 
+class ModelArtifact(BaseModel):
+    """Where the model is inside ``model.tar.gz`` (a SageMaker training artifact), and what to call."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: A .keras file or a SavedModel folder inside the archive (e.g. "model/1"); None: its only one.
+    path: str | None = Field(default=None, min_length=1, max_length=1024)
+    #: The SavedModel signature explained.
+    signature: str = Field(default="serving_default", min_length=1, max_length=256)
+    #: The signature's output holding the class scores; None: its only output.
+    output: str | None = Field(default=None, min_length=1, max_length=256)
+
+
 class CardIdentity(BaseModel):
     """What a card is about: the model, its kind and its file."""
 
@@ -40,6 +53,8 @@ class CardIdentity(BaseModel):
     modality: Literal[tuple(MODALITIES)] = "image"  # type: ignore[valid-type]
     #: The model's file beside the card: it names the framework (XGBoost models are tabular only).
     model_file: Literal[tuple(MODEL_FILES)] = "model.keras"  # type: ignore[valid-type]
+    #: model.tar.gz only: the model's place in the archive and the SavedModel signature (docs/models.md).
+    artifact: ModelArtifact | None = None
 
 
 # Bases in reverse so that pydantic, which collects fields from the last base first, orders a
@@ -70,11 +85,13 @@ class ModelCard(*reversed([modality.card_fields for modality in MODALITIES.value
         modality.check_card(self)
         if handler.name not in modality.frameworks:
             files = ", ".join(f for f, name in MODEL_FILES.items() if name in modality.frameworks)
-            kinds = " or ".join(h.display_name for h in handlers_named(modality.frameworks))
+            kinds = " or ".join(dict.fromkeys(h.display_name for h in handlers_named(modality.frameworks)))
             raise ValueError(f"{modality.name} models must be {kinds} models ({files})")
         if self.output not in handler.outputs:
-            kinds = " or ".join(h.display_name for h in handlers_with_output(self.output))
+            kinds = " or ".join(dict.fromkeys(h.display_name for h in handlers_with_output(self.output)))
             raise ValueError(f'output "{self.output}" is for {kinds} models')
+        if self.artifact is not None and self.model_file != ARCHIVE_FILE:
+            raise ValueError("artifact describes a model.tar.gz; this card's model_file is " + self.model_file)
         check_card_condition(self.explain_if, self.class_names)
         if self.default_metrics:
             from explain_core.errors import ExplainError

@@ -1,7 +1,8 @@
 """Models loaded by name and version from S3, kept warm in memory and in /tmp.
 
 Layout in the model bucket: ``models/<name>/<version>/card.json``, the model file the card names
-(``model.keras``, or ``model.json`` / ``model.ubj`` for XGBoost) and optionally
+(``model.keras``, ``model.tar.gz`` as a SageMaker training job writes it, or ``model.json`` /
+``model.ubj`` for XGBoost) and optionally
 ``background.npy``, the background data of the SHAP explainers (image models: pixel images
 ``(n, height, width, 3)`` in 0-255 at the model's input size; tabular models: rows
 ``(n, features)`` in the card's feature order).
@@ -207,7 +208,7 @@ class ModelStore:
             self._download(name, version, model_key, model_etag, path)
         self._touch(name, version)
         handler = handler_for(card)
-        model = handler.load(path, name, version)
+        model = handler.load(path, name, version, card=card, settings=self.settings)
         handler.check(model, card)
         return LoadedModel(name, version, model, card, model_etag, card_etag, time.perf_counter() - started, source,
                            background_etag=background_etag)

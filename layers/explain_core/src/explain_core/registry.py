@@ -132,6 +132,11 @@ class MethodSpec:
     passes: Callable[[Mapping[str, Any], tuple[int, int]], int] = lambda params, size: 1
     #: Extra constructor arguments derived from the model card or the parameters.
     uses_cam_layer: bool = False
+    #: The method reads or changes the model's layers (a conv layer's maps, ReLU gradients, relevance rules per
+    #: layer): a SavedModel, whose layers are hidden, is refused (explain_core.frameworks.sagemaker).
+    reads_layers: bool = False
+    #: The explainer is built with the model card (``card=``): input bounds from its preprocessing.
+    uses_card: bool = False
     #: Parameters that the method takes as a segmentation grid, not as constructor arguments.
     grid_segments: bool = False
     description: str = ""
@@ -308,33 +313,63 @@ METHODS: tuple[MethodSpec, ...] = (
         "GuidedBackprop", GRADIENT, "xplique.attributions.GuidedBackprop",
         "Springenberg et al., Striving for Simplicity: The All Convolutional Net (2014), "
         "https://arxiv.org/abs/1412.6806",
-        description="gradient with ReLUs passing only positive gradients of positive activations",
+        description="gradient with ReLUs passing only positive gradients of positive activations", reads_layers=True,
     ),
     MethodSpec(
         "DeconvNet", GRADIENT, "xplique.attributions.DeconvNet",
         "Zeiler and Fergus, Visualizing and Understanding Convolutional Networks (2013), "
         "https://arxiv.org/abs/1311.2901",
-        description="gradient with ReLUs applied to the backward signal",
+        description="gradient with ReLUs applied to the backward signal", reads_layers=True,
     ),
     MethodSpec(
         "GradCAM", GRADIENT, "xplique.attributions.GradCAM",
         "Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization "
         "(2016), https://arxiv.org/abs/1610.02391",
-        uses_cam_layer=True, description="class activation map weighted by pooled gradients",
+        uses_cam_layer=True, reads_layers=True, description="class activation map weighted by pooled gradients",
     ),
     MethodSpec(
         "GradCAMPP", GRADIENT, "xplique.attributions.GradCAMPP",
         "Chattopadhyay et al., Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks "
         "(2017), https://arxiv.org/abs/1710.11063",
-        uses_cam_layer=True, description="Grad-CAM with higher-order gradient weights",
+        uses_cam_layer=True, reads_layers=True, description="Grad-CAM with higher-order gradient weights",
     ),
     MethodSpec(
         "FEM", GRADIENT, "xplique.attributions.FEM",
         "Fuad et al., Features Understanding in 3D CNNs for Actions Recognition in Video (2020), "
         "https://doi.org/10.1109/IPTA50016.2020.9286629",
         params=(Param("k", float, 2.0, 0.1, 10.0, doc="standard deviations above the mean that count as salient"),),
-        uses_cam_layer=True, description="feature explanation method: salient feature maps, no gradients",
+        uses_cam_layer=True, reads_layers=True,
+        description="feature explanation method: salient feature maps, no gradients",
         backward=False,  # the conv layer's feature maps of a forward pass, no gradients
+    ),
+    MethodSpec(
+        "LRP", GRADIENT, "explain_core.lrp.LRP",
+        "Bach et al., On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance "
+        "Propagation (2015), https://doi.org/10.1371/journal.pone.0130140; Montavon et al., Layer-Wise Relevance "
+        "Propagation: An Overview (2019), https://doi.org/10.1007/978-3-030-28954-6_10",
+        params=(
+            Param("rule", str, "gamma", choices=("epsilon", "gamma", "alpha_beta"),
+                  doc="rule of the convolution layers (dense layers always use epsilon)"),
+            Param("epsilon", float, 0.25, 0.0, 100.0, doc="stabiliser of the epsilon rule (0: LRP-0)"),
+            Param("gamma", float, 0.25, 0.0, 100.0, doc="extra weight of positive contributions (gamma rule)"),
+            Param("alpha", float, 2.0, 1.0, 10.0, doc="alpha of the alpha-beta rule (beta = alpha - 1)"),
+            Param("first_layer", str, "zbox", choices=("zbox", "zplus", "wsquare", "same"),
+                  doc="rule of the layer reading the pixels: zbox (bounded by the pixel range), zplus, wsquare "
+                      "or the same as the others"),
+        ),
+        reads_layers=True, uses_card=True,
+        description="layer-wise relevance propagation of the class logit, rule by layer (batch norm folded)",
+    ),
+    MethodSpec(
+        "XRAI", GRADIENT, "explain_core.xrai.XRAI",
+        "Kapishnikov et al., XRAI: Better Attributions Through Regions (2019), https://arxiv.org/abs/1906.02825",
+        params=(
+            Param("steps", int, 32, 2, 256, doc="Integrated Gradients path points per baseline (black and white)"),
+            Param("top_percent", float, 10.0, 1.0, 100.0, doc="area of the top-regions mask, in % of the image"),
+        ),
+        passes=lambda p, s: 2 * p["steps"], uses_card=True,
+        description="Integrated Gradients (black and white baselines) over Felzenszwalb regions at several "
+                    "scales, regions ranked by attribution density; a mask of the top regions",
     ),
     # --- black-box: the model is only evaluated on perturbed copies of the input ---
     MethodSpec(
@@ -447,7 +482,7 @@ METHODS: tuple[MethodSpec, ...] = (
                           "#1490 and #4023; the fix, PR #3419, was closed unmerged) and an Embedding's ids have no "
                           "gradient; use IntegratedGradients on the embeddings (gradient family) or "
                           "TextPartitionExplainer"),),
-        approximation="additivity", accuracy_param="nb_background",
+        approximation="additivity", accuracy_param="nb_background", reads_layers=True,
         description="Deep SHAP: DeepLIFT multipliers averaged over background references",
     ),
     MethodSpec(

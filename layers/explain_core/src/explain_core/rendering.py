@@ -445,6 +445,17 @@ def _with_colour_bar(picture, scale: ColourScale, table):
     return out
 
 
+def mask_png(mask) -> bytes:
+    """A boolean (H, W) mask as a greyscale PNG: 255 inside, 0 outside (XRAI's top regions)."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def npy_bytes(array) -> bytes:
     import numpy as np
 

@@ -1,4 +1,5 @@
-"""Framework handlers: one module per ML library (Keras, XGBoost), asked through :func:`handler_for`.
+"""Framework handlers: one module per ML library (Keras, XGBoost) or model packaging (SageMaker's
+``model.tar.gz``), asked through :func:`handler_for`.
 
 Adding a library means adding a module with a :class:`FrameworkHandler` subclass and listing it
 in ``HANDLERS``; nothing else branches on the framework.
@@ -6,9 +7,10 @@ in ``HANDLERS``; nothing else branches on the framework.
 
 from explain_core.frameworks.base import FrameworkHandler
 from explain_core.frameworks.keras import KerasHandler
+from explain_core.frameworks.sagemaker import SageMakerHandler
 from explain_core.frameworks.xgboost import XGBoostHandler
 
-HANDLERS: tuple[FrameworkHandler, ...] = (KerasHandler(), XGBoostHandler())
+HANDLERS: tuple[FrameworkHandler, ...] = (KerasHandler(), SageMakerHandler(), XGBoostHandler())
 #: Model file -> framework name, for the model card.
 MODEL_FILES: dict[str, str] = {file: handler.name for handler in HANDLERS for file in handler.model_files}
 

@@ -27,8 +27,9 @@ class FrameworkHandler:
     def can_handle(cls, card) -> bool:
         return card.model_file in cls.model_files
 
-    def load(self, path: str, name: str, version: str):
-        """The model stored at ``path`` (never unpickled); InvalidModelError when it cannot be read."""
+    def load(self, path: str, name: str, version: str, card=None, settings=None):
+        """The model stored at ``path`` (never unpickled); InvalidModelError when it cannot be read. ``card`` and
+        ``settings`` (the store's) are for handlers whose file needs them (an archive's limits and options)."""
         raise NotImplementedError
 
     def check(self, model, card) -> None:

@@ -35,7 +35,7 @@ class KerasHandler(FrameworkHandler):
     outputs = ("logits", "probabilities")
     input_dtype = "float32"
 
-    def load(self, path: str, name: str, version: str):
+    def load(self, path: str, name: str, version: str, card=None, settings=None):
         # Checked before Keras is even imported: nothing in a refused file reaches Keras.
         check_keras_archive(path, name, version)
         import keras
@@ -60,13 +60,18 @@ class KerasHandler(FrameworkHandler):
                 f"model output shape {output_shape} does not match the card's {len(card.class_names)} classes",
                 model=card.name,
             )
-        if card.cam_layer is not None:
+        if card.cam_layer is not None and self.shows_layers(model):
             try:
                 model.get_layer(card.cam_layer)
             except ValueError as exc:
                 raise InvalidModelError(
                     f"the card's cam_layer {card.cam_layer!r} is not a layer of the model", model=card.name
                 ) from exc
+
+    def shows_layers(self, model) -> bool:
+        """False for a model whose layers are hidden (a SavedModel): its card's ``cam_layer`` is not checked, the
+        methods that read layers refuse it when asked."""
+        return True
 
     def predict(self, model, inputs, card, batch_size: int):
         return KerasOutputs(model, batch_size)(inputs)

@@ -16,7 +16,7 @@ class XGBoostHandler(FrameworkHandler):
     outputs = ("margin", "logits", "probabilities")
     input_dtype = "float64"
 
-    def load(self, path: str, name: str, version: str):
+    def load(self, path: str, name: str, version: str, card=None, settings=None):
         try:
             import xgboost
         except ImportError as exc:  # only the shap function's image installs XGBoost

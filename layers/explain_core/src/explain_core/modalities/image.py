@@ -122,6 +122,9 @@ class ImageOutput(ClassScore):
     raw_heatmap: str | None = Field(
         default=None, description="Key of the heatmap alone at the model's input size, one pixel per model input "
                                   "pixel, coloured as the overlay (PNG); absent from manifests before it existed")
+    region_mask: str | None = Field(
+        default=None, description="XRAI: key of the mask of its top regions (top_percent of the image, greyscale PNG "
+                                  "at the model's input size, 255 inside)")
     heatmap_range: Annotated[list[float] | None, HEATMAP_RANGE] = None
     attributions: str = Field(description="Key of the raw attributions (NumPy .npy)")
     attributions_shape: Annotated[list[int], ATTRIBUTIONS_SHAPE]
@@ -136,6 +139,7 @@ class ImageOutput(ClassScore):
         return {"class_index": self.class_index, "class_name": self.class_name, "score": self.score,
                 "heatmap_url": sign(self.heatmap), "attributions_url": sign(self.attributions),
                 "raw_heatmap_url": sign(self.raw_heatmap) if self.raw_heatmap else None,
+                "region_mask_url": sign(self.region_mask) if self.region_mask else None,
                 "heatmap_range": self.heatmap_range,
                 "attributions_shape": self.attributions_shape, "base_value": self.base_value,
                 "output_kind": self.output_kind, "metrics": self.metrics,
@@ -282,6 +286,7 @@ class ImageModality(Modality):
                         "seconds": result.seconds,
                         "rows": len(rows),
                         "base_value": None if result.base_values is None else float(result.base_values[row]),
+                        "mask": None if result.masks is None else result.masks[row],
                         "approximation": approximations[row] if approximations else (None, None),
                     }
             except Exception as exc:  # a method failing on this model must not sink the others
@@ -301,7 +306,7 @@ class ImageModality(Modality):
         import numpy as np
 
         from explain_core.keys import class_label
-        from explain_core.rendering import npy_bytes, render_heatmap
+        from explain_core.rendering import mask_png, npy_bytes, render_heatmap
         from explain_core.shap_methods import output_kind
 
         card = loaded.card
@@ -322,9 +327,11 @@ class ImageModality(Modality):
                              condition=condition)
 
         def draw(found: dict):
-            """The overlay and raw heatmap PNGs and the .npy of one (method, class): each encoded once."""
+            """The overlay and raw heatmap PNGs, the .npy and any region mask PNG of one (method, class): each
+            encoded once."""
             return (render_heatmap(upload.content.pixels, found["heatmap"], upload.options.rendering,
-                                   max_side=session.settings.max_overlay_side), npy_bytes(found["attributions"]))
+                                   max_side=session.settings.max_overlay_side), npy_bytes(found["attributions"]),
+                    None if found.get("mask") is None else mask_png(found["mask"]))
 
         # Every (method, class) of the input drawn side by side: Pillow's PNG encoder releases the GIL.
         started = time.perf_counter()
@@ -349,17 +356,21 @@ class ImageModality(Modality):
                 heatmap_key = session.output_key(upload, spec.name, label, "png")
                 array_key = session.output_key(upload, spec.name, label, "npy")
                 raw_heatmap_key = session.output_key(upload, spec.name, label, "heatmap.png")
-                rendered, array_bytes = next(files)
+                rendered, array_bytes, mask_bytes = next(files)
                 objects.append((heatmap_key, rendered.overlay, "image/png"))
                 objects.append((raw_heatmap_key, rendered.raw, "image/png"))
                 objects.append((array_key, array_bytes, "application/octet-stream"))
+                mask_key = None
+                if mask_bytes is not None:
+                    mask_key = session.output_key(upload, spec.name, label, "mask.png")
+                    objects.append((mask_key, mask_bytes, "image/png"))
                 entry.seconds = round(found["seconds"], 4)  # the whole batch
                 entry.seconds_per_image = round(found["seconds"] / found["rows"], 4)
                 entry.batch_rows = found["rows"]
                 shap = found["base_value"] is not None
                 entry.outputs.append(ImageOutput(
                     **described(cls), heatmap=heatmap_key, attributions=array_key,
-                    raw_heatmap=raw_heatmap_key, heatmap_range=rendered.magnitudes,
+                    raw_heatmap=raw_heatmap_key, region_mask=mask_key, heatmap_range=rendered.magnitudes,
                     attributions_shape=list(found["attributions"].shape),
                     # SHAP: the attributions sum to the class's output minus this expected value.
                     base_value=found["base_value"], output_kind=output_kind(card) if shap else None,
