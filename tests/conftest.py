@@ -67,7 +67,9 @@ def demo_model_dir():
 
 @pytest.fixture(scope="session")
 def published_model(deployment, s3, demo_model_dir):
+    """The demo model, as model.keras and as a SageMaker model.tar.gz (shapes-sagemaker/v1)."""
     demo_model.publish(s3, deployment.bucket("ModelBucket"), demo_model_dir)
+    demo_model.publish_sagemaker(s3, deployment.bucket("ModelBucket"))
     return demo_model.NAME, demo_model.VERSION
 
 

@@ -136,7 +136,7 @@ class LRP:
         input_tensor, output_tensor = _single_input_and_output(model)
         tensors, steps = _trace_graph(input_tensor, output_tensor)
         self._input_index = 0  # _trace_graph numbers the input first
-        self._score_index, self._output_step = _score_source(steps, tensors, output_tensor)
+        self._score_index, self._output_step = _score_source(steps)
         self._steps = _fold_batch_norms(steps, self._score_index)
         self._input_space = _mark_first_layers(self._steps, self._input_index)
         needed = sorted({index for step in self._steps for index in step.inputs} | {self._score_index})
@@ -144,8 +144,7 @@ class LRP:
         self._forward = keras.Model(input_tensor, [tensors[index] for index in self._forward_indices]) \
             if self._forward_indices else None
 
-        self._channels = int(input_tensor.shape[-1])
-        self._card_bounds = _card_bounds(card, self._channels)
+        self._card_bounds = _card_bounds(card, int(input_tensor.shape[-1]))
         self._classes = int(output_tensor.shape[-1])
         signature = [tf.TensorSpec((None, *input_tensor.shape[1:]), tf.float32),
                      tf.TensorSpec((None, self._classes), tf.float32)]
@@ -174,9 +173,8 @@ class LRP:
         bounds = self._bounds(inputs) if self.first_layer == "zbox" else {}
         relevance = {self._score_index: self._logits(activations) * targets}
         for step in reversed(self._steps):
-            upper = relevance.pop(step.output, None)
-            if upper is None:  # nothing above reaches this layer (an output-free branch)
-                continue
+            # Every reader of the step's output came later, so its relevance is complete.
+            upper = relevance.pop(step.output)
             shares = self._propagate(step, [activations[index] for index in step.inputs], upper, bounds)
             for index, share in zip(step.inputs, shares, strict=True):
                 relevance[index] = relevance[index] + share if index in relevance else share
@@ -460,7 +458,7 @@ def _check_activation(layer, is_output: bool) -> None:
         raise _unsupported(layer, f" with activation {name!r}")
 
 
-def _score_source(steps: list, tensors: list, output_tensor) -> tuple:
+def _score_source(steps: list) -> tuple:
     """(index of the tensor relevance starts at, the output's linear step when its pre-activation must be
     computed) — and the steps lose a final softmax or sigmoid layer."""
     last = steps[-1]
