@@ -185,6 +185,10 @@ def methods_reference() -> str:
                       else []),
                     *[f"- refuses {MODALITY_NAMES.get(modality, modality)} models (`unsupported_model`): {reason}"
                       for modality, reason in getattr(spec, "refuses", ())],
+                    *(["- refuses a SavedModel from a SageMaker `model.tar.gz` (`unsupported_model`): it reads or "
+                       "changes layers, which a SavedModel hides; a `.keras` file in the archive works "
+                       "([docs/models.md](models.md#sagemaker-training-artifacts-modeltargz))"]
+                      if getattr(spec, "reads_layers", False) else []),
                     f"- model passes per input at the defaults: {_passes(spec)}",
                     f"- paper: {d['reference']}", ""]
             out += _parameters_table(d)

@@ -18,6 +18,8 @@ IMAGE_METHODS = {
     "perturbation": {"methods": "Occlusion"},
     "shap": {"methods": "GradientExplainer", "params": {"GradientExplainer": {"nb_samples": 16}}},
 }
+#: The demo model from a SageMaker model.tar.gz (a SavedModel): a gradient and a region method through it.
+SAGEMAKER_METHODS = {"methods": "Saliency,XRAI", "params": {"XRAI": {"steps": 8}}}
 TABULAR_METHODS = {  # shap family, by model name (devtools.tabular_demo)
     "breast-cancer-xgb": {"methods": "TreeExplainer"},
     "breast-cancer-mlp": {"methods": "KernelExplainer", "params": {"KernelExplainer": {"nb_samples": 64}}},
@@ -42,7 +44,8 @@ def is_table(key: str) -> bool:
 def upload_metadata(family: str, key: str) -> dict:
     """S3 user metadata (``x-amz-meta-*``) asking for the cheap methods for this upload."""
     model = key.split("/")[2] if key.count("/") >= 3 else ""
-    choice = TABULAR_METHODS[model] if is_table(key) and model in TABULAR_METHODS else IMAGE_METHODS[family]
+    choice = (TABULAR_METHODS[model] if is_table(key) and model in TABULAR_METHODS
+              else SAGEMAKER_METHODS if model == demo_model.SAGEMAKER_NAME else IMAGE_METHODS[family])
     return {name: value if isinstance(value, str) else json.dumps(value) for name, value in choice.items()}
 
 
@@ -66,6 +69,7 @@ def container_deployment(container_emulator, demo_model_dir):
     """The template's wiring on the emulator container, with the image demo model published."""
     deployment = aws.deploy(container_emulator.host_endpoint)
     demo_model.publish(deployment.client("s3"), deployment.bucket("ModelBucket"), demo_model_dir)
+    demo_model.publish_sagemaker(deployment.client("s3"), deployment.bucket("ModelBucket"))
     return deployment
 
 

@@ -5,7 +5,7 @@ from itertools import combinations
 
 import pytest
 
-from devtools import containers, text_demo
+from devtools import containers, demo_model, text_demo
 from devtools.benchmark import images as images_section
 from devtools.local import FAMILY_FUNCTIONS
 from devtools.local.aws import INSIGHTS_FUNCTION
@@ -127,7 +127,8 @@ def test_sam_local_invoke_every_event(function, family, container_deployment, en
             if is_text(key):
                 check_text_manifest(s3, container_deployment, key, family)
                 continue
-            image_model = key.startswith(f"incoming/{family}/shapes/v1/") and not is_table(key)
+            image_model = any(key.startswith(f"incoming/{family}/{model}/v1/") for model in (
+                demo_model.NAME, demo_model.SAGEMAKER_NAME)) and not is_table(key)
             tabular_model = is_table(key) and any(key.startswith(f"incoming/{family}/{model}/v1/")
                                                   for model in TABULAR_METHODS)
             if not (image_model or tabular_model):

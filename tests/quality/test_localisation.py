@@ -60,6 +60,7 @@ FINDS_THE_OBJECT = {
     "FEM": 0.245,  # measured 0.276; randomised 0.067, wrong class 0.276
     "SmoothGrad": 0.23,  # measured 0.262; randomised 0.057, wrong class 0.295
     "SobolAttributionMethod": 0.225,  # measured 0.250 (nb_design=16); randomised 0.054, wrong class 0.242
+    "XRAI": 0.22,  # measured 0.251; randomised 0.058, wrong class 0.247 (its top-regions mask: see below)
 }
 
 #: Do not beat the centred blob: reported by the verdict, no threshold. method -> (measured mean,
@@ -268,3 +269,32 @@ def test_measurement_is_deterministic(demo):
     first = localisation.measure(demo, "SmoothGrad", {"nb_samples": 8}, seed=METHOD_SEED)
     second = localisation.measure(demo, "SmoothGrad", {"nb_samples": 8}, seed=METHOD_SEED)
     np.testing.assert_allclose(first.heatmaps, second.heatmaps, rtol=1e-5, atol=1e-7)
+
+
+def test_xrai_top_regions_mask_lands_on_the_object(demo, random_model, wrong_targets):
+    """XRAI's product is its mask of the top regions (10 % of the image): the share of the mask on the object,
+    against a centred square of the same area (input-blind) and XRAI on the weight-randomised model. Measured:
+    0.373 (per image 0.05-0.76), centred square 0.212, randomised 0.041; a wrong class 0.426 (it finds the
+    object, as the gradients it integrates do: not asserted)."""
+    from explain_core.attribution import build_explainer, run_method
+    from explain_core.session import DEFAULT_BATCH_SIZE
+
+    spec = REGISTRY["XRAI"]
+    params = spec.resolve(None, (64, 64))
+
+    def on_object(model, targets) -> float:
+        localisation.seed_everything(METHOD_SEED)
+        masks = run_method(build_explainer(spec, model, demo.card, params, DEFAULT_BATCH_SIZE), demo.inputs,
+                           targets).masks
+        assert masks.shape == demo.masks.shape and masks.any(axis=(1, 2)).all()
+        assert (masks.mean(axis=(1, 2)) >= params["top_percent"] / 100).all()  # at least the area asked for
+        return float(((masks & demo.masks).sum(axis=(1, 2)) / masks.sum(axis=(1, 2))).mean())
+
+    side = round(64 * np.sqrt(params["top_percent"] / 100))
+    square = np.zeros((64, 64), bool)
+    square[(64 - side) // 2:(64 - side) // 2 + side, (64 - side) // 2:(64 - side) // 2 + side] = True
+    centred = float(((square & demo.masks).sum(axis=(1, 2)) / square.sum()).mean())
+    trained, randomised = on_object(demo.model, demo.targets), on_object(random_model, demo.targets)
+    assert trained >= 0.33, (trained, centred, randomised)
+    assert trained > centred + localisation.MARGIN and trained > randomised + localisation.MARGIN, (
+        trained, centred, randomised)

@@ -121,7 +121,8 @@ def test_tabular_card():
     ({"feature_names": ["age", "age"]}, "feature_names must be unique"),
     ({"explained_classes": ["maybe"]}, "explained_classes ['maybe'] are not in class_names"),
     ({"model_file": "model.keras"}, 'output "margin" is for XGBoost models'),
-    ({"model_file": "model.pkl"}, "model_file: Input should be 'model.keras', 'model.tar.gz', 'model.json' or 'model.ubj'"),
+    ({"model_file": "model.pkl"},
+     "model_file: Input should be 'model.keras', 'model.tar.gz', 'model.json' or 'model.ubj'"),
 ])
 def test_tabular_card_problems(change, message):
     assert message in refused({**TABULAR, **change}).message

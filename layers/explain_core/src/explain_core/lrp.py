@@ -15,11 +15,17 @@ sec. 10.3; Kohlbrenner et al. 2020):
   zero by ``epsilon``: the few, entangled top neurons give noisy shares, and epsilon absorbs the weak or
   contradictory ones.
 - Convolutions, lower down: ``rule``, LRP-gamma by default (``w + gamma w+``): favouring positive
-  contributions keeps the maps of deep stacks of filters from turning into noise; LRP-epsilon and
-  LRP-alpha-beta are the alternatives.
+  contributions keeps the maps of deep stacks of filters from turning into noise. Inputs and outputs may
+  be negative here (linear bottlenecks, residual sums), so contributions are taken by sign of ``x_i w_ij``
+  and, for a negative output, its negative contributions are the boosted ones (Zennit's generalised LRP-gamma): the
+  denominator then keeps the output's sign and never crosses zero. LRP-epsilon and LRP-alpha-beta
+  (``alpha`` on positive contributions, ``beta = alpha - 1`` on negative ones) are the alternatives;
+  alpha-beta conserves relevance only at neurons having contributions of both signs.
 - The first linear layer, reading the pixels: ``first_layer``, z^B by default. Its input is not a ReLU
   output (it can be negative, and is bounded by the preprocessing), the case the z^B rule is derived for;
-  z+ and w^2 are the alternatives.
+  z+ (the positive contributions ``(x_i w_ij)+``, i.e. ``x+ w+`` and ``x- w-``, bias ignored) and w^2
+  (input independent) are the alternatives. Layers that only move or monotonically map the input
+  (padding, pooling, ReLU, ...) may come first: the bounds are carried through them.
 - ReLU-family activations (ReLU, ReLU6, leaky ReLU, threshold ReLU): the relevance passes unchanged; the
   activation only gates, and the gate is already in the linear layer's contributions.
 - BatchNormalization right after a linear layer is folded into it, and the pair's rule applies to the
