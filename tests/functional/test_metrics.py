@@ -216,3 +216,31 @@ def test_the_catalog_lists_the_metrics_with_their_bounds(call):
     fidelity = next(m for m in listed if m["name"] == "MuFidelity")
     assert (fidelity["kind"], fidelity["higher_is_better"], fidelity["range"]) == ("fidelity", True, [-1.0, 1.0])
     assert (fidelity["params"]["nb_samples"]["default"], fidelity["params"]["nb_samples"]["maximum"]) == (128, 512)
+
+
+def test_lrp_and_xrai_are_scored_by_every_metric(invoke, s3, deployment, samples, unique_prefix):
+    """explain_core's own methods (not Xplique explainers) go through the same metrics: AverageStability runs
+    them again on noisy copies; XRAI's stored map is its ranked (H, W) heatmap, LRP's the relevance per channel."""
+    images, labels, _ = samples
+    key = f"incoming/gradient/shapes/v1/{unique_prefix}/circle.png"
+    s3.put_object(Bucket=deployment.bucket("InputBucket"), Key=key, Body=png_bytes(images[list(labels).index(CIRCLE)]),
+                  Metadata={"methods": "LRP,XRAI", "metrics": SCORED.lower(),
+                            "params": json.dumps({"XRAI": {"steps": 8}}),
+                            "metric-params": json.dumps({"MuFidelity": {"nb_samples": 16},
+                                                         "AverageStability": {"nb_samples": 2}})})
+
+    assert invoke("gradient", upload_event(key, family="gradient")) == {"batchItemFailures": []}
+
+    results = deployment.bucket("ResultsBucket")
+    manifest = read_json(s3, results, f"results/{key.removeprefix('incoming/')}/manifest.json")
+    assert manifest["status"] == "succeeded", manifest
+    shapes = {}
+    for method in manifest["methods"]:
+        (output,) = method["outputs"]
+        assert list(output["metrics"]) == SCORED.split(",")
+        for name, metric in output["metrics"].items():
+            assert "error" not in metric, (method["name"], metric)
+            assert in_range(name, metric["score"]), (method["name"], name, metric)
+        shapes[method["name"]] = tuple(output["attributions_shape"])
+        assert (output.get("region_mask") is not None) == (method["name"] == "XRAI")
+    assert shapes == {"LRP": (64, 64, 3), "XRAI": (64, 64)}

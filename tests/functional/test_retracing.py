@@ -16,7 +16,9 @@ from tests.conftest import png_bytes, read_json, upload_event
 pytestmark = pytest.mark.slow
 
 #: (method, its parameters, whether the method's own small Xplique helpers keep their shapes too).
-METHODS = [("Saliency", {}, True), ("IntegratedGradients", {"steps": 8}, False), ("GradCAM", {}, False)]
+METHODS = [("Saliency", {}, True), ("IntegratedGradients", {"steps": 8}, False), ("GradCAM", {}, False),
+           # explain_core's own: LRP's relevance pass and XRAI's gradients have a None batch dimension too.
+           ("LRP", {}, True), ("XRAI", {"steps": 8}, True)]
 
 
 @pytest.mark.parametrize(("method", "params", "no_trace_at_all"), METHODS)
