@@ -46,6 +46,8 @@ FORWARD_LARGEST = 3.5
 #: Deep SHAP's references: its coefficient (twice a backward pass) matched the measured peak with no margin
 #: (MobileNetV2 1024 px: 4694 MB estimated, 4684 measured with a 0.35 backward factor).
 DEEP_SHAP_SAFETY = 1.25
+#: LRP's fixed working memory: its relevance pass, one traced graph over every layer (measured: see _method_memory).
+LRP_GRAPH_BYTES = 320 * MB
 #: A layer output that cannot be read, when none can, counts as this many inputs (a CNN's early feature maps
 #: are several times its input).
 UNREAD_LAYER_INPUTS = 16
@@ -205,6 +207,10 @@ def _method_memory(spec, params: dict, rows: int, memory: ModelMemory, size: tup
         # copies and blurred background (16 inputs' worth covers the 224 px rows measured, 515-636 MB at 16 rows)
         return MemoryEstimate(base + 2 * image + PARTITION_BYTES_PER_FEATURE * features,
                               memory.forward_row() + 16 * image)
+    if name == "LRP":  # a backward pass per row, and a fixed part: its one relevance graph of every layer's rule
+        # (measured 320-410 MB over the baseline at 16 rows on the VGG-style CNN and MobileNetV2 at 224 px, whose
+        # backward rows the estimate puts at 3-20 MB; docs/benchmark.md#memory)
+        return MemoryEstimate(base + LRP_GRAPH_BYTES, memory.backward_row() + 2 * image)
     if spec.backward:  # Xplique gradient methods (IntegratedGradients' path chunked by bounded_explainers)
         return MemoryEstimate(base, memory.backward_row() + 2 * image)
     if name == "FEM":  # a model returning its feature maps keeps every layer's output of the row: measured at

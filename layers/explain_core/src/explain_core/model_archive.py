@@ -16,6 +16,7 @@ the folder is renamed into place only when complete. Anything refused leaves not
 """
 
 import contextlib
+import errno
 import gzip
 import os
 import shutil
@@ -51,7 +52,11 @@ def unpack_archive(archive: str, destination: str, *, max_bytes: int, name: str,
     if os.path.exists(os.path.join(destination, UNPACKED_MARKER)):
         return destination
     shutil.rmtree(destination, ignore_errors=True)  # an unfinished unpack of an earlier process
-    _check_stream(archive, max_bytes, name, version)
+    unpacked = _check_stream(archive, max_bytes, name, version)
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(destination))).free
+    if unpacked > free:
+        raise ModelTooLargeError(f"model {name}/{version}: model.tar.gz unpacks to {unpacked} bytes and /tmp has "
+                                 f"{free} free; raise EphemeralStorageMB", model=name, version=version)
     partial = f"{destination}.partial-{uuid.uuid4().hex[:8]}"
     try:
         os.makedirs(partial, mode=0o700)
@@ -69,13 +74,19 @@ def unpack_archive(archive: str, destination: str, *, max_bytes: int, name: str,
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InvalidModelError(f"model {name}/{version}: model.tar.gz is not a valid gzip-compressed tar archive: "
                                 f"{exc}", model=name, version=version) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise ModelTooLargeError(f"model {name}/{version}: no space left in /tmp while unpacking model.tar.gz; raise "
+                                 "EphemeralStorageMB or use a smaller model", model=name, version=version) from exc
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return destination
 
 
-def _check_stream(archive: str, max_bytes: int, name: str, version: str) -> None:
-    """Decompress the archive once, counting, before tarfile parses it: a bomb stops at the limit."""
+def _check_stream(archive: str, max_bytes: int, name: str, version: str) -> int:
+    """Decompress the archive once, counting, before tarfile parses it: a bomb stops at the limit. Returns the
+    tar's size (its members' bytes and headers)."""
     compressed = os.path.getsize(archive)
     # Tar headers and padding are runs of zeros: a small archive may exceed the ratio without harm.
     limit = min(max_bytes + 1024 * 1024, max(MAX_COMPRESSION_RATIO * compressed, 16 * 1024 * 1024))
@@ -97,6 +108,7 @@ def _check_stream(archive: str, max_bytes: int, name: str, version: str) -> None
                else f"{max_bytes} bytes, the model size limit"),
             model=name, version=version, limit=limit,
         )
+    return total
 
 
 def _checked_members(tar: tarfile.TarFile, max_bytes: int, name: str, version: str) -> list:
