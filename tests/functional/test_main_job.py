@@ -32,6 +32,12 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
         assert line.split()[3] == name.removeprefix("samples/").split("-")[0], line
     for line in tables:
         assert line.split()[1] == "shap" and " 8 rows: " in line and "failed" not in line, line
+    # The same model from a SageMaker model.tar.gz (a SavedModel): two images, the gradient family.
+    sagemaker = [line for line in table if f"{demo_model.SAGEMAKER_NAME}/v1" in line]
+    assert len(sagemaker) == 2, table
+    for line in sagemaker:
+        name, family = line.split()[:2]
+        assert family == "gradient" and line.split()[3] == name.removeprefix("samples/").split("-")[0], line
     texts = [line for line in table if text_demo.MODEL in line]
     assert len(texts) == 4  # review.txt (gradient) and reviews.jsonl through every family
     truth = text_demo.sample_truth()
@@ -52,10 +58,15 @@ def test_demo_explains_the_samples_and_copies_results(tmp_path, page_checker, ar
         document = truth[name][[d["line"] for d in truth[name]].index(int(line))]
         assert row[1] == document["label"] and row[4] in methods[row[3]], row
     manifests = sorted(tmp_path.glob("results/*/*/v1/samples/*/manifest.json"))
-    assert len(manifests) == 15
+    assert len(manifests) == 17
     for path in manifests:
         manifest = json.loads(path.read_text())
         assert manifest["status"] == "succeeded", path
+        if manifest["model"]["name"] == demo_model.SAGEMAKER_NAME:
+            assert [m["name"] for m in manifest["methods"]] == demo_model.SAGEMAKER_METHODS["gradient"]
+            assert all(m["status"] == "succeeded" for m in manifest["methods"]), path
+            (xrai,) = [m["outputs"][0] for m in manifest["methods"] if m["name"] == "XRAI"]
+            assert (tmp_path / xrai["region_mask"]).stat().st_size > 0
         for method in manifest["methods"] if manifest["model"]["name"] == "shapes" else []:
             for output in method["outputs"]:  # the sample images ask for quality metrics (docs/metrics.md)
                 assert sorted(output["metrics"]) == ["Deletion", "Insertion", "MuFidelity", "Sparseness"], path

@@ -215,6 +215,11 @@ def test_layer_methods_refuse_a_savedmodel_by_name(store, s3, deployment, publis
             build_explainer(spec, loaded.model, loaded.card, spec.defaults, 4, loaded.background)
         refused.append(spec.name)
     assert {"GradCAM", "GradCAMPP", "FEM", "GuidedBackprop", "DeconvNet", "LRP", "DeepExplainer"} <= set(refused)
+    # The insights that read a layer (feature visualization, TCAV, CRAFT, latent examples) as well.
+    from explain_core.insights.base import model_layer
+
+    with pytest.raises(UnsupportedModelError, match="layer.*SavedModel"):
+        model_layer(loaded.model, loaded.card, "last_conv", "feature_visualization.layer")
 
 
 # --------------------------------------------------------------------------- unsafe graphs and archives

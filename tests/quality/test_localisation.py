@@ -286,7 +286,7 @@ def test_xrai_top_regions_mask_lands_on_the_object(demo, random_model, wrong_tar
     def on_object(model, targets) -> float:
         localisation.seed_everything(METHOD_SEED)
         masks = run_method(build_explainer(spec, model, demo.card, params, DEFAULT_BATCH_SIZE), demo.inputs,
-                           targets).masks
+                           targets).region_masks
         assert masks.shape == demo.masks.shape and masks.any(axis=(1, 2)).all()
         assert (masks.mean(axis=(1, 2)) >= params["top_percent"] / 100).all()  # at least the area asked for
         return float(((masks & demo.masks).sum(axis=(1, 2)) / masks.sum(axis=(1, 2))).mean())

@@ -83,7 +83,7 @@ def test_top_regions_find_the_box_the_model_reads():
     inputs = (pixels / 255.0)[None].astype(np.float32)
     explainer = XRAI(box_model(size), batch_size=16, card=card, steps=8, top_percent=10.0)
     heatmap = explainer.explain(inputs, one_hot([0], 2))[0]
-    mask = explainer.masks[0]
+    mask = explainer.region_masks[0]
 
     box = np.zeros((size, size), dtype=bool)
     box[BOX] = True
@@ -164,7 +164,7 @@ def test_heatmaps_are_constant_per_region_and_ranked(explained):
     _, _, inputs, _, explainer, heatmaps = explained
     assert heatmaps.shape == (3, 40, 40) and heatmaps.dtype == np.float32
     assert np.all(np.isfinite(heatmaps))
-    assert explainer.rank_maps.shape == explainer.masks.shape == (3, 40, 40)
+    assert explainer.rank_maps.shape == explainer.region_masks.shape == (3, 40, 40)
     for heatmap, ranks in zip(heatmaps, explainer.rank_maps, strict=True):
         assert ranks.min() == 1 and set(np.unique(ranks)) == set(range(1, ranks.max() + 1))
         values = [np.unique(heatmap[ranks == rank]) for rank in range(1, ranks.max() + 1)]
@@ -184,7 +184,7 @@ def test_masks_are_the_top_ranked_regions_just_over_the_area(explained, top_perc
         assert (ranks < last).sum() < target  # the last region taken crosses the threshold
         assert np.array_equal(mask, ranks <= last)
         assert heatmap[mask].min() >= heatmap[~mask].max()  # the highest values (ties may stay outside)
-    assert np.array_equal(explainer.masks, np.stack([top_area_mask(r, 10.0) for r in explainer.rank_maps]))
+    assert np.array_equal(explainer.region_masks, np.stack([top_area_mask(r, 10.0) for r in explainer.rank_maps]))
 
 
 def test_tiny_area_still_takes_one_region():
@@ -208,7 +208,7 @@ def test_chunked_path_equals_one_batch(explained):
     whole = XRAI(model, batch_size=64, card=card, steps=20)
     np.testing.assert_allclose(chunked.explain(inputs[:1], targets[:1]), whole.explain(inputs[:1], targets[:1]),
                                rtol=1e-4, atol=1e-6)
-    assert np.array_equal(chunked.masks, whole.masks)
+    assert np.array_equal(chunked.region_masks, whole.region_masks)
 
 
 # --------------------------------------------------------------------------- the greedy search

@@ -86,7 +86,7 @@ class BatchAttributions:
     #: SHAP methods: the expected value per image (attributions sum to output - base value).
     base_values: np.ndarray | None = None
     #: Region methods (XRAI): the top regions per image, (N, H, W) booleans at the model's input size.
-    masks: np.ndarray | None = None
+    region_masks: np.ndarray | None = None
 
 
 class ExplainerCache:
@@ -287,7 +287,8 @@ def run_method(explainer, inputs: np.ndarray, targets: np.ndarray) -> BatchAttri
     if heatmaps.ndim == 4:
         heatmaps = heatmaps.mean(axis=-1)
     heatmaps = _resize_maps(heatmaps, inputs.shape[1:3])
-    base_values, masks = getattr(explainer, "base_values", None), getattr(explainer, "masks", None)
+    # ``region_masks``, not ``masks``: Xplique's Sobol explainer keeps its perturbation masks as ``masks``.
+    base_values, masks = getattr(explainer, "base_values", None), getattr(explainer, "region_masks", None)
     return BatchAttributions(attributions, heatmaps.astype(np.float32), seconds,
                              None if base_values is None else np.array(base_values, dtype=np.float64),
                              None if masks is None else _resize_masks(np.asarray(masks, dtype=bool),

@@ -9,7 +9,7 @@ turns a pixel attribution into a ranking of image regions. For each image:
    of the image at six scales, every segment of every scale dilated into an overlapping candidate region;
 3. a greedy ranking: the region whose not-yet-covered pixels have the highest mean attribution (its gain, an
    attribution density) is taken next, until the image is covered. Every pixel's heatmap value is the gain of
-   the step that covered it, so a higher value means a region ranked earlier; ``masks`` is the union of the
+   the step that covered it, so a higher value means a region ranked earlier; ``region_masks`` is the union of the
    top regions covering ``top_percent`` % of the image (the paper's "top-k% regions").
 
 This follows PAIR's reference implementation (``saliency/core/xrai.py`` with ``algorithm="full"``,
@@ -70,7 +70,7 @@ class XRAI:
     """XRAI (Kapishnikov et al., XRAI: Better Attributions Through Regions (2019), https://arxiv.org/abs/1906.02825)
     for Keras image models; see the module docstring for the steps and the deviations from PAIR's reference.
 
-    ``explain`` returns the region-ranked heatmaps (N, H, W) and leaves ``masks`` (N, H, W) bool, the top
+    ``explain`` returns the region-ranked heatmaps (N, H, W) and leaves ``region_masks`` (N, H, W) bool, the top
     ``top_percent`` % of each image's area in rank order, and ``rank_maps`` (N, H, W) int, each pixel's region
     rank (1 = first; the uncovered leftovers, if any, rank last).
     """
@@ -87,7 +87,7 @@ class XRAI:
         self.card = card
         self.steps = int(steps)
         self.top_percent = float(top_percent)
-        self.masks: np.ndarray | None = None
+        self.region_masks: np.ndarray | None = None
         self.rank_maps: np.ndarray | None = None
 
     def explain(self, inputs, targets) -> np.ndarray:
@@ -112,7 +112,7 @@ class XRAI:
             heatmaps.append(heatmap)
             ranks.append(rank_map)
             masks.append(top_area_mask(rank_map, self.top_percent))
-        self.masks = np.stack(masks)
+        self.region_masks = np.stack(masks)
         self.rank_maps = np.stack(ranks)
         return np.stack(heatmaps).astype(np.float32)
 

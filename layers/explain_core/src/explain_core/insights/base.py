@@ -192,6 +192,9 @@ def model_layer(model, card, name: str | None, where: str, *, inner: bool = True
     model's layers when there is none, or (``inner``) when it is the model's input or output layer."""
     import keras
 
+    from explain_core.frameworks.sagemaker import refuse_layer_methods
+
+    refuse_layer_methods(model, f"{where} (an insight reading a layer)")  # a SavedModel hides its layers
     name = name or card.cam_layer
     if name is None:
         raise InvalidInsightsSpecError(f"{where}: name a layer (the card has no cam_layer)", field=where)

@@ -286,7 +286,7 @@ class ImageModality(Modality):
                         "seconds": result.seconds,
                         "rows": len(rows),
                         "base_value": None if result.base_values is None else float(result.base_values[row]),
-                        "mask": None if result.masks is None else result.masks[row],
+                        "mask": None if result.region_masks is None else result.region_masks[row],
                         "approximation": approximations[row] if approximations else (None, None),
                     }
             except Exception as exc:  # a method failing on this model must not sink the others
