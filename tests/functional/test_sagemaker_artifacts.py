@@ -68,6 +68,23 @@ def tar_gz(folders: dict[str, Path], files: dict[str, bytes] | None = None) -> b
     return out.getvalue()
 
 
+def save_serving(folder: Path, keras_model, body) -> Path:
+    """A SavedModel of ``keras_model`` whose serving_default signature returns ``body(model, image)`` (a dict)."""
+
+    class Serving(tf.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 64, 64, 3), tf.float32, name="image")])
+        def serve(self, image):
+            return body(self.model, image)
+
+    module = Serving(keras_model)
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def keras_model(demo_model_dir):
     return keras.saving.load_model(demo_model_dir / "model.keras", compile=False, safe_mode=True)
@@ -179,19 +196,11 @@ def test_a_keras_file_inside_keeps_every_method(store, s3, deployment, demo_mode
 
 
 def test_signature_outputs_are_named_by_the_card(store, s3, deployment, keras_model, tmp_path, unique_prefix):
-    class TwoOutputs(tf.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
+    def two_outputs(model, image):
+        logits = model(image)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
-        @tf.function(input_signature=[tf.TensorSpec((None, 64, 64, 3), tf.float32, name="image")])
-        def serve(self, image):
-            logits = self.model(image)
-            return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
-
-    module = TwoOutputs(keras_model)
-    tf.saved_model.save(module, str(tmp_path / "two"), signatures={"serving_default": module.serve})
-    archive = tar_gz({"1": tmp_path / "two"})
+    archive = tar_gz({"1": save_serving(tmp_path / "two", keras_model, two_outputs)})
     publish(s3, deployment, "two-outputs", unique_prefix, archive, sagemaker_card())
     with pytest.raises(InvalidModelError, match=r"returns \['logits', 'probabilities'\].*artifact.output"):
         store.get("two-outputs", unique_prefix)
@@ -226,19 +235,11 @@ def test_layer_methods_refuse_a_savedmodel_by_name(store, s3, deployment, publis
 def evil_saved_model(folder: Path, keras_model, effect) -> Path:
     """A SavedModel whose serving signature runs ``effect()`` (a file operation) before the model."""
 
-    class Evil(tf.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
+    def evil(model, image):
+        with tf.control_dependencies([effect()]):
+            return {"output_0": tf.identity(model(image))}
 
-        @tf.function(input_signature=[tf.TensorSpec((None, 64, 64, 3), tf.float32, name="image")])
-        def serve(self, image):
-            with tf.control_dependencies([effect()]):
-                return {"output_0": tf.identity(self.model(image))}
-
-    module = Evil(keras_model)
-    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
-    return folder
+    return save_serving(folder, keras_model, evil)
 
 
 @pytest.mark.parametrize("op, effect", [

@@ -22,6 +22,13 @@ from xplique.attributions.base import WhiteBoxExplainer, sanitize_input_output
 from xplique.commons import repeat_labels
 
 
+def trapezoid_weights(steps: int) -> np.ndarray:
+    """Weights of the path points ``linspace(0, 1, steps)``: 1/(steps-1), halved at both ends (they sum to 1)."""
+    weights = np.full(steps, 1.0 / (steps - 1), dtype=np.float64)
+    weights[[0, -1]] *= 0.5
+    return weights
+
+
 class PathChunkedIntegratedGradients(IntegratedGradients):
     """Integrated Gradients (Sundararajan et al., Axiomatic Attribution for Deep Networks (2017),
     https://arxiv.org/abs/1703.01365) with each input's path evaluated ``batch_size`` points at a time.
@@ -41,8 +48,7 @@ class PathChunkedIntegratedGradients(IntegratedGradients):
         batch_size = self.batch_size
         baseline = IntegratedGradients._get_baseline((*inputs.shape[1:],), self.baseline_value)
         alphas = tf.linspace(0.0, 1.0, self.steps)  # Xplique's path points
-        weights = np.full(self.steps, 1.0 / (self.steps - 1), dtype=np.float32)
-        weights[[0, -1]] *= 0.5
+        weights = trapezoid_weights(self.steps).astype(np.float32)
         shape = (-1, *(1,) * (len(inputs.shape) - 1))
         explanations = []
         for row in range(len(inputs)):
